@@ -1,0 +1,16 @@
+"""ZiPo: denoise single-cell RNA-seq counts with a deep zero-inflated count autoencoder.
+
+Sharifitabar et al., IEEE/ACM TCBB 22(6), 2025. Quick start::
+
+    import zipo
+    m = zipo.ZiPo(adata)              # raw counts in adata.X, cells x genes
+    m.train()
+    m.denoise(adata)                  # adata.layers["zipo_denoised"], adata.obsm["X_zipo"]
+"""
+
+__version__ = "0.1.0"
+
+from .config import ZiPoConfig, load_config  # noqa: E402
+from .model import ZiPo, denoise  # noqa: E402
+
+__all__ = ["ZiPo", "ZiPoConfig", "denoise", "load_config", "__version__"]

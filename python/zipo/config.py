@@ -1,0 +1,244 @@
+"""Every option of a ZiPo run, grouped as the TOML config file groups them.
+
+A config file has up to three tables, ``[data]``, ``[model]`` and ``[train]``, whose keys are
+the fields below. Unknown keys and wrong types are refused with a message naming the key, so a
+typo never silently falls back to a default. The effective config is saved with each model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+LIKELIHOODS = ("zip", "zinb", "poisson", "nb")
+ACTIVATIONS = ("sigmoid", "relu", "gelu", "tanh", "elu", "softplus")
+INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
+
+
+@dataclass
+class DataConfig:
+    """Where the counts are and which cell annotations are known covariates."""
+
+    layer: str | None = None
+    """Layer holding raw counts; ``None`` means ``adata.X``."""
+    covariates: list[str] = field(default_factory=list)
+    """``adata.obs`` columns fed beside the latents. Categorical/string/bool columns are
+    one-hot encoded; numeric columns are standardised."""
+    allow_non_integer: bool = False
+    """Accept non-integer values (e.g. ambient-corrected counts). Off by default because the
+    likelihoods are for counts and normalised data is a common mistake."""
+
+
+@dataclass
+class ModelConfig:
+    """Network shape and loss. Defaults are the paper's best model."""
+
+    likelihood: str = "zip"
+    encoder_dims: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
+    """Widths of the encoder layers; the last is the number of latents."""
+    residuals: bool = True
+    """Residual maps from every earlier encoder layer into the latent layer."""
+    activation: str = "sigmoid"
+    batch_norm: bool = True
+    decoder_dims: list[int] = field(default_factory=list)
+    """Hidden decoder layers before the heads; empty is the paper's linear decoder."""
+    library_dims: list[int] = field(default_factory=lambda: [16, 4])
+    input_transform: str = "log1p"
+    """``log1p`` of counts, or ``normalize_log1p`` (scale each cell to its median library
+    size first, as DCA does). Both keep zeros zero, so the input stays sparse."""
+    alpha_z: float = 0.1
+    """Weight of E[z^2], the zero-inflation penalty (ZIP/ZINB)."""
+    alpha_w: float = 0.1
+    """Weight of the scale-invariant L1/L2 penalty on first-layer weights."""
+    alpha_theta: float = 1e-4
+    """Weight of E[theta^2] (ZINB/NB only; the paper gives no value, this is ours)."""
+    mse_weight: float = 0.1
+    """Weight of E[(l mu - x)^2] that stabilises NB training (ZINB/NB only)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and stopping rule (paper's settings by default)."""
+
+    max_epochs: int = 300
+    batch_size: int = 256
+    validation_fraction: float = 0.1
+    learning_rate: float = 0.0212
+    lr_decay: float = 0.9
+    """Multiplied into the learning rate every epoch until it reaches ``lr_min``."""
+    lr_min: float = 0.001
+    plateau_patience: int = 15
+    plateau_threshold: float = 0.001
+    """Relative improvement in validation loss that counts as progress (0.1%)."""
+    plateau_factor: float = 0.1
+    early_stopping_patience: int = 30
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    """CPU threads for torch; ``None`` keeps torch's default."""
+    verbose: bool = True
+
+
+@dataclass
+class ZiPoConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        # TOML has no null: options left at None are omitted and come back as defaults.
+        return {
+            name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if v is not None}
+            for name in SECTIONS
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "ZiPoConfig":
+        cfg = cls()
+        cfg.update(d, source=source)
+        return cfg
+
+    def update(self, d: dict[str, Any], source: str = "config") -> "ZiPoConfig":
+        """Set options from a nested ``{section: {key: value}}`` dict, checking names and types."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected a table of sections, got {type(d).__name__}")
+        for section, values in d.items():
+            if section not in SECTIONS:
+                raise ValueError(
+                    f"{source}: unknown section [{section}]; the sections are "
+                    f"{', '.join('[' + s + ']' for s in SECTIONS)}"
+                )
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: [{section}] must be a table of key = value")
+            target = getattr(self, section)
+            for key, value in values.items():
+                setattr(target, key, _checked(section, target, key, value, source))
+        self.validate()
+        return self
+
+    def set_option(self, key: str, value: Any, source: str = "argument") -> None:
+        """Set one option by bare name (``alpha_z``) or dotted name (``model.alpha_z``)."""
+        section, name = find_option(key, source)
+        self.update({section: {name: value}}, source=source)
+
+    def validate(self) -> None:
+        m, t = self.model, self.train
+        if m.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {m.likelihood!r}")
+        if m.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {m.activation!r}")
+        if m.input_transform not in INPUT_TRANSFORMS:
+            raise ValueError(
+                f"input_transform must be one of {INPUT_TRANSFORMS}, got {m.input_transform!r}"
+            )
+        for name in ("encoder_dims", "decoder_dims", "library_dims"):
+            dims = getattr(m, name)
+            if any(d < 1 for d in dims):
+                raise ValueError(f"{name} must hold positive layer widths, got {dims}")
+        if not m.encoder_dims:
+            raise ValueError("encoder_dims needs at least one layer (its last width is the latent size)")
+        for name in ("alpha_z", "alpha_w", "alpha_theta", "mse_weight"):
+            if getattr(m, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(m, name)}")
+        if not 0 <= t.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {t.validation_fraction}")
+        if t.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 cells), got {t.batch_size}")
+        if t.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {t.max_epochs}")
+        for name in ("learning_rate", "lr_min"):
+            if getattr(t, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(t, name)}")
+        if not 0 < t.lr_decay <= 1 or not 0 < t.plateau_factor <= 1:
+            raise ValueError("lr_decay and plateau_factor must be in (0, 1]")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def find_option(key: str, source: str = "argument") -> tuple[str, str]:
+    """Resolve ``model.alpha_z`` or a bare ``alpha_z`` to its (section, name)."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in SECTIONS and name in _field_names(SECTIONS[section]):
+            return section, name
+    else:
+        for section, klass in SECTIONS.items():
+            if key in _field_names(klass):
+                return section, key
+    known = sorted(f"{s}.{n}" for s, k in SECTIONS.items() for n in _field_names(k))
+    raise ValueError(f"{source}: unknown option {key!r}; known options: {', '.join(known)}")
+
+
+def load_config(path: str | Path) -> ZiPoConfig:
+    """Read a TOML config file into a checked :class:`ZiPoConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        with open(path, "rb") as fh:
+            d = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    return ZiPoConfig.from_dict(d, source=str(path))
+
+
+def _field_names(klass) -> list[str]:
+    return [f.name for f in dataclasses.fields(klass)]
+
+
+def _checked(section: str, target, key: str, value: Any, source: str) -> Any:
+    """Return ``value`` coerced to the declared type of ``section.key`` or raise ValueError."""
+    hints = get_type_hints(type(target))
+    if key not in hints:
+        raise ValueError(
+            f"{source}: unknown key {key!r} in [{section}]; valid keys are "
+            f"{', '.join(_field_names(type(target)))}"
+        )
+    hint = str(hints[key])
+    where = f"{source}: [{section}] {key}"
+    if value is None:
+        if "None" in hint:
+            return None
+        raise ValueError(f"{where} cannot be empty")
+    if "list[int]" in hint:
+        if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
+            return [int(v) for v in value]
+        raise ValueError(f"{where} must be a list of integers, got {value!r}")
+    if "list[str]" in hint:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ValueError(f"{where} must be a list of strings, got {value!r}")
+    if hint.startswith("<class 'bool'>") or hint == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    if "int" in hint:
+        if _is_int(value):
+            return int(value)
+        raise ValueError(f"{where} must be an integer, got {value!r}")
+    if "float" in hint:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if "str" in hint:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where} must be a string, got {value!r}")
+    raise AssertionError(f"unhandled option type {hint} for {key}")  # pragma: no cover
+
+
+def _is_int(v: Any) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (
+        hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iu"
+    )

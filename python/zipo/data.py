@@ -1,0 +1,288 @@
+"""Count matrices and covariates from AnnData, checked once and served in mini-batches of cells.
+
+The counts stay in whatever form the user holds them (scipy CSR/CSC, dense, or the ``X`` of a
+backed AnnData). Only one batch of cells is ever densified: :meth:`CountMatrix.rows` slices the
+cells and converts that slice alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+# Dense chunks read while checking the counts hold about this many values (64 MB of float32).
+_CHECK_CHUNK_VALUES = 1 << 24
+
+
+def _examples(names: Sequence[Any], k: int = 5) -> str:
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:k])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+class CountMatrix:
+    """Cells x genes counts of an AnnData (``X`` or a layer), sliced by cells without copying
+    the whole matrix."""
+
+    def __init__(self, adata, layer: str | None = None):
+        if layer is None:
+            source, what = adata.X, "adata.X"
+        else:
+            if layer not in adata.layers:
+                raise ValueError(
+                    f"layer {layer!r} is not in adata.layers (it has: "
+                    f"{_examples(list(adata.layers.keys())) or 'no layers'}); pass layer=None "
+                    "to use adata.X, or the name of the layer that holds raw counts"
+                )
+            source, what = adata.layers[layer], f"adata.layers[{layer!r}]"
+        if source is None:
+            raise ValueError(f"{what} is empty (None); put the raw counts there or name a layer")
+        self.what = what
+        if sp.issparse(source) and source.format == "csc":
+            # Row slicing of CSC scans the whole matrix per batch; CSR costs one copy of the
+            # non-zeros (never a dense matrix). R's dgCMatrix arrives as genes x cells CSC, whose
+            # transpose is CSR for free, so the bridge never pays this.
+            source = source.tocsr()
+        elif sp.issparse(source) and source.format != "csr":
+            source = source.tocsr()
+        self.source = source
+        self.n_obs, self.n_vars = adata.n_obs, adata.n_vars
+        dtype = getattr(source, "dtype", None)
+        if dtype is None or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+            raise ValueError(
+                f"{what} has dtype {dtype}, not numbers; ZiPo needs a numeric matrix of raw counts"
+            )
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Dense float32 counts of the cells ``idx`` (only this batch is densified)."""
+        src = self.source
+        if sp.issparse(src):
+            return src[idx].toarray().astype(np.float32, copy=False)
+        if isinstance(src, np.ndarray):
+            return np.asarray(src[idx], dtype=np.float32)
+        # Backed AnnData (h5py dataset or anndata's sparse dataset) wants sorted indices.
+        order = np.argsort(idx)
+        block = src[np.asarray(idx)[order]]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        out = np.empty_like(block, dtype=np.float32)
+        out[order] = block
+        return out
+
+    def chunks(self) -> Iterator[tuple[slice, Any]]:
+        """Consecutive blocks of cells as stored (sparse stays sparse) for one-pass checks."""
+        step = max(1, _CHECK_CHUNK_VALUES // max(self.n_vars, 1))
+        for start in range(0, self.n_obs, step):
+            sl = slice(start, min(start + step, self.n_obs))
+            block = self.source[sl]
+            yield sl, block if sp.issparse(block) else np.asarray(block)
+
+
+@dataclass
+class CountSummary:
+    library_size: np.ndarray  # total counts per cell, float64
+    gene_total: np.ndarray  # total counts per gene, float64
+
+
+def check_counts(
+    counts: CountMatrix,
+    cell_names: Sequence[Any],
+    gene_names: Sequence[Any],
+    allow_non_integer: bool = False,
+    require_expressed_genes: bool = False,
+) -> CountSummary:
+    """One streaming pass that refuses anything that is not a usable raw count matrix."""
+    if counts.n_obs == 0 or counts.n_vars == 0:
+        raise ValueError(
+            f"{counts.what} is empty ({counts.n_obs} cells x {counts.n_vars} genes); "
+            "ZiPo needs at least one cell and one gene"
+        )
+    lib = np.zeros(counts.n_obs, dtype=np.float64)
+    genes = np.zeros(counts.n_vars, dtype=np.float64)
+    for sl, block in counts.chunks():
+        values = block.data if sp.issparse(block) else block
+        if values.dtype == np.bool_:
+            values = values.astype(np.float32)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"{counts.what} contains NaN or infinite values; ZiPo needs raw counts, "
+                "so replace or remove them (e.g. the cells they come from)"
+            )
+        if np.any(values < 0):
+            raise ValueError(
+                f"{counts.what} contains negative values; ZiPo needs raw counts (non-negative "
+                "integers), not centred or scaled data: pass the raw count layer via layer=..."
+            )
+        if not allow_non_integer and np.issubdtype(values.dtype, np.floating):
+            if np.any(values != np.round(values)):
+                raise ValueError(
+                    f"{counts.what} contains non-integer values, which usually means normalised "
+                    "or log-transformed data; pass raw UMI counts (layer=...), or set "
+                    "allow_non_integer=True if the values are counts on purpose (e.g. ambient-"
+                    "corrected)"
+                )
+        lib[sl] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        genes += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+    empty = np.flatnonzero(lib == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} cells have zero counts in {counts.what} ("
+            f"{_examples(np.asarray(cell_names)[empty])}); remove them first, e.g. "
+            "scanpy.pp.filter_cells(adata, min_counts=1)"
+        )
+    if require_expressed_genes:
+        unexpressed = np.flatnonzero(genes == 0)
+        if unexpressed.size:
+            raise ValueError(
+                f"{unexpressed.size} genes have zero counts in every cell ("
+                f"{_examples(np.asarray(gene_names)[unexpressed])}); nothing can be learnt "
+                "about them: remove them before training, e.g. "
+                "scanpy.pp.filter_genes(adata, min_cells=1)"
+            )
+    return CountSummary(library_size=lib, gene_total=genes)
+
+
+def gene_totals(counts: CountMatrix, idx: np.ndarray) -> np.ndarray:
+    """Total counts per gene over the cells ``idx`` (float64), a batch at a time."""
+    total = np.zeros(counts.n_vars, dtype=np.float64)
+    step = max(1, _CHECK_CHUNK_VALUES // max(counts.n_vars, 1))
+    for start in range(0, len(idx), step):
+        total += counts.rows(idx[start:start + step]).sum(axis=0, dtype=np.float64)
+    return total
+
+
+class CovariateEncoder:
+    """Encodes ``adata.obs`` columns: categories one-hot, numbers standardised.
+
+    The categories and the mean/sd are fixed when training, so inference encodes new cells
+    exactly as the training cells were encoded.
+    """
+
+    def __init__(self, specs: list[dict[str, Any]] | None = None):
+        self.specs = specs or []
+
+    @property
+    def names(self) -> list[str]:
+        return [s["name"] for s in self.specs]
+
+    @property
+    def width(self) -> int:
+        return sum(len(s["categories"]) if s["kind"] == "categorical" else 1 for s in self.specs)
+
+    @classmethod
+    def fit(cls, obs: pd.DataFrame, columns: Sequence[str]) -> "CovariateEncoder":
+        specs = []
+        for name in columns:
+            col = _column(obs, name)
+            if _is_numeric(col):
+                values = col.to_numpy(dtype=np.float64)
+                sd = float(values.std())
+                specs.append(
+                    {"name": name, "kind": "continuous", "mean": float(values.mean()),
+                     "sd": sd if sd > 0 else 1.0}
+                )
+            else:
+                cats = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else None
+                observed = set(col.astype(str))
+                ordered = [str(c) for c in cats if str(c) in observed] if cats is not None else []
+                specs.append(
+                    {"name": name, "kind": "categorical",
+                     "categories": ordered or sorted(observed)}
+                )
+        return cls(specs)
+
+    def transform(self, obs: pd.DataFrame) -> np.ndarray:
+        parts = [np.zeros((len(obs), 0), dtype=np.float32)]
+        for s in self.specs:
+            col = _column(obs, s["name"])
+            if s["kind"] == "continuous":
+                if not _is_numeric(col):
+                    raise ValueError(
+                        f"covariate {s['name']!r} was numeric when the model was trained but is "
+                        f"{col.dtype} now; pass the same kind of values"
+                    )
+                v = (col.to_numpy(dtype=np.float64) - s["mean"]) / s["sd"]
+                parts.append(v.astype(np.float32)[:, None])
+            else:
+                values = col.astype(str).to_numpy()
+                index = {c: i for i, c in enumerate(s["categories"])}
+                unseen = sorted(set(values) - set(index))
+                if unseen:
+                    raise ValueError(
+                        f"covariate {s['name']!r} has categories the model never saw in "
+                        f"training: {_examples(unseen)}; the model knows "
+                        f"{_examples(s['categories'])}. Map these cells to a known category or "
+                        "retrain with them included"
+                    )
+                onehot = np.zeros((len(values), len(index)), dtype=np.float32)
+                onehot[np.arange(len(values)), [index[v] for v in values]] = 1.0
+                parts.append(onehot)
+        return np.concatenate(parts, axis=1)
+
+
+def _column(obs: pd.DataFrame, name: str) -> pd.Series:
+    if name not in obs.columns:
+        raise ValueError(
+            f"covariate {name!r} is not a column of adata.obs (columns: "
+            f"{_examples(list(obs.columns)) or 'none'}); add it or fix the name"
+        )
+    col = obs[name]
+    if col.isna().any():
+        raise ValueError(
+            f"covariate {name!r} has {int(col.isna().sum())} missing values (NaN); fill them "
+            "(e.g. with an 'unknown' category) or drop those cells"
+        )
+    return col
+
+
+def _is_numeric(col: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
+def split_cells(n_obs: int, validation_fraction: float, rng: np.random.Generator):
+    """Random train/validation split of cell indices (both sorted)."""
+    perm = rng.permutation(n_obs)
+    n_val = int(round(n_obs * validation_fraction))
+    if validation_fraction > 0 and n_obs - n_val < 2:
+        raise ValueError(f"{n_obs} cells are too few to hold out a validation split")
+    if validation_fraction > 0:
+        n_val = max(n_val, 2)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class CellBatches:
+    """Mini-batches of cells as (counts, covariates, indices) tensors."""
+
+    def __init__(
+        self,
+        counts: CountMatrix,
+        covariates: np.ndarray,
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool = False,
+        rng: np.random.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.counts, self.covariates = counts, covariates
+        self.indices, self.batch_size = np.asarray(indices), batch_size
+        self.shuffle, self.rng, self.device = shuffle, rng, torch.device(device)
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
+        pin = self.device.type == "cuda"
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if self.shuffle and len(idx) < 2:
+                continue  # batch norm cannot train on one cell; it comes back next epoch
+            x = torch.from_numpy(self.counts.rows(idx))
+            c = torch.from_numpy(self.covariates[idx])
+            if pin:
+                x, c = x.pin_memory(), c.pin_memory()
+            yield x.to(self.device, non_blocking=pin), c.to(self.device, non_blocking=pin), idx

@@ -1,0 +1,136 @@
+"""The ZiPo network: deep encoder with residuals to the latents, shallow decoder heads.
+
+    h_0 = T(x)                                   log1p input (zeros stay zeros)
+    h_i = BN(act(W_i h_{i-1} + b_i))             i = 1..t
+    U   = h_t + sum_{i<t} R_i h_i                residuals (R_i linear, no bias)
+    V   = [U, covariates]
+    log l   = LibNet(V)                          hidden 16, 4 by default
+    r       = A_z V + B_z                        zero-inflation logit (ZIP/ZINB)
+    log mu  = log_softmax(A_mu V + B_mu)         gene proportions
+    log th  = A_th V + B_th                      NB inverse dispersion per cell and gene
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .likelihoods import likelihood_flags
+
+_ACTIVATIONS = {
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+}
+
+
+@dataclass
+class NetworkOutput:
+    latent: torch.Tensor  # U, cells x latents
+    log_library: torch.Tensor  # log l, cells
+    log_mu: torch.Tensor  # cells x genes, logsumexp over genes = 0
+    logit_z: torch.Tensor | None  # cells x genes, None without zero inflation
+    log_theta: torch.Tensor | None  # cells x genes, None for Poisson
+
+    @property
+    def log_mean(self) -> torch.Tensor:
+        """log m = log l + log mu, formed in log space."""
+        return self.log_library[:, None] + self.log_mu
+
+
+def _block(n_in: int, n_out: int, activation: str, batch_norm: bool) -> nn.Sequential:
+    """linear -> activation -> batch norm, the unit of every hidden layer."""
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out), _ACTIVATIONS[activation]()]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(n_out))
+    return nn.Sequential(*layers)
+
+
+class ZiPoNetwork(nn.Module):
+    def __init__(self, n_genes: int, n_covariates: int, config: ModelConfig):
+        super().__init__()
+        self.n_genes = n_genes
+        self.n_covariates = n_covariates
+        self.input_transform = config.input_transform
+        self.zero_inflated, self.negative_binomial = likelihood_flags(config.likelihood)
+        act, bn = config.activation, config.batch_norm
+
+        dims = [n_genes, *config.encoder_dims]
+        self.encoder = nn.ModuleList(
+            _block(dims[i], dims[i + 1], act, bn) for i in range(len(dims) - 1)
+        )
+        n_latent = config.encoder_dims[-1]
+        self.residuals = nn.ModuleList(
+            nn.Linear(d, n_latent, bias=False) for d in config.encoder_dims[:-1]
+        ) if config.residuals else nn.ModuleList()
+
+        n_v = n_latent + n_covariates
+        dec = [n_v, *config.decoder_dims]
+        self.decoder = nn.Sequential(
+            *(_block(dec[i], dec[i + 1], act, bn) for i in range(len(dec) - 1))
+        )
+        n_d = dec[-1]
+        self.mu_head = nn.Linear(n_d, n_genes)
+        self.z_head = nn.Linear(n_d, n_genes) if self.zero_inflated else None
+        self.theta_head = nn.Linear(n_d, n_genes) if self.negative_binomial else None
+
+        lib = [n_v, *config.library_dims]
+        self.library_net = nn.Sequential(
+            *(_block(lib[i], lib[i + 1], act, bn) for i in range(len(lib) - 1)),
+            nn.Linear(lib[-1], 1),
+        )
+        # Cells' median library size, used by the normalize_log1p input transform.
+        self.register_buffer("target_library", torch.tensor(1.0))
+
+    @property
+    def first_layer(self) -> nn.Linear:
+        """The genes -> first-encoder-layer map whose weights are regularised and pruned."""
+        return self.encoder[0][0]
+
+    @torch.no_grad()
+    def initialise_from_data(
+        self, gene_proportions: torch.Tensor, mean_log_library: float, median_library: float
+    ) -> None:
+        """Start the mean and library heads at the data's average cell (our choice, it saves
+        the first epochs of learning the per-gene offsets of a 30k-way softmax)."""
+        self.mu_head.bias.copy_(torch.log(gene_proportions))
+        self.library_net[-1].bias.fill_(mean_log_library)
+        self.target_library.fill_(median_library)
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transform == "normalize_log1p":
+            lib = x.sum(dim=1, keepdim=True).clamp_min(1.0)
+            x = x * (self.target_library / lib)
+        return torch.log1p(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Counts (cells x genes) -> latents U."""
+        h = self.transform_input(x)
+        hidden = []
+        for layer in self.encoder:
+            h = layer(h)
+            hidden.append(h)
+        u = hidden[-1]
+        for r, h_i in zip(self.residuals, hidden[:-1]):
+            u = u + r(h_i)
+        return u
+
+    def decode(self, u: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
+        v = torch.cat([u, covariates], dim=1) if self.n_covariates else u
+        d = self.decoder(v)
+        return NetworkOutput(
+            latent=u,
+            log_library=self.library_net(v).squeeze(1),
+            log_mu=torch.log_softmax(self.mu_head(d), dim=1),
+            logit_z=self.z_head(d) if self.z_head is not None else None,
+            log_theta=self.theta_head(d) if self.theta_head is not None else None,
+        )
+
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
+        return self.decode(self.encode(x), covariates)

@@ -1,0 +1,186 @@
+"""Loss, learning-rate schedule, early stopping and the epoch loop.
+
+The NLL is the mean over cells and genes of -log P(x_cg) ("per matrix entry"), so the
+regularisers, which are means too, carry the weights the paper tuned (alpha_z = alpha_w = 0.1).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ModelConfig, TrainConfig
+from .data import CellBatches
+from .likelihoods import log_prob
+from .network import NetworkOutput, ZiPoNetwork
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    nll: torch.Tensor
+
+
+def first_layer_l1_l2(weight: torch.Tensor) -> torch.Tensor:
+    """mean_i( mean_g |W_ig| / sqrt(mean_g W_ig^2) ): scale-invariant, so batch norm after the
+    activation cannot undo it by rescaling. Neurons whose weights are all zero add 0."""
+    l1 = weight.abs().mean(dim=1)
+    l2 = weight.pow(2).mean(dim=1).sqrt()
+    ratio = torch.where(l2 > 0, l1 / torch.where(l2 > 0, l2, torch.ones_like(l2)), l2)
+    return ratio.mean()
+
+
+def loss_terms(
+    net: ZiPoNetwork, out: NetworkOutput, x: torch.Tensor, config: ModelConfig
+) -> LossTerms:
+    """NLL + alpha_z E[z^2] + alpha_w L1/L2(W1) [+ alpha_theta E[theta^2] + w E[(l mu - x)^2]]."""
+    log_m = out.log_mean
+    nll = -log_prob(x, log_m, out.logit_z, out.log_theta).mean()
+    total = nll + config.alpha_w * first_layer_l1_l2(net.first_layer.weight)
+    if out.logit_z is not None:
+        total = total + config.alpha_z * torch.sigmoid(out.logit_z).pow(2).mean()
+    if out.log_theta is not None:
+        total = total + config.alpha_theta * torch.exp(2 * out.log_theta).mean()
+        total = total + config.mse_weight * (torch.exp(log_m) - x).pow(2).mean()
+    return LossTerms(total=total, nll=nll)
+
+
+class LearningRateSchedule:
+    """lr = max(lr0 * decay^epoch, lr_min) * plateau_scale.
+
+    The exponential warm-down is the paper's (0.0212 * 0.9^30 ~= 0.001); on top of it a
+    reduce-on-plateau multiplies ``plateau_scale`` by ``factor`` after ``patience`` epochs
+    without a relative improvement of ``threshold`` in the monitored loss.
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.c = config
+        self.epoch = 0
+        self.plateau_scale = 1.0
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    @property
+    def lr(self) -> float:
+        decayed = max(self.c.learning_rate * self.c.lr_decay**self.epoch, self.c.lr_min)
+        return decayed * self.plateau_scale
+
+    def step(self, monitored: float) -> None:
+        if math.isinf(self.best) or monitored < self.best - self.c.plateau_threshold * abs(self.best):
+            self.best, self.bad_epochs = monitored, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.c.plateau_patience:
+                self.plateau_scale *= self.c.plateau_factor
+                self.bad_epochs = 0
+        self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("epoch", "plateau_scale", "best", "bad_epochs")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+@dataclass
+class EarlyStopping:
+    patience: int
+    best: float = math.inf
+    best_epoch: int = -1
+    best_state: dict | None = field(default=None, repr=False)
+
+    def update(self, epoch: int, monitored: float, net: torch.nn.Module) -> bool:
+        """Record the epoch; return True when training should stop."""
+        if monitored < self.best:
+            self.best, self.best_epoch = monitored, epoch
+            self.best_state = copy.deepcopy(net.state_dict())
+        return epoch - self.best_epoch >= self.patience
+
+
+def evaluate(net: ZiPoNetwork, batches: CellBatches, config: ModelConfig) -> tuple[float, float]:
+    """Cell-weighted mean (loss, NLL) over the batches, in eval mode (running BN stats)."""
+    net.eval()
+    total = nll = 0.0
+    n = 0
+    with torch.no_grad():
+        for x, c, idx in batches:
+            terms = loss_terms(net, net(x, c), x, config)
+            total += terms.total.item() * len(idx)
+            nll += terms.nll.item() * len(idx)
+            n += len(idx)
+    return total / n, nll / n
+
+
+def train_network(
+    net: ZiPoNetwork,
+    train_batches: CellBatches,
+    val_batches: CellBatches | None,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+) -> list[dict]:
+    """Run the epoch loop; return the per-epoch history. The best-validation weights are loaded
+    back into ``net`` at the end."""
+    optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate)
+    schedule = LearningRateSchedule(train_config)
+    stopper = EarlyStopping(train_config.early_stopping_patience)
+    history: list[dict] = []
+    bar = tqdm(
+        range(train_config.max_epochs), desc="ZiPo training", unit="epoch",
+        disable=not train_config.verbose, dynamic_ncols=True,
+    )
+    for epoch in bar:
+        lr = schedule.lr
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        net.train()
+        total = nll = 0.0
+        n = 0
+        for x, c, idx in train_batches:
+            terms = loss_terms(net, net(x, c), x, model_config)
+            if not torch.isfinite(terms.total):
+                _restore(net, stopper)
+                raise FloatingPointError(
+                    f"the training loss became {terms.total.item()} in epoch {epoch + 1}; "
+                    f"the learning rate ({lr:.3g}) may be too high for these data, or library "
+                    "sizes are extreme: lower train.learning_rate or check the counts. The best "
+                    "weights so far were kept."
+                )
+            optimiser.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimiser.step()
+            total += terms.total.item() * len(idx)
+            nll += terms.nll.item() * len(idx)
+            n += len(idx)
+        row = {"epoch": epoch + 1, "train_loss": total / n, "train_nll": nll / n}
+        if val_batches is not None:
+            row["validation_loss"], row["validation_nll"] = evaluate(
+                net, val_batches, model_config
+            )
+        row["learning_rate"] = lr
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        monitored = row.get("validation_loss", row["train_loss"])
+        schedule.step(monitored)
+        stop = stopper.update(epoch, monitored, net)
+        bar.set_postfix(
+            train=f"{row['train_loss']:.4f}",
+            val=f"{row.get('validation_loss', float('nan')):.4f}",
+            lr=f"{lr:.2g}",
+        )
+        if stop:
+            break
+    bar.close()
+    _restore(net, stopper)
+    return history
+
+
+def _restore(net: torch.nn.Module, stopper: EarlyStopping) -> None:
+    if stopper.best_state is not None:
+        net.load_state_dict(stopper.best_state)
