@@ -71,7 +71,12 @@ class TrainConfig:
     max_epochs: int = 300
     batch_size: int = 256
     validation_fraction: float = 0.1
-    learning_rate: float = 0.0212
+    learning_rate: float = 0.001
+    """Starting learning rate. The paper starts at 0.0212 (then x0.9 per epoch down to
+    ``lr_min``) because its library-size head had to climb from zero; ours starts at the data's
+    mean log library size and gene proportions, and on PBMC 4k a 0.0212 start drove training
+    into a minimum where zero inflation explains most zeros (validation NLL 1.519 vs 1.319 at
+    0.001, B-cell markers spread over T cells). Set 0.0212 for the paper's schedule."""
     lr_decay: float = 0.9
     """Multiplied into the learning rate every epoch until it reaches ``lr_min``."""
     lr_min: float = 0.001

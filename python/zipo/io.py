@@ -3,6 +3,7 @@
 Layout of a model directory::
 
     zipo.json     format version, config, gene names, covariate encoding
+    config.toml   the same config as TOML, reusable with ``zipo train --config``
     weights.pt    the network's state dict: tensors only, loaded with ``weights_only=True``
                   so a model file can never run code
     history.csv   per-epoch losses and learning rate
@@ -20,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import tomli_w
 import torch
 
 from . import __version__
@@ -29,6 +31,7 @@ from .data import CovariateEncoder
 FORMAT = "zipo-model"
 FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE, HISTORY_FILE = "zipo.json", "weights.pt", "history.csv"
+CONFIG_FILE = "config.toml"  # the effective config, reusable with `zipo train --config`
 
 
 def _fsync_write(path: Path, write) -> None:
@@ -80,6 +83,7 @@ def save_model(model, path: str | Path, overwrite: bool = False) -> Path:
     def fill(tmp: Path) -> None:
         _fsync_write(tmp / META_FILE, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
         _fsync_write(tmp / WEIGHTS_FILE, lambda fh: torch.save(state, fh))
+        _fsync_write(tmp / CONFIG_FILE, lambda fh: fh.write(tomli_w.dumps(meta["config"]).encode()))
         _fsync_write(tmp / HISTORY_FILE, lambda fh: fh.write(model.history.to_csv(index=False).encode()))
 
     return atomic_directory(path, fill, overwrite=overwrite)

@@ -14,7 +14,7 @@ from .data import (
     CellBatches, CountMatrix, CovariateEncoder, _examples, check_counts, gene_totals, split_cells,
 )
 from .network import ZiPoNetwork
-from .training import evaluate, train_network
+from .training import baseline_nll, evaluate, train_network
 
 Expectation = Literal["rate", "mixture"]
 
@@ -133,6 +133,7 @@ class ZiPo:
             CellBatches(counts, cov, val_idx, tc.batch_size, device=self.device)
             if len(val_idx) else None
         )
+        self.train_indices, self.validation_indices = train_idx, val_idx
         history = train_network(self.network, train_batches, val_batches, self.config.model, tc)
         offset = len(self.history)
         new = pd.DataFrame(history)
@@ -257,6 +258,18 @@ class ZiPo:
         batches, _ = self._batches(adata if adata is not None else self.adata, batch_size)
         loss, nll = evaluate(self.network, batches, self.config.model)
         return {"nll": nll, "loss": loss}
+
+    def baseline_nll(self) -> float:
+        """Validation NLL per entry of the baseline that predicts each gene's mean proportion in
+        the training cells times each validation cell's library size (Poisson)."""
+        if getattr(self, "validation_indices", None) is None or not len(self.validation_indices):
+            raise ValueError("no validation split: train with validation_fraction > 0 first")
+        counts = CountMatrix(self.adata, self.config.data.layer)
+        genes = gene_totals(counts, self.train_indices)
+        genes = np.where(genes > 0, genes, 0.5)  # a gene unseen in training still gets a rate
+        cov = np.zeros((self.adata.n_obs, 0), dtype=np.float32)
+        batches = CellBatches(counts, cov, self.validation_indices, self.config.train.batch_size)
+        return baseline_nll(batches, torch.tensor(genes / genes.sum()))
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, overwrite: bool = False) -> None:

@@ -53,7 +53,8 @@ def loss_terms(
 class LearningRateSchedule:
     """lr = max(lr0 * decay^epoch, lr_min) * plateau_scale.
 
-    The exponential warm-down is the paper's (0.0212 * 0.9^30 ~= 0.001); on top of it a
+    With ``learning_rate=0.0212`` this is the paper's warm-down (0.0212 * 0.9^30 ~= 0.001); with
+    the default start of 0.001 it is flat at ``lr_min``. On top of it a
     reduce-on-plateau multiplies ``plateau_scale`` by ``factor`` after ``patience`` epochs
     without a relative improvement of ``threshold`` in the monitored loss.
     """
@@ -115,6 +116,18 @@ def evaluate(net: ZiPoNetwork, batches: CellBatches, config: ModelConfig) -> tup
             nll += terms.nll.item() * len(idx)
             n += len(idx)
     return total / n, nll / n
+
+
+def baseline_nll(batches: CellBatches, gene_proportions: torch.Tensor) -> float:
+    """Poisson NLL per entry of the no-model baseline m_cg = L_c p_g (each cell's observed
+    library size times the genes' mean proportions): what training has to beat."""
+    log_p = torch.log(gene_proportions)
+    total, n = 0.0, 0
+    for x, _, idx in batches:
+        log_m = torch.log(x.sum(dim=1, keepdim=True)) + log_p.to(x.device)
+        total += -log_prob(x, log_m).mean().item() * len(idx)
+        n += len(idx)
+    return total / n
 
 
 def train_network(

@@ -1,0 +1,184 @@
+"""Command line: ``zipo train``, ``zipo denoise``, ``zipo demo``, ``zipo config``.
+
+Every option can come from a TOML config (``--config``); flags given on the command line
+override it, and ``--set section.key=value`` reaches any option that has no flag of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+
+# flag name -> config option it sets
+_TRAIN_FLAGS = {
+    "layer": "data.layer", "covariates": "data.covariates", "likelihood": "model.likelihood",
+    "encoder_dims": "model.encoder_dims", "max_epochs": "train.max_epochs",
+    "batch_size": "train.batch_size", "seed": "train.seed", "device": "train.device",
+    "learning_rate": "train.learning_rate",
+}
+
+
+def _parse_value(text: str):
+    """A --set value as TOML (numbers, booleans, [lists], "strings"); bare words are strings."""
+    from .config import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _read_h5ad(path: str):
+    import anndata as ad
+
+    if not Path(path).is_file():
+        raise ValueError(f"input file {path!r} does not exist")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as e:  # h5py/anndata raise many kinds on a non-h5ad file
+        raise ValueError(f"{path!r} could not be read as an .h5ad file: {e}") from None
+
+
+def _write_h5ad_atomic(adata, path: str, overwrite: bool) -> None:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{str(path)!r} already exists; choose another --out or pass --overwrite")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".h5ad", dir=parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp, compression="gzip")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_train(args) -> None:
+    from .config import ZiPoConfig, load_config
+    from .model import ZiPo
+
+    cfg = load_config(args.config) if args.config else ZiPoConfig()
+    for flag, option in _TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            cfg.set_option(option, value, source=f"--{flag.replace('_', '-')}")
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        cfg.set_option(key.strip(), _parse_value(value.strip()), source="--set")
+    if args.quiet:
+        cfg.train.verbose = False
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    adata = _read_h5ad(args.data)
+    model = ZiPo(adata, config=cfg)
+    model.train()
+    model.save(out, overwrite=args.overwrite)
+    model.plot_history(path=out / "history.png")
+    h = model.history
+    best = h["validation_nll"].min() if "validation_nll" in h else h["train_nll"].min()
+    print(f"Trained {len(h)} epochs on {adata.n_obs} cells x {adata.n_vars} genes; "
+          f"best validation NLL per entry {best:.4f}. Model: {out} (config.toml, history.png).")
+
+
+def cmd_denoise(args) -> None:
+    from .model import ZiPo
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ValueError(f"{args.out!r} already exists; choose another --out or pass --overwrite")
+    model = ZiPo.load(args.model, device=args.device)
+    adata = _read_h5ad(args.data)
+    model.denoise(adata, expectation=args.expectation, zero_inflation=args.zero_inflation,
+                  key_added=args.key_added, batch_size=args.batch_size)
+    _write_h5ad_atomic(adata, args.out, args.overwrite)
+    print(f"Denoised {adata.n_obs} cells x {adata.n_vars} genes into {args.out}: "
+          f"layers['{args.key_added}_denoised'], obsm['X_{args.key_added}'], "
+          f"obs['{args.key_added}_library_size']"
+          + (f", layers['{args.key_added}_zero_prob']" if args.zero_inflation else "") + ".")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(epochs=args.epochs, out=args.out, seed=args.seed, verbose=not args.quiet)
+
+
+def cmd_config(args) -> None:
+    import tomli_w
+
+    from .config import ZiPoConfig
+
+    sys.stdout.write(tomli_w.dumps(ZiPoConfig().to_dict()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zipo", description="Denoise scRNA-seq counts with ZiPo.")
+    p.add_argument("--version", action="version", version=f"zipo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on an .h5ad of raw counts")
+    t.add_argument("data", help="input .h5ad (cells x genes, raw counts)")
+    t.add_argument("--out", required=True, help="model directory to write")
+    t.add_argument("--config", help="TOML config ([data], [model], [train] tables)")
+    t.add_argument("--layer", help="layer with raw counts (default: X)")
+    t.add_argument("--covariates", nargs="+", help="obs columns used as known covariates")
+    t.add_argument("--likelihood", choices=["zip", "zinb", "poisson", "nb"])
+    t.add_argument("--encoder-dims", type=int, nargs="+", help="e.g. 2048 1024 512 256 128")
+    t.add_argument("--max-epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config option, e.g. --set model.alpha_z=0.5 (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("denoise", help="denoise an .h5ad with a trained model")
+    d.add_argument("model", help="model directory written by 'zipo train'")
+    d.add_argument("data", help="input .h5ad with the model's genes")
+    d.add_argument("--out", required=True, help="output .h5ad")
+    d.add_argument("--expectation", choices=["rate", "mixture"], default="rate",
+                   help="rate: l*mu (default); mixture: (1-z)*l*mu")
+    d.add_argument("--zero-inflation", action="store_true", help="also write zero probabilities")
+    d.add_argument("--key-added", default="zipo")
+    d.add_argument("--batch-size", type=int)
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--overwrite", action="store_true")
+    d.set_defaults(func=cmd_denoise)
+
+    e = sub.add_parser("demo", help="train briefly on the PBMC sample shipped with zipo")
+    e.add_argument("--epochs", type=int, default=60)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="also save the model and its training plot here")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("config", help="print the default config as TOML")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as e:
+        print(f"zipo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
