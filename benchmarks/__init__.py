@@ -1,0 +1,1 @@
+"""Benchmarks for ZiPo (run as modules: python -m benchmarks.speed)."""
