@@ -103,3 +103,31 @@ def test_console_script_is_installed():
     assert exe, "the zipo console script is not on PATH"
     done = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("zipo ")
+
+
+@pytest.mark.parametrize("preset", ["zipo", "dca", "zipdca", "tuneddca"])
+def test_presets_train_and_config_overrides_them(tiny_h5ad, tmp_path, preset):
+    import zipo
+    from zipo.presets import PRESETS
+
+    adata = ad.read_h5ad(tiny_h5ad)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[model]\nresiduals = true\n")  # equal to the default, but set on purpose
+    model = zipo.ZiPo(adata, preset=preset, config=cfg, max_epochs=1, batch_size=32,
+                      verbose=False)
+    for key, value in PRESETS[preset].get("model", {}).items():
+        if key != "residuals":
+            assert getattr(model.config.model, key) == value
+    assert model.config.model.residuals is True
+    model.train()
+    model.denoise(adata)
+    assert np.isfinite(adata.layers["zipo_denoised"]).all()
+
+
+def test_cli_preset_flag(tiny_h5ad, tmp_path):
+    out = tmp_path / "m"
+    assert main(["train", str(tiny_h5ad), "--preset", "dca", "--out", str(out), "--max-epochs", "1",
+                 "--batch-size", "32", "--quiet"]) == 0
+    saved = load_config(out / "config.toml")
+    assert saved.model.likelihood == "nb" and saved.model.encoder_dims == [128, 64]
+    assert saved.model.decoder_dims == [128]

@@ -62,10 +62,13 @@ def _write_h5ad_atomic(adata, path: str, overwrite: bool) -> None:
 
 
 def cmd_train(args) -> None:
-    from .config import ZiPoConfig, load_config
+    from .config import read_config_file
     from .model import ZiPo
+    from .presets import preset_config
 
-    cfg = load_config(args.config) if args.config else ZiPoConfig()
+    cfg = preset_config(args.preset or "zipo")
+    if args.config:
+        cfg.update(read_config_file(args.config), source=args.config)
     for flag, option in _TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -130,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", help="input .h5ad (cells x genes, raw counts)")
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--config", help="TOML config ([data], [model], [train] tables)")
+    t.add_argument("--preset", choices=["zipo", "dca", "zipdca", "tuneddca"],
+                   help="starting configuration (the config file and flags override it)")
     t.add_argument("--layer", help="layer with raw counts (default: X)")
     t.add_argument("--covariates", nargs="+", help="obs columns used as known covariates")
     t.add_argument("--likelihood", choices=["zip", "zinb", "poisson", "nb"])

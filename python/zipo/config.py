@@ -183,17 +183,23 @@ def find_option(key: str, source: str = "argument") -> tuple[str, str]:
     raise ValueError(f"{source}: unknown option {key!r}; known options: {', '.join(known)}")
 
 
-def load_config(path: str | Path) -> ZiPoConfig:
-    """Read a TOML config file into a checked :class:`ZiPoConfig`."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML config file as written (only the keys it sets), checked."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
     try:
         with open(path, "rb") as fh:
             d = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    return ZiPoConfig.from_dict(d, source=str(path))
+    ZiPoConfig.from_dict(d, source=str(path))  # names, types and ranges
+    return d
+
+
+def load_config(path: str | Path) -> ZiPoConfig:
+    """Read a TOML config file into a checked :class:`ZiPoConfig` (defaults for unset keys)."""
+    return ZiPoConfig.from_dict(read_config_file(path), source=str(path))
 
 
 def _field_names(klass) -> list[str]:

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ZiPoConfig, load_config
+from .config import ZiPoConfig, read_config_file
 from .data import (
     CellBatches, CountMatrix, CovariateEncoder, _examples, check_counts, gene_totals, split_cells,
 )
 from .network import ZiPoNetwork
+from .presets import preset_config
 from .training import baseline_nll, evaluate, train_network
 
 Expectation = Literal["rate", "mixture"]
@@ -43,6 +44,9 @@ class ZiPo:
         ``"zip"`` (default), ``"zinb"``, ``"poisson"`` or ``"nb"``.
     config
         A :class:`~zipo.config.ZiPoConfig` or the path of a TOML config file.
+    preset
+        Starting configuration: ``"zipo"`` (the defaults), ``"dca"``, ``"zipdca"`` or
+        ``"tuneddca"`` (see :mod:`zipo.presets`). ``config`` and ``options`` override it.
     **options
         Any other option by name (``encoder_dims=[512, 128]``, ``alpha_z=0.1``,
         ``max_epochs=50``...); they override ``config``. See ``zipo.config``.
@@ -55,10 +59,17 @@ class ZiPo:
         covariates: list[str] | None = None,
         likelihood: str | None = None,
         config: ZiPoConfig | str | Path | None = None,
+        preset: str | None = None,
         **options: Any,
     ):
-        cfg = load_config(config) if isinstance(config, (str, Path)) else (config or ZiPoConfig())
-        cfg = ZiPoConfig.from_dict(cfg.to_dict())  # own copy
+        if isinstance(config, ZiPoConfig):
+            if preset:
+                raise ValueError("pass either a ZiPoConfig object or a preset, not both")
+            cfg = ZiPoConfig.from_dict(config.to_dict())  # own copy
+        else:
+            cfg = preset_config(preset) if preset else ZiPoConfig()
+            if config is not None:  # a config file overrides the preset where it sets a key
+                cfg.update(read_config_file(config), source=str(config))
         for key, value in {"layer": layer, "covariates": covariates, "likelihood": likelihood,
                            **options}.items():
             if value is not None:
@@ -227,7 +238,6 @@ class ZiPo:
         if adata.isbacked and not copy:
             raise ValueError("adata is backed (read-only on disk); use copy=True or adata.to_memory()")
         batches, positions = self._batches(adata, batch_size)
-        out_adata = adata.to_memory() if (copy and adata.isbacked) else (adata.copy() if copy else adata)
         n, g = adata.n_obs, len(self.var_names)
         denoised = np.empty((n, g), dtype=np.float32)
         zprob = np.empty((n, g), dtype=np.float32) if zero_inflation else None
@@ -245,6 +255,14 @@ class ZiPo:
                 zprob[idx] = z.cpu().numpy()[:, cols]
             latent[idx] = out.latent.cpu().numpy()
             library[idx] = torch.exp(out.log_library).cpu().numpy()
+        if copy and adata.isbacked:
+            # Only after the batches are read: to_memory() closes the backing file, which the
+            # batches read from. Reopen it so the caller's backed AnnData stays usable.
+            out_adata = adata.to_memory()
+            if not adata.file.is_open:
+                adata.file.open()
+        else:
+            out_adata = adata.copy() if copy else adata
         out_adata.layers[f"{key_added}_denoised"] = denoised
         if zprob is not None:
             out_adata.layers[f"{key_added}_zero_prob"] = zprob
