@@ -1,0 +1,159 @@
+# Moving counts and cell annotations between R (genes x cells) and AnnData (cells x genes).
+# A genes x cells dgCMatrix and a cells x genes CSR matrix share the same three arrays, so
+# the transpose is free and nothing is densified.
+
+.as_dgc <- function(m, what) {
+  if (inherits(m, "dgCMatrix")) return(m)
+  out <- tryCatch({
+    m <- methods::as(m, "CsparseMatrix")
+    m <- methods::as(m, "generalMatrix")
+    methods::as(m, "dMatrix")
+  }, error = function(e) NULL)
+  if (is.null(out) || !inherits(out, "dgCMatrix")) {
+    stop(what, " is a ", class(m)[1], ", which cannot be read as a numeric matrix; ",
+         "pass a matrix or dgCMatrix of raw counts", call. = FALSE)
+  }
+  out
+}
+
+.examples <- function(x, k = 5) {
+  x <- as.character(x)
+  paste0(paste(utils::head(x, k), collapse = ", "),
+         if (length(x) > k) paste0(", ... (", length(x), " in all)") else "")
+}
+
+# Refuses what the likelihoods cannot model, naming the problem and the fix.
+.check_counts <- function(m, what, allow_non_integer = FALSE) {
+  if (nrow(m) == 0 || ncol(m) == 0) {
+    stop(what, " is empty (", nrow(m), " genes x ", ncol(m), " cells)", call. = FALSE)
+  }
+  v <- m@x
+  if (anyNA(v)) {
+    stop(what, " contains NA/NaN values; ZiPo needs raw counts: remove or fix those cells",
+         call. = FALSE)
+  }
+  if (any(is.infinite(v))) stop(what, " contains infinite values; ZiPo needs raw counts", call. = FALSE)
+  if (any(v < 0)) {
+    stop(what, " contains negative values; ZiPo needs raw counts (non-negative integers), ",
+         "not centred or scaled data: name the raw counts assay with assay = ...", call. = FALSE)
+  }
+  if (!allow_non_integer && any(v != round(v))) {
+    stop(what, " contains non-integer values, which usually means normalised or ",
+         "log-transformed data; use the raw counts assay (assay = \"counts\"), or set ",
+         "allow_non_integer = TRUE if the values are counts on purpose", call. = FALSE)
+  }
+  empty <- which(diff(m@p) == 0L)  # columns (cells) with no stored values
+  if (length(empty)) {
+    empty <- empty[Matrix::colSums(m[, empty, drop = FALSE]) == 0]
+    if (length(empty)) {
+      stop(length(empty), " cells have zero counts in ", what, " (",
+           .examples(colnames(m)[empty]), "); remove them first, e.g. ",
+           "sce[, colSums(counts(sce)) > 0]", call. = FALSE)
+    }
+  }
+  invisible(m)
+}
+
+# Cell annotations for Python: the requested columns of colData / meta.data, checked.
+.cell_frame <- function(cd, columns, where) {
+  columns <- as.character(columns)
+  missing <- setdiff(columns, colnames(cd))
+  if (length(missing)) {
+    stop("covariate ", paste0("'", missing, "'", collapse = ", "), " is not a column of ",
+         where, " (columns: ", .examples(colnames(cd)), ")", call. = FALSE)
+  }
+  df <- as.data.frame(cd)[, columns, drop = FALSE]
+  for (col in columns) {
+    v <- df[[col]]
+    if (!is.atomic(v) || !is.null(dim(v))) {
+      stop("column '", col, "' of ", where, " is a ", class(v)[1], "; covariates must be ",
+           "numbers, factors, characters or logicals", call. = FALSE)
+    }
+    if (anyNA(v)) {
+      stop("covariate '", col, "' has ", sum(is.na(v)), " NA values in ", where,
+           "; fill them (e.g. with an 'unknown' level) or drop those cells", call. = FALSE)
+    }
+    if (is.logical(v)) df[[col]] <- factor(v)
+  }
+  df
+}
+
+# AnnData (a Python object) from a genes x cells count matrix and a cell data.frame.
+.counts_to_anndata <- function(counts, cells, what, allow_non_integer = FALSE) {
+  m <- .check_counts(.as_dgc(counts, what), what, allow_non_integer)
+  obs <- if (is.null(cells) || ncol(cells) == 0) NULL else cells
+  .bridge()$anndata_from_csc_parts(
+    reticulate::np_array(m@x), reticulate::np_array(m@i), reticulate::np_array(m@p),
+    nrow(m), ncol(m), rownames(m), colnames(m), obs
+  )
+}
+
+#' Convert a SingleCellExperiment to an AnnData object
+#'
+#' Builds a Python AnnData (cells x genes, sparse CSR) from an assay of `sce`
+#' (genes x cells) and its colData, moving the sparse matrix as index arrays so
+#' nothing is densified.
+#'
+#' @param sce A SingleCellExperiment (or SummarizedExperiment).
+#' @param assay Name of the assay holding raw counts.
+#' @param columns colData columns to carry into `obs` (default: all atomic ones).
+#' @param allow_non_integer Accept non-integer values.
+#' @return A Python `anndata.AnnData` (a reticulate object).
+#' @export
+sce_to_anndata <- function(sce, assay = "counts", columns = NULL, allow_non_integer = FALSE) {
+  counts <- .get_assay(sce, assay)
+  cd <- SummarizedExperiment::colData(sce)
+  if (is.null(columns)) {
+    columns <- colnames(cd)[vapply(colnames(cd), function(n) {
+      v <- cd[[n]]
+      is.atomic(v) && is.null(dim(v))
+    }, logical(1))]
+  }
+  .counts_to_anndata(counts, .cell_frame(cd, columns, "colData(sce)"),
+                     paste0("assay '", assay, "'"), allow_non_integer)
+}
+
+#' Convert an AnnData object to a SingleCellExperiment
+#'
+#' The inverse of [sce_to_anndata()]: `X` becomes the assay `assay` as a
+#' genes x cells dgCMatrix, `obs` becomes colData, `obsm` entries become
+#' reducedDims.
+#'
+#' @param adata A Python `anndata.AnnData` (reticulate object).
+#' @param assay Name of the assay to hold `X`.
+#' @return A SingleCellExperiment.
+#' @export
+anndata_to_sce <- function(adata, assay = "counts") {
+  parts <- .bridge()$csr_parts(adata)
+  genes <- as.character(.r(adata$var_names$to_list()))
+  cells <- as.character(.r(adata$obs_names$to_list()))
+  m <- methods::new("dgCMatrix", i = as.integer(parts$i), p = as.integer(parts$p),
+                    x = as.numeric(parts$x), Dim = c(length(genes), length(cells)),
+                    Dimnames = list(genes, cells))
+  obs <- .r(adata$obs)
+  attr(obs, "pandas.index") <- NULL
+  rownames(obs) <- cells
+  sce <- SingleCellExperiment::SingleCellExperiment(
+    assays = stats::setNames(list(m), assay),
+    colData = S4Vectors::DataFrame(obs, check.names = FALSE)
+  )
+  for (key in .r(reticulate::import_builtins()$list(adata$obsm$keys()))) {
+    emb <- as.matrix(.r(reticulate::py_get_item(adata$obsm, key)))
+    rownames(emb) <- cells
+    SingleCellExperiment::reducedDim(sce, sub("^X_", "", key)) <- emb
+  }
+  sce
+}
+
+.get_assay <- function(sce, assay) {
+  if (!methods::is(sce, "SummarizedExperiment")) {
+    stop("expected a SingleCellExperiment, got a ", class(sce)[1], call. = FALSE)
+  }
+  available <- SummarizedExperiment::assayNames(sce)
+  if (!assay %in% available) {
+    stop("assay '", assay, "' is not in the object (assays: ",
+         if (length(available)) .examples(available) else "none",
+         "); name the assay holding raw counts with assay = ...", call. = FALSE)
+  }
+  SummarizedExperiment::assay(sce, assay, withDimnames = TRUE)
+}

@@ -1,0 +1,166 @@
+# Training a model from R and the zipo_model object around the Python ZiPo instance.
+
+`%||%` <- function(a, b) if (is.null(a)) b else a
+
+# R values -> the types the Python options expect: whole numbers as integers, layer widths and
+# covariates as lists (reticulate would turn a length-1 vector into a scalar).
+.py_options <- function(opts) {
+  opts <- opts[!vapply(opts, is.null, logical(1))]
+  as_list <- c("encoder_dims", "decoder_dims", "library_dims", "covariates")
+  for (n in names(opts)) {
+    v <- opts[[n]]
+    if (is.numeric(v) && !is.integer(v) && all(is.finite(v)) && all(v == round(v)) &&
+        all(abs(v) < .Machine$integer.max)) {
+      v <- as.integer(v)
+    }
+    if (n %in% as_list) v <- as.list(v)
+    opts[[n]] <- v
+  }
+  opts
+}
+
+# AnnData of the counts and covariates of a SingleCellExperiment or a Seurat object.
+.as_anndata <- function(x, assay, covariates, allow_non_integer) {
+  if (inherits(x, "Seurat")) {
+    .need_seurat()
+    assay <- assay %||% SeuratObject::DefaultAssay(x)
+    counts <- SeuratObject::GetAssayData(x, slot = "counts", assay = assay)
+    cells <- .cell_frame(x[[]], covariates, "the Seurat object's meta.data")
+    return(.counts_to_anndata(counts, cells, paste0("the counts of Seurat assay '", assay, "'"),
+                              allow_non_integer))
+  }
+  assay <- assay %||% "counts"
+  counts <- .get_assay(x, assay)
+  cells <- .cell_frame(SummarizedExperiment::colData(x), covariates, "colData(sce)")
+  .counts_to_anndata(counts, cells, paste0("assay '", assay, "'"), allow_non_integer)
+}
+
+#' Train a ZiPo model
+#'
+#' Fits ZiPo's deep zero-inflated count autoencoder to the raw counts of a
+#' SingleCellExperiment or Seurat object. Training runs in the Python core and
+#' shows a progress bar per epoch.
+#'
+#' @param x A SingleCellExperiment or a Seurat object.
+#' @param assay Assay with raw counts: an assay name for a SingleCellExperiment
+#'   (default `"counts"`), a Seurat assay (default: the default assay, its
+#'   counts slot).
+#' @param covariates colData (or meta.data) columns used as known covariates.
+#' @param likelihood `"zip"` (default), `"zinb"`, `"poisson"` or `"nb"`.
+#' @param epochs Maximum number of epochs (early stopping may end sooner).
+#' @param seed Random seed; a seed makes a CPU run reproducible.
+#' @param verbose Show the progress bar.
+#' @param allow_non_integer Accept non-integer counts.
+#' @param ... Any other ZiPo option, e.g. `encoder_dims = c(512, 128)`,
+#'   `batch_size = 128`, `alpha_z = 0.1`, `preset = "dca"`, `device = "cuda"`.
+#' @return A `zipo_model`.
+#' @seealso [denoise()], [save_model()], [load_model()]
+#' @export
+train <- function(x, assay = NULL, covariates = NULL, likelihood = "zip", epochs = NULL,
+                  seed = 0L, verbose = TRUE, allow_non_integer = FALSE, ...) {
+  adata <- .as_anndata(x, assay, covariates, allow_non_integer)
+  opts <- .py_options(list(covariates = covariates, likelihood = likelihood,
+                           max_epochs = epochs, seed = seed, verbose = verbose,
+                           allow_non_integer = allow_non_integer, ...))
+  py <- do.call(.zipo_py()$ZiPo, c(list(adata), opts))
+  py$train()
+  .new_model(py)
+}
+
+.new_model <- function(py) structure(list(py = py), class = "zipo_model")
+
+# Denoise an AnnData with a trained model; plain R values back.
+.apply_model <- function(model, adata, expectation, zero_inflation) {
+  if (!inherits(model, "zipo_model")) stop("model must be a zipo_model (from train() or load_model())", call. = FALSE)
+  model$py$denoise(adata, expectation = expectation, zero_inflation = zero_inflation)
+  .bridge()$denoise_result(adata)
+}
+
+#' @export
+print.zipo_model <- function(x, ...) {
+  cat("<zipo_model>", reticulate::py_str(x$py), "\n")
+  invisible(x)
+}
+
+#' Summarise a ZiPo model
+#'
+#' @param object A `zipo_model`.
+#' @param ... Unused.
+#' @return A list of class `summary.zipo_model`: likelihood, genes, latent size,
+#'   covariates, epochs trained, best validation NLL (per matrix entry) and the
+#'   training history as a data.frame.
+#' @export
+summary.zipo_model <- function(object, ...) {
+  py <- object$py
+  cfg <- .r(py$config$to_dict())
+  history <- training_history(object)
+  best <- if ("validation_nll" %in% names(history)) min(history$validation_nll) else NA_real_
+  structure(list(
+    likelihood = cfg$model$likelihood,
+    genes = length(.r(py$var_names$to_list())),
+    latent = utils::tail(unlist(cfg$model$encoder_dims), 1),
+    encoder = unlist(cfg$model$encoder_dims),
+    covariates = unlist(cfg$data$covariates),
+    epochs = nrow(history),
+    best_validation_nll = best,
+    history = history
+  ), class = "summary.zipo_model")
+}
+
+#' @export
+print.summary.zipo_model <- function(x, ...) {
+  cat("ZiPo model\n")
+  cat("  likelihood:          ", x$likelihood, "\n")
+  cat("  genes:               ", x$genes, "\n")
+  cat("  encoder:             ", paste(x$encoder, collapse = "-"), "\n")
+  cat("  covariates:          ", if (length(x$covariates)) paste(x$covariates, collapse = ", ") else "none", "\n")
+  cat("  epochs trained:      ", x$epochs, "\n")
+  cat("  best validation NLL: ", format(x$best_validation_nll, digits = 5), "(per matrix entry)\n")
+  invisible(x)
+}
+
+#' Training history of a ZiPo model
+#'
+#' @param model A `zipo_model`.
+#' @return A data.frame with one row per epoch: train/validation loss and NLL,
+#'   learning rate and seconds.
+#' @export
+training_history <- function(model) {
+  h <- .r(model$py$history)
+  attr(h, "pandas.index") <- NULL
+  rownames(h) <- NULL
+  h
+}
+
+#' Denoise new data with a trained model
+#'
+#' @param object A `zipo_model`.
+#' @param newdata A SingleCellExperiment or Seurat object with the model's genes.
+#' @param ... Passed to [denoise()].
+#' @return `newdata` with the denoised values added (see [denoise()]).
+#' @export
+predict.zipo_model <- function(object, newdata, ...) {
+  denoise(newdata, model = object, ...)
+}
+
+#' Save and load ZiPo models
+#'
+#' A model is a directory of tensors and JSON written atomically; loading never
+#' runs code from the file. The same directory loads in Python with
+#' `zipo.ZiPo.load(path)`.
+#'
+#' @param model A `zipo_model`.
+#' @param path Directory to write or read.
+#' @param overwrite Replace an existing directory.
+#' @return `save_model()`: `path`, invisibly. `load_model()`: a `zipo_model`.
+#' @export
+save_model <- function(model, path, overwrite = FALSE) {
+  model$py$save(path.expand(path), overwrite = overwrite)
+  invisible(path)
+}
+
+#' @rdname save_model
+#' @export
+load_model <- function(path) {
+  .new_model(.zipo_py()$ZiPo$load(path.expand(path)))
+}

@@ -1,0 +1,113 @@
+# Finding, checking and installing ZiPo's Python core.
+
+.zipo_state <- new.env(parent = emptyenv())
+
+#' Install ZiPo's Python core for R
+#'
+#' Creates a Python virtual environment holding the ZiPo core and its pinned
+#' dependencies, the way reticulate-based packages do. zipo finds it on first
+#' use; set `RETICULATE_PYTHON` to use another Python instead.
+#'
+#' NumPy is pinned below 2 because reticulate releases before 1.35 (Debian ships
+#' 1.28) refuse NumPy 2 ("incompatible NumPy binary version").
+#'
+#' @param envname Name of the virtual environment (created under reticulate's
+#'   virtualenv root), or a path to create it at.
+#' @param source What pip installs as the core: a path to a clone of the ZiPo
+#'   repository, or a requirement such as `"zipo"`. Defaults to the
+#'   `ZIPO_PYTHON_SOURCE` environment variable, else `"zipo"`.
+#' @param python Python interpreter (>= 3.10) to create the environment with;
+#'   `NULL` lets reticulate choose.
+#' @param packages Pinned dependencies installed together with the core.
+#' @param extra_packages Further requirements to install (e.g. test tools).
+#' @return The path of the environment's Python interpreter, invisibly.
+#' @examples
+#' \dontrun{
+#' install_zipo()                                   # once
+#' install_zipo(source = "~/src/zipo")              # from a clone
+#' }
+#' @export
+install_zipo <- function(envname = "r-zipo",
+                         source = Sys.getenv("ZIPO_PYTHON_SOURCE", "zipo"),
+                         python = NULL,
+                         packages = c("torch==2.13.0", "numpy<2"),
+                         extra_packages = character()) {
+  if (reticulate::py_available(initialize = FALSE)) {
+    warning("Python is already initialised in this R session; restart R before using ",
+            "the new environment.", call. = FALSE)
+  }
+  if (dir.exists(source)) source <- normalizePath(source)
+  reticulate::virtualenv_create(envname, python = python)
+  py <- reticulate::virtualenv_python(envname)
+  pip <- function(...) {
+    status <- system2(py, c("-m", "pip", "install", "--disable-pip-version-check", ...))
+    if (!identical(status, 0L)) {
+      stop("pip could not install into '", envname, "' (exit status ", status, "); ",
+           "see the messages above.", call. = FALSE)
+    }
+  }
+  pip(shQuote(c(packages, source, extra_packages)))
+  message("ZiPo's Python core is installed in ", dirname(dirname(py)), ".")
+  invisible(py)
+}
+
+#' Is ZiPo's Python core available?
+#'
+#' @return `TRUE` when Python with the `zipo` module can be used from R.
+#' @export
+zipo_available <- function() {
+  isTRUE(tryCatch({
+    .zipo_py()
+    TRUE
+  }, error = function(e) FALSE))
+}
+
+.missing_core <- function(detail) {
+  stop("ZiPo's Python core is not available: ", detail, "\n",
+       "Run zipo::install_zipo() once (then restart R), or point RETICULATE_PYTHON ",
+       "at a Python that has the 'zipo' module.", call. = FALSE)
+}
+
+.configure_python <- function() {
+  if (reticulate::py_available(initialize = FALSE) || nzchar(Sys.getenv("RETICULATE_PYTHON"))) {
+    return(invisible())
+  }
+  envname <- getOption("zipo.envname", "r-zipo")
+  if (reticulate::virtualenv_exists(envname)) {
+    reticulate::use_virtualenv(envname, required = TRUE)
+  } else {
+    .missing_core(paste0("no Python environment '", envname, "' was found"))
+  }
+}
+
+# The zipo Python module (imported once per session).
+.zipo_py <- function() {
+  if (!is.null(.zipo_state$zipo)) return(.zipo_state$zipo)
+  .configure_python()
+  imported <- tryCatch(
+    list(np = reticulate::import("numpy"), zipo = reticulate::import("zipo"),
+         bridge = reticulate::import("zipo.rbridge")),
+    error = function(e) e
+  )
+  if (inherits(imported, "error")) {
+    msg <- conditionMessage(imported)
+    if (grepl("NumPy", msg, ignore.case = TRUE)) {
+      .missing_core(paste0("this reticulate cannot use the NumPy in ",
+                           reticulate::py_config()$python, " (", msg,
+                           "); install_zipo() pins numpy<2, which it can use"))
+    }
+    .missing_core(msg)
+  }
+  .zipo_state$np <- imported$np
+  .zipo_state$bridge <- imported$bridge
+  .zipo_state$zipo <- imported$zipo
+  imported$zipo
+}
+
+.bridge <- function() {
+  .zipo_py()
+  .zipo_state$bridge
+}
+
+# An R value from a Python result (modules are imported with convert = TRUE, so most already are).
+.r <- function(x) if (inherits(x, "python.builtin.object")) reticulate::py_to_r(x) else x
