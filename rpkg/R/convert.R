@@ -73,7 +73,6 @@
       stop("covariate '", col, "' has ", sum(is.na(v)), " NA values in ", where,
            "; fill them (e.g. with an 'unknown' level) or drop those cells", call. = FALSE)
     }
-    if (is.logical(v)) df[[col]] <- factor(v)
   }
   df
 }

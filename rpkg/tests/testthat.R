@@ -1,0 +1,4 @@
+library(testthat)
+library(zipo)
+
+test_check("zipo")

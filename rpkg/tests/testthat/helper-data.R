@@ -1,0 +1,24 @@
+# Small simulated data: two cell groups with different gene programs, Poisson counts.
+skip_without_core <- function() {
+  testthat::skip_if_not(zipo_available(), "ZiPo's Python core is not available (run zipo::install_zipo())")
+}
+
+simulated_sce <- function(n_genes = 40, n_cells = 90, seed = 1) {
+  set.seed(seed)
+  group <- rep(c("a", "b"), length.out = n_cells)
+  rates <- matrix(rgamma(n_genes * 2, shape = 2, rate = 1), n_genes, 2)
+  lib <- runif(n_cells, 0.5, 1.5)
+  mu <- rates[, ifelse(group == "a", 1, 2)] * rep(lib, each = n_genes)
+  counts <- matrix(rpois(length(mu), mu), n_genes, n_cells)
+  counts[1, ] <- counts[1, ] + 1  # no empty cell
+  counts <- Matrix::Matrix(counts, sparse = TRUE)
+  dimnames(counts) <- list(paste0("gene", seq_len(n_genes)), paste0("cell", seq_len(n_cells)))
+  SingleCellExperiment::SingleCellExperiment(
+    assays = list(counts = counts),
+    colData = S4Vectors::DataFrame(group = factor(group), depth = lib,
+                                   n = seq_len(n_cells), label = paste0("L", group),
+                                   flag = group == "a", row.names = colnames(counts))
+  )
+}
+
+fast <- list(encoder_dims = c(16, 8), batch_size = 32, verbose = FALSE)

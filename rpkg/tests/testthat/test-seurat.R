@@ -1,0 +1,20 @@
+test_that("denoise(seurat) adds the ZIPO assay, the zipo reduction and the library size", {
+  skip_without_core()
+  skip_if_not_installed("SeuratObject")
+  sce <- simulated_sce()
+  counts <- SummarizedExperiment::assay(sce, "counts")
+  meta <- data.frame(group = as.character(sce$group), row.names = colnames(sce))
+  so <- SeuratObject::CreateSeuratObject(counts = counts, meta.data = meta)
+  out <- do.call(denoise, c(list(so, epochs = 2, seed = 3, covariates = "group"), fast))
+  expect_true("ZIPO" %in% SeuratObject::Assays(out))
+  den <- SeuratObject::GetAssayData(out, slot = "data", assay = "ZIPO")
+  expect_identical(dim(den), dim(counts))
+  expect_identical(colnames(den), colnames(counts))
+  emb <- SeuratObject::Embeddings(out, "zipo")
+  expect_identical(dim(emb), c(ncol(counts), 8L))
+  expect_true(all(out$zipo_library_size > 0))
+  # The same seed from a SingleCellExperiment gives the same values.
+  ref <- do.call(denoise, c(list(sce, epochs = 2, seed = 3, covariates = "group"), fast))
+  expect_equal(as.matrix(den), SummarizedExperiment::assay(ref, "denoised"),
+               tolerance = 1e-6, ignore_attr = TRUE)
+})
