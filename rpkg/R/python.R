@@ -37,7 +37,7 @@ install_zipo <- function(envname = "r-zipo",
             "the new environment.", call. = FALSE)
   }
   if (dir.exists(source)) source <- normalizePath(source)
-  reticulate::virtualenv_create(envname, python = python)
+  reticulate::virtualenv_create(envname, python = python, packages = NULL)
   py <- reticulate::virtualenv_python(envname)
   pip <- function(...) {
     status <- system2(py, c("-m", "pip", "install", "--disable-pip-version-check", ...))

@@ -1,0 +1,166 @@
+"""R <-> Python: the zipo R package against the Python core, checked with rpy2 + anndata2ri.
+
+These run in the Python environment the R package uses (NumPy < 2, since Debian's reticulate
+1.28 refuses NumPy 2; CI makes it with zipo::install_zipo()). R code that calls the R package
+runs in an Rscript subprocess whose reticulate uses this same interpreter, so nothing nests
+Python inside R inside Python. anndata2ri (in-process R through rpy2) is the independent
+reference for what an SCE looks like as an AnnData.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+if shutil.which("Rscript") is None:
+    pytest.skip("R is not installed (scripts/install-r.sh installs it)", allow_module_level=True)
+if int(np.__version__.split(".")[0]) >= 2:
+    pytest.skip("the R bridge tests run in the NumPy < 2 environment that R's reticulate 1.28 "
+                "can use (.venv-r, made by scripts/install-r.sh)", allow_module_level=True)
+rpy2 = pytest.importorskip("rpy2", reason="rpy2 3.5.x is needed for the R bridge tests")
+anndata2ri = pytest.importorskip("anndata2ri")
+ro = pytest.importorskip("rpy2.robjects")
+if not ro.r('isTRUE(requireNamespace("zipo", quietly = TRUE))')[0]:
+    pytest.skip("the zipo R package is not installed (R CMD INSTALL rpkg)", allow_module_level=True)
+if not (SHARED / "pbmc_small_mtx").is_dir():
+    pytest.skip(f"shared data not found at {SHARED}", allow_module_level=True)
+
+from rpy2.robjects import globalenv  # noqa: E402
+
+import zipo  # noqa: E402
+from zipo.rbridge import anndata_from_csc_parts, csr_parts  # noqa: E402
+
+# Reads the shared pbmc_small MatrixMarket files into `sce` (counts + colData from obs.csv).
+READ_SCE = textwrap.dedent(f"""
+    suppressPackageStartupMessages(library(SingleCellExperiment))
+    d <- "{SHARED / 'pbmc_small_mtx'}"
+    m <- as(Matrix::readMM(file.path(d, "matrix.mtx.gz")), "CsparseMatrix")
+    rownames(m) <- readLines(file.path(d, "genes.tsv.gz"))
+    colnames(m) <- readLines(file.path(d, "barcodes.tsv.gz"))
+    obs <- read.csv(file.path(d, "obs.csv.gz"), row.names = 1)[colnames(m), ]
+    sce <- SingleCellExperiment(assays = list(counts = m), colData = obs)
+""")
+
+FAST = dict(max_epochs=4, seed=11, encoder_dims=[64, 16], batch_size=32, verbose=False)
+FAST_R = "epochs = 4, seed = 11, encoder_dims = c(64, 16), batch_size = 32, verbose = FALSE"
+
+
+def run_r(code: str, tmp_path: Path) -> str:
+    """Run R code in Rscript with reticulate bound to this interpreter; return its stdout."""
+    script = tmp_path / "script.R"
+    script.write_text(READ_SCE + textwrap.dedent(code))
+    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, HOME=str(tmp_path))
+    done = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, f"R failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def r_sce():
+    """The pbmc_small SCE built in this process through rpy2, and anndata2ri's AnnData of it."""
+    ro.r(READ_SCE)
+    with anndata2ri.converter.context():
+        return globalenv["sce"]
+
+
+def test_dgcmatrix_to_csr_and_back_is_exact():
+    ro.r("""
+        set.seed(3)
+        m <- Matrix::rsparsematrix(300, 120, 0.05, rand.x = function(n) as.numeric(rpois(n, 4) + 1))
+        m[, 7] <- 0; m[11, ] <- 0                    # an empty cell and an empty gene
+        m <- Matrix::drop0(m)
+        dimnames(m) <- list(paste0("g", 1:300), paste0("c", 1:120))
+    """)
+    x, i, p = (np.asarray(ro.r(f"m@{s}")) for s in ("x", "i", "p"))
+    adata = anndata_from_csc_parts(x, i, p, 300, 120, list(ro.r("rownames(m)")),
+                                   list(ro.r("colnames(m)")))
+    with (ro.default_converter + anndata2ri.scipy2ri.converter).context():
+        reference = globalenv["m"]  # anndata2ri's own conversion: genes x cells CSC
+    assert sp.isspmatrix_csr(adata.X) and adata.X.dtype == np.float32
+    assert adata.shape == (120, 300)
+    assert (adata.X != reference.T.tocsr()).nnz == 0
+    assert list(adata.var_names) == list(ro.r("rownames(m)"))
+
+    parts = csr_parts(adata)
+    globalenv["px"], globalenv["pi"], globalenv["pp"] = (
+        ro.FloatVector(parts["x"]), ro.IntVector(parts["i"]), ro.IntVector(parts["p"]))
+    same = ro.r("""
+        back <- new("dgCMatrix", x = px, i = pi, p = pp, Dim = dim(m), Dimnames = dimnames(m))
+        identical(back, m)
+    """)
+    assert same[0]
+
+
+def test_sce_to_python_and_back_keeps_everything(tmp_path):
+    h5ad = tmp_path / "from_r.h5ad"
+    out = run_r(f"""
+        a <- zipo::sce_to_anndata(sce)
+        back <- zipo::anndata_to_sce(a)
+        a$write_h5ad("{h5ad}")  # after: writing turns string columns into categoricals in place
+        cat("counts", identical(counts(back), counts(sce)), "\\n")
+        cat("dimnames", identical(dimnames(back), dimnames(sce)), "\\n")
+        cat("colData", identical(as.data.frame(colData(back)), as.data.frame(colData(sce))), "\\n")
+    """, tmp_path)
+    assert "counts TRUE" in out and "dimnames TRUE" in out and "colData TRUE" in out, out
+
+    import anndata as ad
+
+    ours = ad.read_h5ad(h5ad)
+    reference = r_sce()
+    assert list(ours.obs_names) == list(reference.obs_names)
+    assert list(ours.var_names) == list(reference.var_names)
+    assert (sp.csr_matrix(ours.X) != sp.csr_matrix(reference.X)).nnz == 0
+    for col in reference.obs.columns:
+        assert list(ours.obs[col].astype(str)) == list(reference.obs[col].astype(str)), col
+    # And the shared h5ad of the same data holds the same counts.
+    shared = ad.read_h5ad(SHARED / "pbmc_small.h5ad")
+    assert list(shared.obs_names) == list(ours.obs_names)
+    assert (shared.X != ours.X).nnz == 0
+
+
+def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
+    out_dir = tmp_path / "r"
+    out_dir.mkdir()
+    run_r(f"""
+        put <- function(x, name) writeBin(as.vector(x), file.path("{out_dir}", name), size = 8)
+        sce <- zipo::denoise(sce, {FAST_R})
+        put(assay(sce, "denoised"), "sce_denoised.bin")
+        put(reducedDim(sce, "ZIPO"), "sce_latent.bin")
+        put(sce$zipo_library_size, "sce_library.bin")
+        so <- SeuratObject::CreateSeuratObject(counts = counts(sce),
+                                              meta.data = as.data.frame(colData(sce))[, 1:3])
+        so <- zipo::denoise(so, {FAST_R})
+        stopifnot("ZIPO" %in% SeuratObject::Assays(so))
+        put(as.matrix(SeuratObject::GetAssayData(so, slot = "data", assay = "ZIPO")), "seurat_denoised.bin")
+        put(SeuratObject::Embeddings(so, "zipo"), "seurat_latent.bin")
+    """, tmp_path)
+
+    import anndata as ad
+
+    adata = ad.read_h5ad(SHARED / "pbmc_small.h5ad")
+    zipo.denoise(adata, **FAST)
+    py_denoised = adata.layers["zipo_denoised"]  # cells x genes
+    n, g = adata.shape
+
+    def load(name, shape):  # R wrote column-major genes x cells / cells x latents
+        return np.fromfile(out_dir / name, dtype=np.float64).reshape(shape, order="F")
+
+    for prefix in ("sce", "seurat"):
+        r_denoised = load(f"{prefix}_denoised.bin", (g, n)).T
+        rel = np.max(np.abs(r_denoised - py_denoised) / np.maximum(np.abs(py_denoised), 1e-12))
+        print(f"R ({prefix}) vs Python denoised: max relative difference {rel:.3g}")
+        assert rel < 1e-5
+        latent = load(f"{prefix}_latent.bin", (n, 16))
+        np.testing.assert_allclose(latent, adata.obsm["X_zipo"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(load("sce_library.bin", (n,)), adata.obs["zipo_library_size"],
+                               rtol=1e-5)
