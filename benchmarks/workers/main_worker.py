@@ -1,0 +1,113 @@
+"""Worker for the methods that run in the project's own environment: ZiPo (ZIP, ZINB, the
+in-framework DCA preset) and the two baselines. Run by the harness as a subprocess, one fit per
+process, so that wall time and peak RSS are the fit's own:
+
+    python benchmarks/workers/main_worker.py TASKS.json     (see wio.tasks)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np  # noqa: E402
+
+from wio import load_input, n_components, pca_scores, save_output, tasks  # noqa: E402
+
+ZIPO_METHODS = {
+    "zipo_zip": {},                       # the paper's best model = zipo.ZiPo's defaults
+    "zipo_zinb": {"likelihood": "zinb"},
+    "zipo_dca": {"preset": "dca"},        # DCA inside the ZiPo framework (method.md)
+}
+METHODS = [*ZIPO_METHODS, "mean", "pca"]
+
+
+def _adata(x):
+    import anndata as ad
+    import pandas as pd
+
+    return ad.AnnData(
+        x.astype(np.float32), obs=pd.DataFrame(index=[f"c{i}" for i in range(x.shape[0])]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(x.shape[1])]))
+
+
+def run_zipo(method, task, x, t, seed, max_epochs, threads):
+    import torch
+    import zipo
+
+    torch.set_num_threads(threads)
+    kw = dict(ZIPO_METHODS[method])
+    preset = kw.pop("preset", None)
+    adata = _adata(x)
+    model = zipo.ZiPo(adata, preset=preset, max_epochs=max_epochs, seed=seed, verbose=False,
+                      device="cpu", num_threads=threads, **kw)
+    started = time.perf_counter()
+    model.train()
+    fit_seconds = time.perf_counter() - started
+    h = model.history
+    monitored = h["validation_loss"] if "validation_loss" in h else h["train_loss"]
+    info = {"fit_seconds": fit_seconds, "epochs": int(len(h)),
+            "best_epoch": int(np.argmin(monitored.to_numpy()) + 1),
+            "seconds_per_epoch": float(np.median(h["seconds"].to_numpy())),
+            "stopped_early": bool(len(h) < max_epochs),
+            "validation_nll": float(h["validation_nll"].min()) if "validation_nll" in h else None,
+            "zipo_version": zipo.__version__, "zipo_path": os.path.dirname(zipo.__file__),
+            "torch": torch.__version__}
+    out = {}
+    if task == "denoise":
+        rate = model.denoise(adata, copy=True)
+        mix = model.denoise(adata, expectation="mixture", copy=True)
+        out["pred"] = rate.layers["zipo_denoised"]
+        out["pred_mix"] = mix.layers["zipo_denoised"]
+        out["latent"] = rate.obsm["X_zipo"]
+    else:
+        test = _adata(t)
+        nll = model.evaluate(test)["nll"]  # mean per entry
+        out["test_nll_sum"] = np.array(nll * t.shape[0] * t.shape[1])
+    return info, out
+
+
+def run_baseline(method, task, x, t, seed):
+    started = time.perf_counter()
+    lib = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    totals = np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+    props = totals / totals.sum()
+    out = {}
+    if method == "mean":
+        if task == "denoise":
+            out["pred"] = np.outer(lib, props).astype(np.float32)
+        else:
+            from scipy.special import gammaln
+
+            tt = t.toarray().astype(np.float64)
+            rate = np.outer(tt.sum(axis=1), props)
+            out["test_nll_sum"] = np.array(np.sum(rate - tt * np.log(rate) + gammaln(tt + 1)))
+    else:  # pca: low-rank reconstruction of log1p(counts scaled to the median library)
+        scale = float(np.median(lib))
+        y = np.log1p(x.toarray().astype(np.float64) / lib[:, None] * scale)
+        k = n_components(y.shape)
+        scores, comps, means = pca_scores(y, k, seed)
+        recon = np.expm1(scores @ comps + means).clip(min=0.0) * lib[:, None] / scale
+        out["pred"] = recon.astype(np.float32)
+        out["latent"] = scores.astype(np.float32)
+    info = {"fit_seconds": time.perf_counter() - started, "epochs": None,
+            "seconds_per_epoch": None}
+    if method == "pca":
+        info["n_components"] = k
+    return info, out
+
+
+def main():
+    for a in tasks(METHODS):
+        x, t = load_input(a.input)
+        if a.method in ZIPO_METHODS:
+            info, out = run_zipo(a.method, a.task, x, t, a.seed, a.max_epochs, a.threads)
+        else:
+            info, out = run_baseline(a.method, a.task, x, t, a.seed)
+        save_output(a.output, info, **out)
+
+
+if __name__ == "__main__":
+    main()
