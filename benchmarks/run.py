@@ -205,6 +205,17 @@ class Runner:
         self.done = 0
         self.total = 0
         self.started = time.perf_counter()
+        self.finished: set = set()
+
+    def resume(self, path: Path) -> None:
+        """Keep the finished records of an earlier run in ``path``; only the rest is run.
+        (Latent scores of the kept fits are kept too; new fits get theirs.)"""
+        old = json.loads(path.read_text())
+        self.records = [r for r in old["records"] if r.get("status") == "ok"]
+        self.finished = {(r["dataset"], r["seed"], r["protocol"], r["method"]) for r in self.records}
+        self.meta["resumed_from"] = {k: old["meta"].get(k) for k in ("command", "started", "finished")}
+        self.meta["kept_records"] = len(self.records)
+        print(f"resume: keeping {len(self.records)} finished records of {path}", flush=True)
 
     def save(self) -> None:
         with self.lock:
@@ -299,6 +310,8 @@ class Runner:
         else:
             print("leiden: skipped: peer venv missing, run with --setup (scanpy)", flush=True)
         for (d, seed, key), emb in sorted(embs.items()):
+            if (d, seed, "latent", key) in self.finished:
+                continue
             ds = data[d]
             rec = latent_scores(emb, ds.labels, seed=seed, leiden=leiden.get((d, str(seed), key)))
             self.add({"dataset": d, "seed": seed, "protocol": "latent", "method": key,
@@ -317,13 +330,15 @@ class Runner:
             for n, ds in data.items():
                 for proto in protocols:
                     s = make_split(ds, seed, proto, tmp)
-                    if ds.truth:
+                    if ds.truth and (n, seed, proto, "oracle") not in self.finished:
                         self.records.append({"dataset": n, "seed": seed, "protocol": proto,
                                              "method": "oracle", "status": "ok",
                                              **oracle_records(s, ds)})
                     for key in methods:
                         m = METHODS[key]
                         if proto == "heldout" and not m.likelihood:
+                            continue
+                        if (n, seed, proto, key) in self.finished:  # --resume
                             continue
                         # Full run: one fit per process. Quick: one process per method and
                         # dataset (interpreter and import time dominate there).
@@ -333,9 +348,8 @@ class Runner:
                         g[2].append((ds, s))
                         n_fits += 1
         jobs = sorted(groups.values(), key=lambda g: g[0])
-        self.total = n_fits + len(seeds) * sum(
-            1 for n in names if data[n].labels is not None and "mcv0.9" in protocols
-            for k in methods if k != "mean")
+        self.total = n_fits + sum(1 for g in jobs for _, s in g[2] if s.protocol == "mcv0.9"
+                                  and g[1].key != "mean" and data[s.dataset].labels is not None)
         print(f"{n_fits} fits in {len(jobs)} processes, {self.a.jobs} at a time, "
               f"{self.a.threads} thread(s) each; results in {self.out}", flush=True)
         with ThreadPoolExecutor(self.a.jobs) as pool:
@@ -411,6 +425,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", action=argparse.BooleanOptionalAction, default=None,
                    help="one worker process per method and dataset (default: quick only)")
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/out/{quick,full}")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished fits of OUT/results.json and run only the others")
     p.add_argument("--write-results", action="store_true",
                    help="rewrite benchmarks/RESULTS.md and benchmarks/results.png")
     a = p.parse_args(argv)
@@ -437,6 +453,8 @@ def main(argv=None) -> int:
         "setup_seconds": {k: v[0] for k, v in setup_times.items()},
         "methods": {k: METHODS[k].label for k in a.methods},
     }
+    if a.resume and (out / "results.json").is_file():
+        runner.resume(out / "results.json")
     with tempfile.TemporaryDirectory(prefix="zipo-bench-") as tmp:
         runner.run(a.datasets, list(range(a.seeds)), a.methods, a.protocols, Path(tmp))
     from .report import write_report
