@@ -37,17 +37,26 @@ install_zipo <- function(envname = "r-zipo",
             "the new environment.", call. = FALSE)
   }
   if (dir.exists(source)) source <- normalizePath(source)
-  reticulate::virtualenv_create(envname, python = python, packages = NULL)
-  py <- reticulate::virtualenv_python(envname)
-  pip <- function(...) {
-    status <- system2(py, c("-m", "pip", "install", "--disable-pip-version-check", ...))
+  path <- .env_path(envname)
+  if (is.null(python)) python <- Sys.which("python3")
+  if (!nzchar(python)) stop("no python3 found; pass python = \"/path/to/python3\" (>= 3.10)", call. = FALSE)
+  # Python runs without R's LD_LIBRARY_PATH: R puts the system library folder first, and a
+  # Python built with a shared libpython (pyenv, conda) then loads the system's libpython
+  # instead of its own (seen here: a pip without its ssl module).
+  run <- function(exe, args, what) {
+    status <- system2("env", c("LD_LIBRARY_PATH=", shQuote(exe), args))
     if (!identical(status, 0L)) {
-      stop("pip could not install into '", envname, "' (exit status ", status, "); ",
-           "see the messages above.", call. = FALSE)
+      stop(what, " failed for '", path, "' (exit status ", status, "); see the messages above.",
+           call. = FALSE)
     }
   }
+  dir.create(dirname(path), recursive = TRUE, showWarnings = FALSE)
+  run(python, c("-m", "venv", shQuote(path)), "creating the virtual environment")
+  py <- file.path(path, "bin", "python")
+  pip <- function(...) run(py, c("-m", "pip", "install", "--disable-pip-version-check", ...),
+                           "pip install")
   pip(shQuote(c(packages, source, extra_packages)))
-  message("ZiPo's Python core is installed in ", dirname(dirname(py)), ".")
+  message("ZiPo's Python core is installed in ", path, ".")
   invisible(py)
 }
 
@@ -62,6 +71,12 @@ zipo_available <- function() {
   }, error = function(e) FALSE))
 }
 
+# A bare environment name lives under reticulate's virtualenv root, as reticulate expects.
+.env_path <- function(envname) {
+  if (grepl("/", envname, fixed = TRUE)) return(path.expand(envname))
+  file.path(reticulate::virtualenv_root(), envname)
+}
+
 .missing_core <- function(detail) {
   stop("ZiPo's Python core is not available: ", detail, "\n",
        "Run zipo::install_zipo() once (then restart R), or point RETICULATE_PYTHON ",
@@ -73,8 +88,8 @@ zipo_available <- function() {
     return(invisible())
   }
   envname <- getOption("zipo.envname", "r-zipo")
-  if (reticulate::virtualenv_exists(envname)) {
-    reticulate::use_virtualenv(envname, required = TRUE)
+  if (file.exists(file.path(.env_path(envname), "bin", "python"))) {
+    reticulate::use_virtualenv(.env_path(envname), required = TRUE)
   } else {
     .missing_core(paste0("no Python environment '", envname, "' was found"))
   }
