@@ -370,11 +370,13 @@ def versions() -> dict:
         except (OSError, subprocess.SubprocessError):
             commit = None
     v["zipo git commit"] = commit or None
-    for mod in ("zipo", "torch", "numpy", "scipy", "anndata"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("zipo", "torch", "numpy", "scipy", "anndata"):
         try:
-            v[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            v[mod] = None
+            v[dist] = version(dist)
+        except PackageNotFoundError:
+            v[dist] = None
     for name, (req, _) in venvs.PEER_VENVS.items():
         pins = {}
         for line in (HERE / req).read_text().splitlines():

@@ -1,0 +1,88 @@
+"""The benchmark harness (benchmarks/) in quick mode, without the peer venvs: ZiPo and the
+baselines on a small simulated subsample, plus the protocols' arithmetic. Shape and sanity
+only; the real numbers are in benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import protocols as P  # noqa: E402
+
+
+def _counts(seed=0, n=60, g=40):
+    rng = np.random.default_rng(seed)
+    return sp.csr_matrix(rng.poisson(rng.gamma(1.0, 2.0, (n, g))).astype(np.float32))
+
+
+def test_mcv_split_adds_back_and_thins_at_p():
+    x = _counts()
+    x1, x2 = P.mcv_split(x, 0.9, np.random.default_rng(1))
+    assert np.array_equal((x1 + x2).toarray(), x.toarray())
+    assert x1.min() >= 0 and x2.min() >= 0
+    assert abs(x1.sum() / x.sum() - 0.9) < 0.03
+
+
+def test_mask_zeroes_about_one_percent_of_nonzeros():
+    x = _counts(n=300, g=100)
+    corrupted, rows, cols = P.mask_nonzeros(x, np.random.default_rng(2))
+    assert np.all(x.toarray()[rows, cols] > 0) and np.all(corrupted.toarray()[rows, cols] == 0)
+    changed = (x.toarray() != corrupted.toarray()).sum()
+    assert changed == rows.size and 0.004 < rows.size / x.nnz < 0.02
+
+
+def test_scores_prefer_the_truth():
+    rng = np.random.default_rng(3)
+    rate = rng.gamma(2.0, 1.0, (400, 30))
+    target = rng.poisson(rate)
+    assert P.poisson_score(rate, target) < P.poisson_score(rate * 1.5, target)
+    assert P.poisson_deviance(rate, target) < P.poisson_deviance(rate * 0.5, target)
+    assert P.poisson_deviance(target, target) == pytest.approx(0.0, abs=1e-5)  # floor 1e-6
+    # The ZIP and ZINB log-pmfs reduce to Poisson / sum to one.
+    x = np.arange(60)[:, None] * np.ones((1, 3))
+    m, th, pi = np.full_like(x, 4.0), np.full_like(x, 2.0), np.full_like(x, 0.2)
+    assert np.allclose(P.zip_nll_entries(x, m, 0 * pi), P.poisson_nll_entries(x, m))
+    assert np.allclose(np.exp(-P.zinb_nll_entries(x, m, th, pi)).sum(axis=0), 1.0, atol=1e-6)
+
+
+def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
+    from benchmarks import run, venvs
+
+    monkeypatch.setattr(venvs, "ready", lambda name: False)  # as on a clone without --setup
+    out = tmp_path / "quick"
+    code = run.main(["--quick", "--datasets", "simulated", "--methods", "zipo_zip", "mean",
+                     "pca", "scvi", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    recs = data["records"]
+    ok = [r for r in recs if r["status"] == "ok"]
+    skipped = [r for r in recs if r["status"] == "skipped"]
+    # scVI has no venv here: reported as skipped, never failed.
+    assert skipped and all(r["method"] == "scvi" and "--setup" in r["error"] for r in skipped)
+    got = {(r["protocol"], r["method"]) for r in ok}
+    for proto in ("mcv0.9", "mcv0.5", "masked"):
+        assert {(proto, m) for m in ("zipo_zip", "mean", "pca", "oracle")} <= got
+    assert {("heldout", m) for m in ("zipo_zip", "mean", "oracle")} <= got
+    assert {("latent", "zipo_zip"), ("latent", "pca")} <= got
+    for r in ok:
+        for k, v in r.items():
+            if isinstance(v, float):
+                assert math.isfinite(v), (r["protocol"], r["method"], k)
+    by = {(r["protocol"], r["method"]): r for r in ok}
+    # Sanity: the truth beats the no-denoising baseline, and metrics live in their ranges.
+    assert by[("mcv0.9", "oracle")]["poisson_nll"] < by[("mcv0.9", "mean")]["poisson_nll"]
+    assert by[("heldout", "oracle")]["heldout_nll"] < by[("heldout", "mean")]["heldout_nll"]
+    assert -1 <= by[("latent", "pca")]["kmeans_ari"] <= 1
+    assert by[("mcv0.9", "zipo_zip")]["epochs"] <= 3
+    assert by[("mcv0.9", "zipo_zip")]["peak_rss_mb"] > 0
+    md = (out / "results.md").read_text()
+    assert "ZiPo-ZIP" in md and "Where ZiPo-ZIP stands" in md
+    assert (out / "results.png").stat().st_size > 1000
