@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ _TRAIN_FLAGS = {
     "layer": "data.layer", "covariates": "data.covariates", "likelihood": "model.likelihood",
     "encoder_dims": "model.encoder_dims", "max_epochs": "train.max_epochs",
     "batch_size": "train.batch_size", "seed": "train.seed", "device": "train.device",
-    "learning_rate": "train.learning_rate",
+    "learning_rate": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
 }
 
 
@@ -85,8 +86,11 @@ def cmd_train(args) -> None:
         raise ValueError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
     adata = _read_h5ad(args.data)
     model = ZiPo(adata, config=cfg)
-    model.train()
+    # Checkpoints live beside the model directory until the model itself is safely written.
+    checkpoints = out.with_name(out.name + ".checkpoint")
+    model.train(checkpoint_dir=checkpoints, resume=args.resume)
     model.save(out, overwrite=args.overwrite)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     model.plot_history(path=out / "history.png")
     h = model.history
     best = h["validation_nll"].min() if "validation_nll" in h else h["train_nll"].min()
@@ -146,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config option, e.g. --set model.alpha_z=0.5 (repeatable)")
+    t.add_argument("--checkpoint-every", type=int,
+                   help="epochs between checkpoints (written to OUT.checkpoint/; default 10)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.checkpoint/")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.set_defaults(func=cmd_train)

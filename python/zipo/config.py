@@ -86,6 +86,8 @@ class TrainConfig:
     plateau_factor: float = 0.1
     early_stopping_patience: int = 30
     seed: int = 0
+    checkpoint_every: int = 10
+    """Epochs between checkpoints when training with a checkpoint directory."""
     device: str = "auto"
     num_threads: int | None = None
     """CPU threads for torch; ``None`` keeps torch's default."""
@@ -157,6 +159,8 @@ class ZiPoConfig:
             raise ValueError(f"validation_fraction must be in [0, 1), got {t.validation_fraction}")
         if t.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 cells), got {t.batch_size}")
+        if t.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {t.checkpoint_every}")
         if t.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {t.max_epochs}")
         for name in ("learning_rate", "lr_min"):

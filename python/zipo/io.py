@@ -90,7 +90,7 @@ def save_model(model, path: str | Path, overwrite: bool = False) -> Path:
 
 
 def load_model(path: str | Path, adata=None, device: str = "cpu"):
-    from .model import ZiPo, resolve_device
+    from .model import ZiPo, resolve_device  # the model module imports this one
     from .network import ZiPoNetwork
 
     path = Path(path)
@@ -122,6 +122,11 @@ def load_model(path: str | Path, adata=None, device: str = "cpu"):
             "it is corrupt, truncated, or not a ZiPo weights file"
         ) from None
 
+    missing = [k for k in ("config", "var_names", "covariates") if k not in meta]
+    if missing:
+        raise ValueError(
+            f"{str(path / META_FILE)!r} is corrupt (it lacks {', '.join(missing)}); save the model again"
+        )
     model = ZiPo.__new__(ZiPo)
     model.config = ZiPoConfig.from_dict(meta["config"], source=str(path / META_FILE))
     model.var_names = pd.Index(meta["var_names"])
@@ -132,7 +137,12 @@ def load_model(path: str | Path, adata=None, device: str = "cpu"):
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ValueError(f"the weights in {str(path)!r} do not fit the saved config: {e}") from None
     history_file = path / HISTORY_FILE
-    model.history = pd.read_csv(history_file) if history_file.stat().st_size > 1 else pd.DataFrame()
+    try:
+        model.history = pd.read_csv(history_file) if history_file.stat().st_size > 1 else pd.DataFrame()
+    except FileNotFoundError:
+        raise ValueError(f"the model at {str(path)!r} has no {HISTORY_FILE}; save it again") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(history_file)!r} is corrupt ({e}); save the model again") from None
     model.is_trained = bool(meta.get("is_trained", True))
     model.device = resolve_device(device)
     model.network.to(model.device).eval()
@@ -141,3 +151,61 @@ def load_model(path: str | Path, adata=None, device: str = "cpu"):
     if adata is not None:
         model.attach(adata)
     return model
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "zipo-checkpoint"
+
+
+def write_checkpoint(directory: str | Path, trainer, model) -> Path:
+    """Write the trainer's full state to ``directory/checkpoint.pt`` atomically (temporary file,
+    fsync, rename): a kill at any moment leaves the previous checkpoint or the new one."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "var_names": [str(g) for g in model.var_names],
+        "model_config": model.config.to_dict()["model"],
+        "data_config": model.config.to_dict()["data"],
+        "trainer": trainer.state_dict(),
+    }
+    target = directory / CHECKPOINT_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        _fsync_write(Path(tmp), lambda fh: torch.save(state, fh))
+        os.replace(tmp, target)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_checkpoint(directory: str | Path, model) -> dict:
+    """The trainer state saved in ``directory``, after checking it belongs to ``model``."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ValueError(f"no checkpoint to resume from in {str(directory)!r} ({CHECKPOINT_FILE} "
+                         "is missing); train without resume to start afresh")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"the checkpoint {str(path)!r} could not be read safely ({e}); it is "
+                         "corrupt or not a ZiPo checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a ZiPo checkpoint")
+    if state["var_names"] != [str(g) for g in model.var_names]:
+        raise ValueError(f"the checkpoint {str(path)!r} was made on other genes than this data; "
+                         "resume with the same AnnData, or train without resume")
+    current = model.config.to_dict()
+    for section in ("model", "data"):
+        if state[f"{section}_config"] != current[section]:
+            raise ValueError(f"the checkpoint {str(path)!r} was made with other [{section}] "
+                             "options than this model's; use the same config to resume")
+    return state["trainer"]

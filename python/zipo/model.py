@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,9 +14,10 @@ from .config import ZiPoConfig, read_config_file
 from .data import (
     CellBatches, CountMatrix, CovariateEncoder, _examples, check_counts, gene_totals, split_cells,
 )
+from .io import load_model, read_checkpoint, save_model, write_checkpoint
 from .network import ZiPoNetwork
 from .presets import preset_config
-from .training import baseline_nll, evaluate, train_network
+from .training import Trainer, baseline_nll, evaluate
 
 Expectation = Literal["rate", "mixture"]
 
@@ -107,11 +109,20 @@ class ZiPo:
         validation_fraction: float | None = None,
         seed: int | None = None,
         verbose: bool | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
         **options: Any,
     ) -> "ZiPo":
         """Train on the AnnData given at construction (Adam, the paper's schedule, early
         stopping on a held-out validation split of cells). Calling it again continues from the
-        current weights. Returns ``self``."""
+        current weights. Returns ``self``.
+
+        With ``checkpoint_dir``, the whole training state (weights, optimiser, schedule,
+        early-stopping record, shuffling RNG) is written there atomically every
+        ``checkpoint_every`` epochs; ``resume=True`` continues from the last checkpoint, so a
+        killed run ends with the same weights as an uninterrupted one (CPU, same seed)."""
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs the checkpoint_dir the run was writing to")
         given = {"max_epochs": max_epochs, "batch_size": batch_size, "device": device,
                  "validation_fraction": validation_fraction, "seed": seed, "verbose": verbose,
                  **options}
@@ -145,7 +156,13 @@ class ZiPo:
             if len(val_idx) else None
         )
         self.train_indices, self.validation_indices = train_idx, val_idx
-        history = train_network(self.network, train_batches, val_batches, self.config.model, tc)
+        trainer = Trainer(self.network, train_batches, val_batches, self.config.model, tc)
+        save = None
+        if checkpoint_dir is not None:
+            if resume:
+                trainer.load_state_dict(read_checkpoint(checkpoint_dir, self))
+            save = partial(write_checkpoint, checkpoint_dir, model=self)
+        history = trainer.run(save, tc.checkpoint_every)
         offset = len(self.history)
         new = pd.DataFrame(history)
         new["epoch"] += offset
@@ -293,15 +310,11 @@ class ZiPo:
     def save(self, path: str | Path, overwrite: bool = False) -> None:
         """Write the model (weights, config, genes, covariate encoding, history) to a directory,
         atomically: a crash never leaves a half-written model at ``path``."""
-        from .io import save_model
-
         save_model(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, adata=None, device: str = "cpu") -> "ZiPo":
         """Load a saved model. Pass ``adata`` to keep training it (fine-tuning)."""
-        from .io import load_model
-
         return load_model(path, adata=adata, device=device)
 
     def plot_history(self, ax=None, path: str | Path | None = None):

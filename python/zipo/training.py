@@ -10,6 +10,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -130,6 +131,111 @@ def baseline_nll(batches: CellBatches, gene_proportions: torch.Tensor) -> float:
     return total / n
 
 
+class Trainer:
+    """The epoch loop and everything it carries between epochs (weights, Adam state, schedule,
+    early-stopping record, history, shuffling RNG), so a run can be checkpointed and resumed
+    exactly where it stopped."""
+
+    def __init__(self, net: ZiPoNetwork, train_batches: CellBatches,
+                 val_batches: CellBatches | None, model_config: ModelConfig,
+                 train_config: TrainConfig):
+        self.net, self.train_batches, self.val_batches = net, train_batches, val_batches
+        self.model_config, self.train_config = model_config, train_config
+        self.optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate)
+        self.schedule = LearningRateSchedule(train_config)
+        self.stopper = EarlyStopping(train_config.early_stopping_patience)
+        self.history: list[dict] = []
+        self.epoch = 0  # epochs completed
+        self.stopped = False
+
+    def state_dict(self) -> dict:
+        """Plain containers of tensors and numbers only (loadable with ``weights_only=True``)."""
+        return {
+            "epoch": self.epoch,
+            "stopped": self.stopped,
+            "network": self.net.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "stopper": {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch,
+                        "best_state": self.stopper.best_state},
+            "history": self.history,
+            "shuffle_rng": self.train_batches.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.stopped = state["epoch"], state["stopped"]
+        self.net.load_state_dict(state["network"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.schedule.load_state_dict(state["schedule"])
+        s = state["stopper"]
+        self.stopper.best, self.stopper.best_epoch = s["best"], s["best_epoch"]
+        self.stopper.best_state = s["best_state"]
+        self.history = list(state["history"])
+        self.train_batches.rng.bit_generator.state = state["shuffle_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def _epoch(self, epoch: int, lr: float) -> dict:
+        net, config = self.net, self.model_config
+        net.train()
+        total = nll = 0.0
+        n = 0
+        for x, c, idx in self.train_batches:
+            terms = loss_terms(net, net(x, c), x, config)
+            if not torch.isfinite(terms.total):
+                _restore(net, self.stopper)
+                raise FloatingPointError(
+                    f"the training loss became {terms.total.item()} in epoch {epoch + 1}; "
+                    f"the learning rate ({lr:.3g}) may be too high for these data, or library "
+                    "sizes are extreme: lower train.learning_rate or check the counts. The best "
+                    "weights so far were kept (and the last checkpoint, if any, is untouched)."
+                )
+            self.optimiser.zero_grad(set_to_none=True)
+            terms.total.backward()
+            self.optimiser.step()
+            total += terms.total.item() * len(idx)
+            nll += terms.nll.item() * len(idx)
+            n += len(idx)
+        return {"epoch": epoch + 1, "train_loss": total / n, "train_nll": nll / n}
+
+    def run(self, checkpoint: Callable[["Trainer"], None] | None = None,
+            checkpoint_every: int = 0) -> list[dict]:
+        """Train until early stopping or ``max_epochs``; call ``checkpoint(self)`` every
+        ``checkpoint_every`` epochs. The best-validation weights are loaded back at the end."""
+        tc = self.train_config
+        bar = tqdm(range(self.epoch, tc.max_epochs), desc="ZiPo training", unit="epoch",
+                   disable=not tc.verbose, dynamic_ncols=True, initial=self.epoch,
+                   total=tc.max_epochs)
+        for epoch in bar:
+            if self.stopped:
+                break
+            lr = self.schedule.lr
+            for group in self.optimiser.param_groups:
+                group["lr"] = lr
+            started = time.perf_counter()
+            row = self._epoch(epoch, lr)
+            if self.val_batches is not None:
+                row["validation_loss"], row["validation_nll"] = evaluate(
+                    self.net, self.val_batches, self.model_config
+                )
+            row["learning_rate"] = lr
+            row["seconds"] = time.perf_counter() - started
+            self.history.append(row)
+            monitored = row.get("validation_loss", row["train_loss"])
+            self.schedule.step(monitored)
+            self.stopped = self.stopper.update(epoch, monitored, self.net)
+            self.epoch = epoch + 1
+            bar.set_postfix(train=f"{row['train_loss']:.4f}",
+                            val=f"{row.get('validation_loss', float('nan')):.4f}", lr=f"{lr:.2g}")
+            if checkpoint is not None and checkpoint_every and (
+                self.epoch % checkpoint_every == 0 or self.stopped or self.epoch == tc.max_epochs
+            ):
+                checkpoint(self)
+        bar.close()
+        _restore(self.net, self.stopper)
+        return self.history
+
+
 def train_network(
     net: ZiPoNetwork,
     train_batches: CellBatches,
@@ -137,61 +243,8 @@ def train_network(
     model_config: ModelConfig,
     train_config: TrainConfig,
 ) -> list[dict]:
-    """Run the epoch loop; return the per-epoch history. The best-validation weights are loaded
-    back into ``net`` at the end."""
-    optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate)
-    schedule = LearningRateSchedule(train_config)
-    stopper = EarlyStopping(train_config.early_stopping_patience)
-    history: list[dict] = []
-    bar = tqdm(
-        range(train_config.max_epochs), desc="ZiPo training", unit="epoch",
-        disable=not train_config.verbose, dynamic_ncols=True,
-    )
-    for epoch in bar:
-        lr = schedule.lr
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        started = time.perf_counter()
-        net.train()
-        total = nll = 0.0
-        n = 0
-        for x, c, idx in train_batches:
-            terms = loss_terms(net, net(x, c), x, model_config)
-            if not torch.isfinite(terms.total):
-                _restore(net, stopper)
-                raise FloatingPointError(
-                    f"the training loss became {terms.total.item()} in epoch {epoch + 1}; "
-                    f"the learning rate ({lr:.3g}) may be too high for these data, or library "
-                    "sizes are extreme: lower train.learning_rate or check the counts. The best "
-                    "weights so far were kept."
-                )
-            optimiser.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimiser.step()
-            total += terms.total.item() * len(idx)
-            nll += terms.nll.item() * len(idx)
-            n += len(idx)
-        row = {"epoch": epoch + 1, "train_loss": total / n, "train_nll": nll / n}
-        if val_batches is not None:
-            row["validation_loss"], row["validation_nll"] = evaluate(
-                net, val_batches, model_config
-            )
-        row["learning_rate"] = lr
-        row["seconds"] = time.perf_counter() - started
-        history.append(row)
-        monitored = row.get("validation_loss", row["train_loss"])
-        schedule.step(monitored)
-        stop = stopper.update(epoch, monitored, net)
-        bar.set_postfix(
-            train=f"{row['train_loss']:.4f}",
-            val=f"{row.get('validation_loss', float('nan')):.4f}",
-            lr=f"{lr:.2g}",
-        )
-        if stop:
-            break
-    bar.close()
-    _restore(net, stopper)
-    return history
+    """Run the epoch loop without checkpoints; return the per-epoch history."""
+    return Trainer(net, train_batches, val_batches, model_config, train_config).run()
 
 
 def _restore(net: torch.nn.Module, stopper: EarlyStopping) -> None:

@@ -1,0 +1,123 @@
+"""Checkpoints: a run killed with SIGKILL and resumed ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import zipo
+from zipo.datasets import pbmc4k_demo
+from zipo.io import CHECKPOINT_FILE
+
+# Slow enough per epoch (~0.3 s) that the kill lands mid-run; early stopping off so the run
+# length is fixed.
+OPTIONS = dict(encoder_dims=[256, 64], batch_size=64, max_epochs=14, seed=5,
+               early_stopping_patience=1000, checkpoint_every=1, verbose=False)
+
+
+def demo_subset():
+    adata = pbmc4k_demo()[:1200].copy()
+    return adata[:, np.asarray(adata.X.sum(axis=0)).ravel() > 0].copy()
+
+
+def final_state(model):
+    return {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()}
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    threads = torch.get_num_threads()  # same thread count in both processes: same float sums
+    ckpt = tmp_path / "ckpt"
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch, zipo
+        torch.set_num_threads({threads})
+        from tests.test_checkpoint import OPTIONS, demo_subset
+        zipo.ZiPo(demo_subset(), **OPTIONS).train(checkpoint_dir={str(ckpt)!r})
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=os.getcwd())
+    killed_at = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (ckpt / CHECKPOINT_FILE).exists():
+            epoch = torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)["trainer"]["epoch"]
+            if epoch >= 4:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at = epoch
+                break
+        time.sleep(0.05)
+    assert killed_at is not None and killed_at < OPTIONS["max_epochs"], "the run was not killed mid-way"
+    assert proc.returncode == -signal.SIGKILL
+    assert not [p for p in ckpt.iterdir() if p.name != CHECKPOINT_FILE], "temporary files left"
+
+    resumed = zipo.ZiPo(demo_subset(), **OPTIONS).train(checkpoint_dir=ckpt, resume=True)
+    straight = zipo.ZiPo(demo_subset(), **OPTIONS).train()
+    assert len(resumed.history) == len(straight.history) == OPTIONS["max_epochs"]
+    np.testing.assert_array_equal(resumed.history["validation_loss"], straight.history["validation_loss"])
+    a, b = final_state(resumed), final_state(straight)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
+    adata = demo_subset()[:300]
+    with pytest.raises(ValueError, match="needs the checkpoint_dir"):
+        zipo.ZiPo(adata, **OPTIONS).train(resume=True)
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        zipo.ZiPo(adata, **OPTIONS).train(checkpoint_dir=tmp_path / "none", resume=True)
+    zipo.ZiPo(adata, **{**OPTIONS, "max_epochs": 1}).train(checkpoint_dir=tmp_path / "c")
+    other_genes = adata[:, 1:].copy()
+    other_genes = other_genes[:, np.asarray(other_genes.X.sum(axis=0)).ravel() > 0].copy()
+    with pytest.raises(ValueError, match="other genes"):
+        zipo.ZiPo(other_genes, **OPTIONS).train(checkpoint_dir=tmp_path / "c", resume=True)
+    with pytest.raises(ValueError, match=r"other \[model\] options"):
+        zipo.ZiPo(adata, **{**OPTIONS, "alpha_z": 0.5}).train(checkpoint_dir=tmp_path / "c", resume=True)
+
+
+def test_malicious_checkpoint_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "c").mkdir()
+    torch.save({"format": "zipo-checkpoint", "payload": Exploit()}, tmp_path / "c" / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match="could not be read safely"):
+        zipo.ZiPo(demo_subset()[:300], **OPTIONS).train(checkpoint_dir=tmp_path / "c", resume=True)
+    assert not marker.exists()
+
+
+def test_nan_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import zipo.training as training
+
+    real = training.loss_terms
+    calls = {"n": 0}
+    model = zipo.ZiPo(demo_subset()[:300], **{**OPTIONS, "batch_size": 100})
+    batches_per_epoch = -(-len(range(270)) // 100)  # 90% of 300 cells train, batches of 100
+
+    def poisoned(net, out, x, config):
+        terms = real(net, out, x, config)
+        calls["n"] += net.training  # count training batches only
+        if net.training and calls["n"] > 2 * batches_per_epoch:  # epoch 3
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(training, "loss_terms", poisoned)
+    with pytest.raises(FloatingPointError, match="in epoch 3;.*learning rate"):
+        model.train(checkpoint_dir=tmp_path / "c")
+    state = torch.load(tmp_path / "c" / CHECKPOINT_FILE, weights_only=True)
+    assert state["trainer"]["epoch"] == 2
+    weights = model.network.first_layer.weight
+    assert torch.isfinite(weights).all()
+    assert torch.equal(weights, state["trainer"]["stopper"]["best_state"]["encoder.0.0.weight"])
