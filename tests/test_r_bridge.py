@@ -164,3 +164,26 @@ def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
         np.testing.assert_allclose(latent, adata.obsm["X_zipo"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(load("sce_library.bin", (n,)), adata.obs["zipo_library_size"],
                                rtol=1e-5)
+
+
+from hypothesis import given, settings  # noqa: E402
+
+from tests.test_properties import sparse_counts  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=sparse_counts())
+def test_random_matrices_survive_r_and_python_index_arrays(m):
+    """A dgCMatrix built in R from random slots goes to Python and back with every value."""
+    m.sort_indices()
+    globalenv["gx"], globalenv["gi"], globalenv["gp"] = (
+        ro.FloatVector(m.data), ro.IntVector(m.indices), ro.IntVector(m.indptr))
+    globalenv["gdim"] = ro.IntVector(m.shape)
+    ro.r('suppressPackageStartupMessages(library(Matrix)); '
+         'rm_ <- new("dgCMatrix", x = gx, i = gi, p = gp, Dim = gdim)')  # R validates it
+    x, i, p = (np.asarray(ro.r(f"rm_@{s}")) for s in ("x", "i", "p"))
+    adata = anndata_from_csc_parts(x, i, p, m.shape[0], m.shape[1], None, None)
+    parts = csr_parts(adata)
+    globalenv["px"], globalenv["pi"], globalenv["pp"] = (
+        ro.FloatVector(parts["x"]), ro.IntVector(parts["i"]), ro.IntVector(parts["p"]))
+    assert ro.r('identical(new("dgCMatrix", x = px, i = pi, p = pp, Dim = gdim), rm_)')[0]
