@@ -39,10 +39,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import torch, zipo
         torch.set_num_threads({threads})
-        from tests.test_checkpoint import OPTIONS, demo_subset
+        from test_checkpoint import OPTIONS, demo_subset
         zipo.ZiPo(demo_subset(), **OPTIONS).train(checkpoint_dir={str(ckpt)!r})
     """))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=os.getcwd())
     killed_at = None
     deadline = time.time() + 300

@@ -168,7 +168,7 @@ def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
 
 from hypothesis import given, settings  # noqa: E402
 
-from tests.test_properties import sparse_counts  # noqa: E402
+from test_properties import sparse_counts  # noqa: E402
 
 
 @settings(max_examples=15, deadline=None)

@@ -52,6 +52,8 @@ def _write_h5ad_atomic(adata, path: str, overwrite: bool) -> None:
     parent = path.parent
     if not parent.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} is not writable")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".h5ad", dir=parent)
     os.close(fd)
     try:

@@ -7,6 +7,7 @@ cells and converts that slice alone.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -17,6 +18,29 @@ import torch
 
 # Dense chunks read while checking the counts hold about this many values (64 MB of float32).
 _CHECK_CHUNK_VALUES = 1 << 24
+
+
+_BARCODE = re.compile(r"[ACGT]{12,}")  # 10x-style cell barcodes, with or without prefixes
+
+
+def _share_barcodes(names: Sequence[Any], limit: int = 2000) -> float:
+    names = [str(n) for n in list(names)[:limit]]
+    return sum(bool(_BARCODE.search(n)) for n in names) / max(len(names), 1)
+
+
+TRANSPOSED_HINT = (
+    "AnnData holds cells x genes, while R/Bioconductor and MatrixMarket files hold genes x "
+    "cells: pass adata.T (or build the AnnData from the transposed matrix)"
+)
+
+
+def check_orientation(obs_names: Sequence[Any], var_names: Sequence[Any]) -> None:
+    """Refuse an AnnData whose genes look like cell barcodes and whose cells do not."""
+    if _share_barcodes(var_names) > 0.9 and _share_barcodes(obs_names) < 0.1:
+        raise ValueError(
+            f"adata looks transposed: its genes (var_names, e.g. {_examples(list(var_names)[:3])}) "
+            f"look like cell barcodes. {TRANSPOSED_HINT}"
+        )
 
 
 def _examples(names: Sequence[Any], k: int = 5) -> str:

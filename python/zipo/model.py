@@ -12,7 +12,8 @@ import torch
 
 from .config import ZiPoConfig, read_config_file
 from .data import (
-    CellBatches, CountMatrix, CovariateEncoder, _examples, check_counts, gene_totals, split_cells,
+    TRANSPOSED_HINT, CellBatches, CountMatrix, CovariateEncoder, _examples, check_counts,
+    check_orientation, gene_totals, split_cells,
 )
 from .io import load_model, read_checkpoint, save_model, write_checkpoint
 from .network import ZiPoNetwork
@@ -83,6 +84,7 @@ class ZiPo:
                 f"gene names are not unique ({_examples(list(dup))}); call "
                 "adata.var_names_make_unique() first"
             )
+        check_orientation(adata.obs_names, adata.var_names)
         self.adata = adata
         self.var_names = pd.Index(adata.var_names.astype(str))
         counts = CountMatrix(adata, cfg.data.layer)
@@ -179,6 +181,10 @@ class ZiPo:
         missing = self.var_names.difference(names, sort=False)
         extra = names.difference(self.var_names, sort=False)
         if len(missing) or len(extra):
+            cells = pd.Index(adata.obs_names.astype(str))
+            if len(missing) and self.var_names.isin(cells).mean() > 0.9:
+                raise ValueError(f"adata looks transposed: the model's genes are its cell names "
+                                 f"(obs_names). {TRANSPOSED_HINT}")
             parts = []
             if len(missing):
                 parts.append(f"{len(missing)} genes of the model are missing ({_examples(list(missing))})")
