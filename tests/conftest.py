@@ -1,0 +1,83 @@
+"""Shared fixtures: the real PBMC data, a small trained model, and a sandboxed HOME.
+
+HOME and MPLCONFIGDIR point into a temporary folder before anything imports matplotlib, so the
+suite never writes to the real home directory; MPLBACKEND=Agg keeps plotting headless.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_SANDBOX = Path(tempfile.mkdtemp(prefix="zipo-tests-home-"))
+os.environ["HOME"] = str(_SANDBOX)
+os.environ["MPLCONFIGDIR"] = str(_SANDBOX / "mpl")
+os.environ["MPLBACKEND"] = "Agg"
+os.environ.setdefault("XDG_CACHE_HOME", str(_SANDBOX / "cache"))
+
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# CI clones the repository beside ../shared, which holds the real data sets.
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+PBMC_SMALL = DATA_DIR / "pbmc_small.h5ad"
+PBMC_4K = DATA_DIR / "pbmc4k_2170.h5ad"
+
+# Small network for everything that only needs "a trained model".
+SMALL_ENCODER = [64, 16]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        pytest.skip(
+            f"real test data {path.name} not found in {DATA_DIR} (the shared data folder is "
+            "expected beside the repository, at ../shared/data)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def pbmc_small_path() -> Path:
+    return _require(PBMC_SMALL)
+
+
+@pytest.fixture(scope="session")
+def _pbmc_small(pbmc_small_path):
+    return ad.read_h5ad(pbmc_small_path)
+
+
+@pytest.fixture
+def pbmc_small(_pbmc_small):
+    """Seurat's pbmc_small (80 cells x 230 genes, raw UMIs in CSR float32); a fresh copy per
+    test, so tests may modify it."""
+    return _pbmc_small.copy()
+
+
+@pytest.fixture(scope="session")
+def pbmc4k_top_genes():
+    """PBMC 4k (2170 cells) restricted to its 1500 most expressed genes (original gene order),
+    a fresh copy per call of the returned function."""
+    adata = ad.read_h5ad(_require(PBMC_4K))
+    totals = np.asarray(adata.X.sum(axis=0)).ravel()
+    keep = np.sort(np.argsort(-totals, kind="stable")[:1500])
+    adata = adata[:, keep].copy()
+    return adata.copy
+
+
+@pytest.fixture(scope="session")
+def trained_model(_pbmc_small):
+    """A ZIP model trained 3 epochs on pbmc_small. Tests must not train it further."""
+    import zipo
+
+    model = zipo.ZiPo(
+        _pbmc_small.copy(), encoder_dims=SMALL_ENCODER, max_epochs=3, batch_size=32, seed=0,
+        verbose=False,
+    )
+    return model.train()

@@ -1,0 +1,381 @@
+"""Every kind of bad input is refused with a ValueError whose message names the problem."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import zipo
+
+from conftest import SMALL_ENCODER
+
+
+def _model(adata, **options):
+    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=1, batch_size=32, verbose=False)
+    kw.update(options)
+    return zipo.ZiPo(adata, **kw)
+
+
+def _with_x(adata, dense: np.ndarray, fmt: str):
+    a = adata.copy()
+    a.X = sp.csr_matrix(dense) if fmt == "csr" else dense
+    return a
+
+
+# --------------------------------------------------------------------------- bad counts
+def _negative(x):
+    x[3, 5] = -1
+    return x
+
+
+def _nan(x):
+    x[0, 0] = np.nan
+    return x
+
+
+def _inf(x):
+    x[7, 2] = np.inf
+    return x
+
+
+def _fraction(x):
+    x[1, 1] = 2.5
+    return x
+
+
+BAD_COUNTS = {
+    "negative": (_negative, r"negative values.*raw counts"),
+    "nan": (_nan, r"NaN or infinite"),
+    "inf": (_inf, r"NaN or infinite"),
+    "non-integer": (_fraction, r"non-integer values.*allow_non_integer=True"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dense"])
+@pytest.mark.parametrize("problem", list(BAD_COUNTS))
+def test_bad_counts_at_training(pbmc_small, problem, fmt):
+    corrupt, message = BAD_COUNTS[problem]
+    a = _with_x(pbmc_small, corrupt(pbmc_small.X.toarray()), fmt)
+    with pytest.raises(ValueError, match=message):
+        _model(a)
+
+
+@pytest.mark.parametrize("problem", list(BAD_COUNTS))
+def test_bad_counts_at_inference(pbmc_small, trained_model, problem):
+    corrupt, message = BAD_COUNTS[problem]
+    a = _with_x(pbmc_small, corrupt(pbmc_small.X.toarray()), "csr")
+    with pytest.raises(ValueError, match=message):
+        trained_model.denoise(a, copy=True)
+
+
+def test_bad_counts_in_a_layer_are_named(pbmc_small):
+    a = pbmc_small.copy()
+    a.layers["counts"] = sp.csr_matrix(_negative(a.X.toarray()))
+    with pytest.raises(ValueError, match=r"adata\.layers\['counts'\] contains negative values"):
+        _model(a, layer="counts")
+
+
+def test_allow_non_integer_accepts_fractions(pbmc_small):
+    a = _with_x(pbmc_small, pbmc_small.X.toarray() * 0.7, "csr")
+    model = _model(a, allow_non_integer=True).train()
+    assert np.all(np.isfinite(model.denoise(a, copy=True).layers["zipo_denoised"]))
+
+
+def test_cells_with_zero_counts(pbmc_small):
+    x = pbmc_small.X.toarray()
+    x[[4, 9]] = 0
+    a = _with_x(pbmc_small, x, "csr")
+    names = list(a.obs_names[[4, 9]])
+    with pytest.raises(ValueError, match=rf"2 cells have zero counts.*{names[0]}.*{names[1]}"):
+        _model(a)
+
+
+def test_all_zero_genes_at_training(pbmc_small):
+    x = pbmc_small.X.toarray()
+    x[:, 17] = 0
+    a = _with_x(pbmc_small, x, "csr")
+    with pytest.raises(ValueError, match=rf"1 genes have zero counts in every cell.*{a.var_names[17]}"):
+        _model(a)
+
+
+def test_all_zero_genes_are_fine_at_inference(pbmc_small, trained_model):
+    """A gene unseen in some new cells is normal; only training refuses it."""
+    x = pbmc_small.X.toarray()
+    x[:, 17] = 0
+    out = trained_model.denoise(_with_x(pbmc_small, x, "csr"), copy=True)
+    assert np.all(np.isfinite(out.layers["zipo_denoised"]))
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (5, 0)])
+def test_empty_matrix(shape):
+    a = ad.AnnData(sp.csr_matrix(shape, dtype=np.float32))
+    with pytest.raises(ValueError, match=rf"is empty \({shape[0]} cells x {shape[1]} genes\)"):
+        _model(a)
+
+
+@pytest.mark.parametrize("dtype", [object, str])
+def test_non_numeric_dtype(pbmc_small, dtype):
+    a = ad.AnnData(pbmc_small.X.toarray().astype(dtype), obs=pbmc_small.obs, var=pbmc_small.var)
+    with pytest.raises(ValueError, match=r"dtype .*not numbers"):
+        _model(a)
+
+
+def test_duplicate_gene_names(pbmc_small):
+    a = pbmc_small.copy()
+    names = list(a.var_names)
+    names[10] = names[3]
+    a.var_names = names
+    with pytest.raises(ValueError, match=rf"gene names are not unique \({names[3]}\).*var_names_make_unique"):
+        _model(a)
+
+
+def test_wrong_layer_name(pbmc_small):
+    a = pbmc_small.copy()
+    a.layers["counts"] = a.X.copy()
+    with pytest.raises(ValueError, match=r"layer 'raw' is not in adata\.layers \(it has: counts\)"):
+        _model(a, layer="raw")
+
+
+def test_wrong_layer_name_without_layers(pbmc_small):
+    with pytest.raises(ValueError, match=r"layer 'counts' is not in adata\.layers.*no layers"):
+        _model(pbmc_small, layer="counts")
+
+
+# --------------------------------------------------------------------------- genes at inference
+def test_missing_genes_at_inference(pbmc_small, trained_model):
+    a = pbmc_small[:, [g for g in pbmc_small.var_names if g != "CD79A"]].copy()
+    with pytest.raises(ValueError, match=r"1 genes of the model are missing \(CD79A\)"):
+        trained_model.denoise(a, copy=True)
+
+
+def test_extra_genes_at_inference(pbmc_small, trained_model):
+    a = pbmc_small.copy()
+    extra = ad.AnnData(sp.csr_matrix(np.ones((a.n_obs, 1), dtype=np.float32)), obs=a.obs,
+                       var=pd.DataFrame(index=["MYNEWGENE"]))
+    a = ad.concat([a, extra], axis=1, merge="same")
+    with pytest.raises(ValueError, match=r"1 genes are not in the model \(MYNEWGENE\)"):
+        trained_model.denoise(a, copy=True)
+    with pytest.raises(ValueError, match=r"MYNEWGENE"):
+        trained_model.get_latent(a)
+
+
+# --------------------------------------------------------------------------- covariates
+def test_unknown_covariate_column(pbmc_small):
+    with pytest.raises(ValueError, match=r"covariate 'batch' is not a column of adata\.obs"):
+        _model(pbmc_small, covariates=["batch"])
+
+
+def test_covariate_missing_at_inference(pbmc_small):
+    model = _model(pbmc_small, covariates=["groups"]).train()
+    a = pbmc_small.copy()
+    del a.obs["groups"]
+    with pytest.raises(ValueError, match=r"covariate 'groups' is not a column"):
+        model.denoise(a, copy=True)
+
+
+def test_unseen_category_at_inference(pbmc_small):
+    model = _model(pbmc_small, covariates=["groups"]).train()
+    a = pbmc_small.copy()
+    a.obs["groups"] = a.obs["groups"].astype(str)
+    a.obs.iloc[0, a.obs.columns.get_loc("groups")] = "g9"
+    with pytest.raises(ValueError, match=r"covariate 'groups' has categories the model never saw.*g9"):
+        model.denoise(a, copy=True)
+
+
+@pytest.mark.parametrize("column", ["groups", "nCount_RNA"])
+def test_covariate_with_nan(pbmc_small, column):
+    a = pbmc_small.copy()
+    values = a.obs[column].astype(object if column == "groups" else float).to_numpy().copy()
+    values[[2, 5]] = np.nan
+    a.obs[column] = values
+    with pytest.raises(ValueError, match=rf"covariate '{column}' has 2 missing values \(NaN\)"):
+        _model(a, covariates=[column])
+
+
+def test_continuous_covariate_turned_text_at_inference(pbmc_small):
+    model = _model(pbmc_small, covariates=["nCount_RNA"]).train()
+    a = pbmc_small.copy()
+    a.obs["nCount_RNA"] = a.obs["nCount_RNA"].astype(str)
+    with pytest.raises(ValueError, match=r"covariate 'nCount_RNA' was numeric"):
+        model.denoise(a, copy=True)
+
+
+# --------------------------------------------------------------------------- options and config
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        ({"model": {"alpha_zz": 0.1}}, r"unknown key 'alpha_zz' in \[model\]"),
+        ({"modle": {"alpha_z": 0.1}}, r"unknown section \[modle\]"),
+        ({"train": {"max_epochs": "ten"}}, r"\[train\] max_epochs must be an integer"),
+        ({"train": {"max_epochs": 2.5}}, r"\[train\] max_epochs must be an integer"),
+        ({"train": {"verbose": "yes"}}, r"\[train\] verbose must be true or false"),
+        ({"model": {"encoder_dims": [64, "16"]}}, r"\[model\] encoder_dims must be a list of integers"),
+        ({"model": {"alpha_z": "0.1"}}, r"\[model\] alpha_z must be a number"),
+        ({"model": {"likelihood": "gaussian"}}, r"likelihood must be one of"),
+        ({"model": {"alpha_z": -1.0}}, r"alpha_z must be >= 0"),
+        ({"train": {"validation_fraction": 1.0}}, r"validation_fraction must be in \[0, 1\)"),
+        ({"train": {"batch_size": 1}}, r"batch_size must be >= 2"),
+        ({"model": {"encoder_dims": []}}, r"encoder_dims needs at least one layer"),
+        ({"data": {"covariates": [1, 2]}}, r"\[data\] covariates must be a list of strings"),
+        ({"model": 3}, r"\[model\] must be a table"),
+    ],
+)
+def test_bad_config_dict(d, message):
+    with pytest.raises(ValueError, match=message):
+        zipo.ZiPoConfig.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[model]\nalpha_zz = 0.1\n", r"unknown key 'alpha_zz' in \[model\]"),
+        ("[train]\nmax_epochs = \"ten\"\n", r"\[train\] max_epochs must be an integer"),
+        ("[model]\nencoder_dims = 64\n", r"encoder_dims must be a list of integers"),
+        ("[model\nalpha_z = 0.1\n", r"is not valid TOML"),
+    ],
+)
+def test_bad_config_file(tmp_path, text, message):
+    path = tmp_path / "cfg.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        zipo.load_config(path)
+    assert "cfg.toml" in str(err.value)  # the message says which file
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ValueError, match=r"config file .*nope\.toml' does not exist"):
+        zipo.load_config(tmp_path / "nope.toml")
+
+
+def test_good_config_file_is_used(tmp_path, pbmc_small):
+    """Control for the failures above: a valid file sets exactly what it says."""
+    path = tmp_path / "cfg.toml"
+    path.write_text("[model]\nencoder_dims = [32, 8]\nalpha_z = 0.5\n[train]\nmax_epochs = 7\n")
+    cfg = zipo.load_config(path)
+    assert cfg.model.encoder_dims == [32, 8] and cfg.model.alpha_z == 0.5
+    assert cfg.train.max_epochs == 7 and cfg.model.alpha_w == 0.1
+    model = zipo.ZiPo(pbmc_small, config=path)
+    assert model.config.model.encoder_dims == [32, 8]
+
+
+def test_unknown_option_to_constructor(pbmc_small):
+    with pytest.raises(ValueError, match=r"unknown option 'encoder_dim'"):
+        zipo.ZiPo(pbmc_small, encoder_dim=[64, 16])
+
+
+def test_wrong_option_type_to_constructor(pbmc_small):
+    with pytest.raises(ValueError, match=r"max_epochs must be an integer"):
+        zipo.ZiPo(pbmc_small, max_epochs="many")
+
+
+def test_unknown_option_to_train(pbmc_small):
+    model = _model(pbmc_small)
+    with pytest.raises(ValueError, match=r"unknown option 'epochs'"):
+        model.train(epochs=3)
+
+
+def test_bad_expectation(trained_model, pbmc_small):
+    with pytest.raises(ValueError, match=r"expectation must be 'rate' or 'mixture'"):
+        trained_model.denoise(pbmc_small, expectation="mean", copy=True)
+
+
+# --------------------------------------------------------------------------- untrained model
+@pytest.mark.parametrize("method", ["denoise", "get_latent", "evaluate"])
+def test_use_before_train(pbmc_small, method):
+    model = _model(pbmc_small)
+    with pytest.raises(ValueError, match=r"not trained yet; call model\.train\(\) first"):
+        getattr(model, method)(pbmc_small)
+
+
+# --------------------------------------------------------------------------- corrupt model dirs
+@pytest.fixture
+def model_dir(trained_model, tmp_path):
+    path = tmp_path / "model"
+    trained_model.save(path)
+    zipo.ZiPo.load(path)  # loads before it is damaged
+    return path
+
+
+def _truncate_weights(p):
+    data = (p / "weights.pt").read_bytes()
+    (p / "weights.pt").write_bytes(data[: len(data) // 2])
+
+
+def _garbage_json(p):
+    (p / "zipo.json").write_bytes(b"\x00\x93 not json {")
+
+
+def _wrong_json(p):
+    (p / "zipo.json").write_text(json.dumps({"hello": "world"}))
+
+
+def _incomplete_json(p):
+    meta = json.loads((p / "zipo.json").read_text())
+    del meta["var_names"]
+    (p / "zipo.json").write_text(json.dumps(meta))
+
+
+def _bad_config_in_json(p):
+    meta = json.loads((p / "zipo.json").read_text())
+    meta["config"]["model"]["encoder_dims"] = "wide"
+    (p / "zipo.json").write_text(json.dumps(meta))
+
+
+def _genes_do_not_fit_weights(p):
+    meta = json.loads((p / "zipo.json").read_text())
+    meta["var_names"] = meta["var_names"][:-1]
+    (p / "zipo.json").write_text(json.dumps(meta))
+
+
+def _weights_not_tensors(p):
+    (p / "weights.pt").write_text("this is text, not a torch file")
+
+
+def _garbage_history(p):
+    (p / "history.csv").write_text('epoch,train_loss\n1,"unterminated\n')
+
+
+def _remove(name):
+    return lambda p: os.remove(p / name)
+
+
+CORRUPTIONS = {
+    "truncated weights": (_truncate_weights, r"weights\.pt' could not be read safely"),
+    "weights not a torch file": (_weights_not_tensors, r"weights\.pt' could not be read safely"),
+    "garbage zipo.json": (_garbage_json, r"zipo\.json' is corrupt"),
+    "zipo.json of something else": (_wrong_json, r"zipo\.json' does not describe a ZiPo model"),
+    "zipo.json without genes": (_incomplete_json, r"zipo\.json' is corrupt.*var_names"),
+    "bad config in zipo.json": (_bad_config_in_json, r"encoder_dims must be a list of integers"),
+    "genes do not fit weights": (_genes_do_not_fit_weights, r"do not fit the saved config"),
+    "garbage history": (_garbage_history, r"history\.csv' is corrupt"),
+    "missing zipo.json": (_remove("zipo.json"), r"not a ZiPo model directory \(zipo\.json is missing\)"),
+    "missing weights.pt": (_remove("weights.pt"), r"has no weights\.pt"),
+    "missing history.csv": (_remove("history.csv"), r"has no history\.csv"),
+}
+
+
+@pytest.mark.parametrize("damage", list(CORRUPTIONS))
+def test_corrupt_model_dir(model_dir, damage):
+    corrupt, message = CORRUPTIONS[damage]
+    corrupt(model_dir)
+    with pytest.raises(ValueError, match=message):
+        zipo.ZiPo.load(model_dir)
+
+
+def test_load_from_a_file_or_nowhere(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        zipo.ZiPo.load(tmp_path / "nothing-here")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        zipo.ZiPo.load(tmp_path / "file")
+
+
+def test_save_into_missing_folder(trained_model, tmp_path):
+    with pytest.raises(ValueError, match=r"the folder .* does not exist"):
+        trained_model.save(tmp_path / "no" / "such" / "model")

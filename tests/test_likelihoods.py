@@ -1,0 +1,263 @@
+"""The count likelihoods against independent references, in float64.
+
+Moderate parameters are checked against scipy.stats (poisson, nbinom with n=theta and
+p=theta/(theta+m)). At the extremes (m=1e-8 or 1e6, x=1e4, theta=1e-3 or 1e6, |logit z| up to
+1e3) scipy's nbinom loses digits (it forms p and 1-p in linear space, e.g. 1-p = 1e-14 at
+theta=1e6, m=1e-8), so there the reference is evaluated with mpmath at 50 significant digits
+from exactly the same float64 inputs (m = exp(log_m), theta = exp(log_theta)).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from zipo.likelihoods import base_log_pmf, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf
+
+mpmath = pytest.importorskip("mpmath")
+mpmath.mp.dps = 50
+
+RTOL = 1e-6
+# A log-probability near 0 (P close to 1) has no meaningful relative accuracy: an absolute
+# error e in log P is a relative error e in P itself. Only there does this floor matter.
+ATOL = 1e-14
+
+EXTREME_M = [1e-8, 1e-3, 1.0, 37.5, 1e4, 1e6]
+EXTREME_X = [0.0, 1.0, 3.0, 100.0, 1e4]
+EXTREME_THETA = [1e-3, 0.5, 10.0, 1e6]
+EXTREME_LOGIT = [-1e3, -50.0, -5.0, 0.0, 5.0, 50.0, 1e3]
+
+
+def t64(values) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- references
+def mp_poisson(x: float, log_m: float):
+    m = mpmath.exp(mpmath.mpf(log_m))
+    x = mpmath.mpf(x)
+    return x * mpmath.log(m) - m - mpmath.loggamma(x + 1)
+
+
+def mp_nb(x: float, log_m: float, log_theta: float):
+    m = mpmath.exp(mpmath.mpf(log_m))
+    th = mpmath.exp(mpmath.mpf(log_theta))
+    x = mpmath.mpf(x)
+    return (
+        mpmath.loggamma(x + th) - mpmath.loggamma(th) - mpmath.loggamma(x + 1)
+        + th * mpmath.log(th / (th + m)) + x * mpmath.log(m / (th + m))
+    )
+
+
+def mp_zero_inflated(x: float, log_f, logit: float):
+    """log(z [x==0] + (1-z) exp f) computed by hand from the mixture definition."""
+    z = 1 / (1 + mpmath.exp(-mpmath.mpf(logit)))
+    one_minus_z = 1 / (1 + mpmath.exp(mpmath.mpf(logit)))
+    return mpmath.log((z if x == 0 else 0) + one_minus_z * mpmath.exp(log_f))
+
+
+def assert_close(actual: torch.Tensor, expected, rtol=RTOL, atol=ATOL):
+    actual = actual.detach().numpy()
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.dtype == np.float64
+    assert np.all(np.isfinite(actual)), actual
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------- moderate vs scipy
+@pytest.fixture(scope="module")
+def moderate_grid():
+    rng = np.random.default_rng(0)
+    x = rng.poisson(rng.gamma(0.5, 6.0, size=400)).astype(np.float64)
+    x[:40] = 0.0
+    m = rng.gamma(1.0, 5.0, size=400) + 0.05
+    theta = np.exp(rng.uniform(np.log(0.1), np.log(100.0), size=400))
+    logit = rng.normal(0.0, 2.0, size=400)
+    return x, m, theta, logit
+
+
+def test_poisson_matches_scipy(moderate_grid):
+    x, m, _, _ = moderate_grid
+    got = poisson_log_pmf(t64(x), t64(np.log(m)))
+    assert_close(got, stats.poisson.logpmf(x, m))
+
+
+def test_nb_matches_scipy(moderate_grid):
+    x, m, theta, _ = moderate_grid
+    got = nb_log_pmf(t64(x), t64(np.log(m)), t64(np.log(theta)))
+    assert_close(got, stats.nbinom.logpmf(x, theta, theta / (theta + m)))
+
+
+@pytest.mark.parametrize("nb", [False, True], ids=["zip", "zinb"])
+def test_zero_inflated_matches_hand_mixture(moderate_grid, nb):
+    x, m, theta, logit = moderate_grid
+    pmf = (stats.nbinom.pmf(x, theta, theta / (theta + m)) if nb else stats.poisson.pmf(x, m))
+    z = 1.0 / (1.0 + np.exp(-logit))
+    expected = np.log(z * (x == 0) + (1.0 - z) * pmf)
+    got = log_prob(t64(x), t64(np.log(m)), t64(logit), t64(np.log(theta)) if nb else None)
+    assert_close(got, expected)
+
+
+def test_zero_inflation_raises_probability_of_zeros_only(moderate_grid):
+    """Zero inflation moves mass to zero: log P(0) goes up and log P(x>0) goes down by exactly
+    log(1 - z)."""
+    x, m, _, logit = moderate_grid
+    plain = log_prob(t64(x), t64(np.log(m))).numpy()
+    zi = log_prob(t64(x), t64(np.log(m)), t64(logit)).numpy()
+    zero = x == 0
+    assert np.all(zi[zero] > plain[zero])
+    np.testing.assert_allclose(zi[~zero] - plain[~zero], -np.logaddexp(0, logit[~zero]), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- extremes vs mpmath
+def test_poisson_extremes_match_mpmath():
+    cases = list(itertools.product(EXTREME_X, EXTREME_M))
+    x = np.array([c[0] for c in cases])
+    log_m = np.log([c[1] for c in cases])
+    got = poisson_log_pmf(t64(x), t64(log_m))
+    expected = [float(mp_poisson(xi, lm)) for xi, lm in zip(x, log_m)]
+    assert_close(got, expected)
+
+
+def test_nb_extremes_match_mpmath():
+    cases = list(itertools.product(EXTREME_X, EXTREME_M, EXTREME_THETA))
+    x = np.array([c[0] for c in cases])
+    log_m = np.log([c[1] for c in cases])
+    log_theta = np.log([c[2] for c in cases])
+    got = nb_log_pmf(t64(x), t64(log_m), t64(log_theta))
+    expected = [float(mp_nb(*args)) for args in zip(x, log_m, log_theta)]
+    assert_close(got, expected)
+
+
+def test_scipy_is_the_inaccurate_one_at_the_extremes():
+    """Justifies the mpmath references: at theta=1e6, m=1e-8, x=3 scipy's nbinom is off, while
+    zipo agrees with mpmath."""
+    x, m, theta = 3.0, 1e-8, 1e6
+    log_m, log_theta = np.log(m), np.log(theta)
+    exact = float(mp_nb(x, log_m, log_theta))
+    ours = nb_log_pmf(t64([x]), t64([log_m]), t64([log_theta])).item()
+    theirs = stats.nbinom.logpmf(x, np.exp(log_theta), np.exp(log_theta) / (np.exp(log_theta) + np.exp(log_m)))
+    assert abs(ours - exact) <= RTOL * abs(exact)
+    assert not abs(theirs - exact) <= RTOL * abs(exact)
+
+
+@pytest.mark.parametrize("nb", [False, True], ids=["zip", "zinb"])
+def test_zero_inflated_extremes_match_mpmath(nb):
+    thetas = EXTREME_THETA if nb else [None]
+    cases = list(itertools.product(EXTREME_X, EXTREME_M, thetas, EXTREME_LOGIT))
+    x = np.array([c[0] for c in cases])
+    log_m = np.log([c[1] for c in cases])
+    log_theta = np.log([c[2] for c in cases]) if nb else None
+    logit = np.array([c[3] for c in cases])
+    got = log_prob(t64(x), t64(log_m), t64(logit), None if log_theta is None else t64(log_theta))
+    expected = []
+    for i, (xi, lm, r) in enumerate(zip(x, log_m, logit)):
+        f = mp_nb(xi, lm, log_theta[i]) if nb else mp_poisson(xi, lm)
+        expected.append(float(mp_zero_inflated(xi, f, r)))
+    assert_close(got, expected)
+
+
+@pytest.mark.parametrize("nb", [False, True], ids=["poisson", "nb"])
+def test_plain_is_zero_inflated_with_logit_minus_inf(moderate_grid, nb):
+    x, m, theta, _ = moderate_grid
+    # include the extremes as well
+    x = np.concatenate([x, [0.0, 0.0, 1e4, 1e4, 5.0]])
+    m = np.concatenate([m, [1e-8, 1e6, 1e4, 1e-8, 1e6]])
+    theta = np.concatenate([theta, [1e-3, 1e6, 1e6, 1e-3, 1.0]])
+    log_theta = t64(np.log(theta)) if nb else None
+    plain = log_prob(t64(x), t64(np.log(m)), None, log_theta)
+    limit = log_prob(t64(x), t64(np.log(m)), torch.full((len(x),), -torch.inf, dtype=torch.float64),
+                     log_theta)
+    assert torch.all(torch.isfinite(limit))
+    torch.testing.assert_close(limit, plain, rtol=0, atol=0)
+    # and plain is the base pmf
+    torch.testing.assert_close(plain, base_log_pmf(t64(x), t64(np.log(m)), log_theta), rtol=0, atol=0)
+
+
+def test_log_prob_is_a_normalised_distribution():
+    """sum_x P(x) = 1 for ZIP and ZINB (over a range that holds all the mass)."""
+    x = t64(np.arange(0, 400))
+    for log_theta in (None, t64(np.log(0.7))):
+        total = torch.logsumexp(log_prob(x, t64(np.log(12.0)), t64(1.3), log_theta), dim=0)
+        assert abs(total.item()) < 1e-9
+
+
+# --------------------------------------------------------------------------- gradients
+def _extreme_inputs(nb: bool):
+    cases = list(itertools.product(EXTREME_X, EXTREME_M, EXTREME_THETA if nb else [1.0], EXTREME_LOGIT))
+    x = t64([c[0] for c in cases])
+    log_m = t64(np.log([c[1] for c in cases])).requires_grad_()
+    log_theta = t64(np.log([c[2] for c in cases])).requires_grad_()
+    logit = t64([c[3] for c in cases]).requires_grad_()
+    return x, log_m, log_theta, logit
+
+
+@pytest.mark.parametrize("nb", [False, True], ids=["zip", "zinb"])
+def test_gradients_finite_at_extremes(nb):
+    x, log_m, log_theta, logit = _extreme_inputs(nb)
+    lp = log_prob(x, log_m, logit, log_theta if nb else None)
+    assert torch.all(torch.isfinite(lp))
+    lp.sum().backward()
+    grads = {"log_m": log_m.grad, "logit_z": logit.grad}
+    if nb:
+        grads["log_theta"] = log_theta.grad
+    for name, g in grads.items():
+        assert g is not None, name
+        bad = ~torch.isfinite(g)
+        assert not bad.any(), f"non-finite d/d{name} at x={x[bad][:5]}, log_m={log_m[bad][:5]}"
+
+
+@pytest.mark.parametrize("nb", [False, True], ids=["poisson", "nb"])
+def test_plain_gradients_finite_at_extremes(nb):
+    x, log_m, log_theta, _ = _extreme_inputs(nb)
+    lp = log_prob(x, log_m, None, log_theta if nb else None)
+    lp.sum().backward()
+    assert torch.all(torch.isfinite(log_m.grad))
+    if nb:
+        assert torch.all(torch.isfinite(log_theta.grad))
+
+
+def test_gradients_are_correct():
+    """Analytic gradients where they are simple, and torch.autograd.gradcheck elsewhere."""
+    x = t64([0.0, 0.0, 1.0, 7.0, 1e4, 3.0])
+    log_m = t64(np.log([1e-8, 2.0, 1e6, 7.5, 1e4, 0.3])).requires_grad_()
+    # Poisson: d/dlog m [x log m - m] = x - m
+    poisson_log_pmf(x, log_m).sum().backward()
+    torch.testing.assert_close(log_m.grad, x - torch.exp(log_m.detach()), rtol=1e-12, atol=1e-12)
+    # ZIP at x = 0: d/dr log(z + (1-z) e^f) = z(1-z)(1 - e^f) / (z + (1-z) e^f)
+    r = t64([-3.0, 0.0, 2.0]).requires_grad_()
+    lm = t64(np.log([0.5, 1.0, 4.0]))
+    log_prob(torch.zeros(3, dtype=torch.float64), lm, r).sum().backward()
+    z = torch.sigmoid(r.detach())
+    ef = torch.exp(-torch.exp(lm))
+    torch.testing.assert_close(r.grad, z * (1 - z) * (1 - ef) / (z + (1 - z) * ef))
+
+    def zinb(lm_, r_, lt_):
+        return log_prob(xs, lm_, r_, lt_)
+
+    xs = t64([0.0, 1.0, 4.0, 30.0])
+    args = (
+        t64(np.log([0.5, 3.0, 4.0, 25.0])).requires_grad_(),
+        t64([-1.0, 0.5, 2.0, -4.0]).requires_grad_(),
+        t64(np.log([0.2, 1.0, 10.0, 1e3])).requires_grad_(),
+    )
+    assert torch.autograd.gradcheck(zinb, args)
+
+
+def test_float64_in_float64_out():
+    x = t64([0.0, 5.0])
+    out = log_prob(x, t64([0.0, 1.0]), t64([0.0, 0.0]), t64([0.0, 0.0]))
+    assert out.dtype == torch.float64
+
+
+def test_likelihood_flags():
+    assert likelihood_flags("zip") == (True, False)
+    assert likelihood_flags("zinb") == (True, True)
+    assert likelihood_flags("poisson") == (False, False)
+    assert likelihood_flags("nb") == (False, True)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        likelihood_flags("gaussian")

@@ -1,0 +1,359 @@
+"""The user-facing ZiPo model: denoise outputs, persistence, inputs, likelihoods, covariates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import zipo
+from zipo.io import FORMAT_VERSION
+
+from conftest import SMALL_ENCODER
+
+LAYER = "zipo_denoised"
+
+
+def _small_model(adata, **options):
+    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=2, batch_size=32, verbose=False)
+    kw.update(options)
+    return zipo.ZiPo(adata, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(trained_model, _pbmc_small):
+    """The trained model's outputs on pbmc_small (CSR input), with zero-inflation probabilities."""
+    return trained_model.denoise(_pbmc_small.copy(), zero_inflation=True, copy=True)
+
+
+# --------------------------------------------------------------------------- outputs
+def test_denoise_outputs(trained_model, pbmc_small, reference):
+    n, g = pbmc_small.shape
+    den = reference.layers[LAYER]
+    assert den.shape == (n, g) and den.dtype == np.float32
+    assert np.all(np.isfinite(den)) and np.all(den >= 0)
+    assert np.any(den > 0)
+
+    latent = reference.obsm["X_zipo"]
+    assert latent.shape == (n, SMALL_ENCODER[-1]) and latent.dtype == np.float32
+    assert np.all(np.isfinite(latent))
+    np.testing.assert_allclose(trained_model.get_latent(pbmc_small), latent, rtol=1e-6, atol=1e-6)
+
+    lib = reference.obs["zipo_library_size"].to_numpy()
+    assert lib.shape == (n,) and np.all(np.isfinite(lib)) and np.all(lib > 0)
+    # the proportions mu sum to one per cell, so each denoised row sums to the predicted library
+    np.testing.assert_allclose(den.sum(axis=1, dtype=np.float64), lib, rtol=1e-4)
+    # and the predicted library tracks the observed one
+    observed = np.asarray(pbmc_small.X.sum(axis=1)).ravel()
+    assert np.corrcoef(np.log(observed), np.log(lib))[0, 1] > 0.5
+
+    # the other data of the AnnData is kept, and copy=True left the input alone
+    np.testing.assert_array_equal(reference.X.toarray(), pbmc_small.X.toarray())
+    assert LAYER not in pbmc_small.layers and "X_zipo" not in pbmc_small.obsm
+
+
+def test_denoise_in_place_and_key_added(trained_model, pbmc_small, reference):
+    assert trained_model.denoise(pbmc_small, key_added="dn") is None
+    np.testing.assert_array_equal(pbmc_small.layers["dn_denoised"], reference.layers[LAYER])
+    np.testing.assert_array_equal(pbmc_small.obsm["X_dn"], reference.obsm["X_zipo"])
+    assert "dn_library_size" in pbmc_small.obs and "dn_zero_prob" not in pbmc_small.layers
+
+
+def test_zero_probabilities_and_mixture_expectation(trained_model, pbmc_small, reference):
+    z = reference.layers["zipo_zero_prob"]
+    assert z.shape == pbmc_small.shape and z.dtype == np.float32
+    assert np.all((z >= 0) & (z <= 1))
+    assert 0 < z.mean() < 1
+    mixture = trained_model.denoise(pbmc_small, expectation="mixture", copy=True).layers[LAYER]
+    rate = reference.layers[LAYER]
+    assert np.all(mixture <= rate)
+    assert np.any(mixture < rate)
+    np.testing.assert_allclose(mixture, (1 - z) * rate, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- persistence
+def test_save_load_roundtrip_is_bit_identical(trained_model, pbmc_small, reference, tmp_path):
+    path = tmp_path / "model"
+    trained_model.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary folders left behind
+    assert {"zipo.json", "weights.pt", "config.toml", "history.csv"} <= set(os.listdir(path))
+
+    loaded = zipo.ZiPo.load(path)
+    assert loaded.is_trained
+    assert loaded.config.to_dict() == trained_model.config.to_dict()
+    assert list(loaded.var_names) == list(trained_model.var_names)
+    pd.testing.assert_frame_equal(loaded.history, trained_model.history, check_exact=False,
+                                  rtol=1e-12)
+    out = loaded.denoise(pbmc_small, zero_inflation=True, copy=True)
+    for key in (LAYER, "zipo_zero_prob"):
+        np.testing.assert_array_equal(out.layers[key], reference.layers[key])
+    np.testing.assert_array_equal(out.obsm["X_zipo"], reference.obsm["X_zipo"])
+    np.testing.assert_array_equal(out.obs["zipo_library_size"], reference.obs["zipo_library_size"])
+    # the saved config file is a valid config for `zipo train --config`
+    assert zipo.load_config(path / "config.toml").to_dict() == trained_model.config.to_dict()
+
+
+def test_save_refuses_existing_path_unless_overwrite(pbmc_small, trained_model, tmp_path):
+    path = tmp_path / "model"
+    trained_model.save(path)
+    other = _small_model(pbmc_small, seed=99).train()
+    with pytest.raises(ValueError, match="already exists.*overwrite=True"):
+        other.save(path)
+    # unchanged
+    loaded = zipo.ZiPo.load(path)
+    np.testing.assert_array_equal(loaded.get_latent(pbmc_small), trained_model.get_latent(pbmc_small))
+
+    other.save(path, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    loaded = zipo.ZiPo.load(path)
+    np.testing.assert_array_equal(loaded.get_latent(pbmc_small), other.get_latent(pbmc_small))
+
+
+def test_crash_during_save_leaves_nothing(trained_model, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(torch, "save", boom)
+    path = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        trained_model.save(path)
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_crash_during_overwrite_keeps_the_old_model(trained_model, pbmc_small, tmp_path,
+                                                    monkeypatch):
+    path = tmp_path / "model"
+    trained_model.save(path)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        trained_model.save(path, overwrite=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    zipo.ZiPo.load(path)
+
+
+class _Payload:
+    """Unpickling this calls open(marker, 'w'), i.e. runs code that creates a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_load_refuses_malicious_pickle_without_running_it(trained_model, tmp_path):
+    path = tmp_path / "model"
+    trained_model.save(path)
+    marker = tmp_path / "pwned"
+    state = torch.load(path / "weights.pt", weights_only=True)
+    state["mu_head.weight"] = _Payload(marker)
+    torch.save(state, path / "weights.pt")
+
+    # The payload is live: an unsafe load of a copy does run it.
+    control = tmp_path / "control.pt"
+    control_marker = tmp_path / "control-ran"
+    state["mu_head.weight"] = _Payload(control_marker)
+    torch.save(state, control)
+    torch.load(control, weights_only=False)
+    assert control_marker.exists()
+
+    with pytest.raises(ValueError, match="could not be read safely"):
+        zipo.ZiPo.load(path)
+    assert not marker.exists()
+
+
+def test_load_refuses_newer_format_version(trained_model, tmp_path):
+    path = tmp_path / "model"
+    trained_model.save(path)
+    meta = json.loads((path / "zipo.json").read_text())
+    assert meta["format_version"] == FORMAT_VERSION
+    meta["format_version"] = FORMAT_VERSION + 1
+    (path / "zipo.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}.*upgrade"):
+        zipo.ZiPo.load(path)
+
+
+def test_load_with_data_continues_training(trained_model, pbmc_small, tmp_path):
+    trained_model.save(tmp_path / "model")
+    loaded = zipo.ZiPo.load(tmp_path / "model", adata=pbmc_small)
+    loaded.train(max_epochs=1)
+    assert list(loaded.history["epoch"]) == [1, 2, 3, 4]
+    assert not np.array_equal(loaded.get_latent(pbmc_small), trained_model.get_latent(pbmc_small))
+
+
+# --------------------------------------------------------------------------- genes and inputs
+def test_reordered_genes_are_mapped_back(trained_model, pbmc_small, reference):
+    perm = np.random.default_rng(0).permutation(pbmc_small.n_vars)
+    shuffled = pbmc_small[:, perm].copy()
+    out = trained_model.denoise(shuffled, zero_inflation=True, copy=True)
+    assert list(out.var_names) == list(pbmc_small.var_names[perm])
+    for key in (LAYER, "zipo_zero_prob"):
+        np.testing.assert_allclose(out.layers[key], reference.layers[key][:, perm], rtol=1e-6,
+                                   atol=1e-7)
+    np.testing.assert_allclose(out.obsm["X_zipo"], reference.obsm["X_zipo"], rtol=1e-6, atol=1e-6)
+
+
+def _as(adata, kind):
+    a = adata.copy()
+    x = a.X
+    a.X = {"csr": sp.csr_matrix(x), "csc": sp.csc_matrix(x), "dense": x.toarray(),
+           "int-dense": x.toarray().astype(np.int64)}[kind]
+    return a
+
+
+@pytest.mark.parametrize("kind", ["csc", "dense", "int-dense"])
+def test_input_formats_give_the_same_outputs(trained_model, pbmc_small, reference, kind):
+    out = trained_model.denoise(_as(pbmc_small, kind), zero_inflation=True, copy=True)
+    for key in (LAYER, "zipo_zero_prob"):
+        np.testing.assert_allclose(out.layers[key], reference.layers[key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.obsm["X_zipo"], reference.obsm["X_zipo"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stored", ["csr", "dense"])
+def test_backed_input_gives_the_same_outputs(trained_model, pbmc_small, reference, tmp_path,
+                                             stored):
+    path = tmp_path / "cells.h5ad"
+    _as(pbmc_small, stored).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        with pytest.raises(ValueError, match="backed"):
+            trained_model.denoise(backed)  # cannot write into a read-only file
+        out = trained_model.denoise(backed, zero_inflation=True, copy=True)
+        assert not out.isbacked
+        for key in (LAYER, "zipo_zero_prob"):
+            np.testing.assert_allclose(out.layers[key], reference.layers[key], rtol=1e-5,
+                                       atol=1e-6)
+        np.testing.assert_allclose(out.obsm["X_zipo"], reference.obsm["X_zipo"], rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(_dense(out.X), pbmc_small.X.toarray())
+        # the caller's backed AnnData is still usable afterwards
+        np.testing.assert_allclose(
+            trained_model.get_latent(backed), reference.obsm["X_zipo"], rtol=1e-5, atol=1e-5)
+    finally:
+        backed.file.close()
+
+
+def _dense(x):
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+@pytest.mark.parametrize("kind", ["csc", "dense"])
+def test_training_on_other_formats_matches_csr(pbmc_small, kind):
+    """Training sees the same batches whatever the storage format: identical histories."""
+    csr = _small_model(_as(pbmc_small, "csr"), seed=4).train()
+    other = _small_model(_as(pbmc_small, kind), seed=4).train()
+    cols = [c for c in csr.history.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(csr.history[cols], other.history[cols], check_exact=False,
+                                  rtol=1e-6)
+
+
+def test_counts_from_a_layer(pbmc_small, trained_model, reference):
+    """Raw counts in a layer while X holds log-normalised values (the usual scanpy layout)."""
+    a = pbmc_small.copy()
+    a.layers["counts"] = a.X.copy()
+    lib = np.asarray(a.X.sum(axis=1))
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray() / lib * 1e4))
+    model = _small_model(a, layer="counts", seed=0, max_epochs=3).train()
+    np.testing.assert_array_equal(model.history["train_loss"], trained_model.history["train_loss"])
+    out = model.denoise(a, copy=True)
+    np.testing.assert_array_equal(out.layers[LAYER], reference.layers[LAYER])
+
+
+# --------------------------------------------------------------------------- likelihoods
+@pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
+def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
+    model = _small_model(pbmc_small, likelihood=likelihood).train()
+    assert len(model.history) == 2
+    assert np.all(np.isfinite(model.history.drop(columns="seconds").to_numpy()))
+    out = model.denoise(pbmc_small, zero_inflation=True, copy=True)
+    den, z = out.layers[LAYER], out.layers["zipo_zero_prob"]
+    assert np.all(np.isfinite(den)) and np.all(den >= 0)
+    mixture = model.denoise(pbmc_small, expectation="mixture", copy=True).layers[LAYER]
+    if likelihood in ("zip", "zinb"):
+        assert np.all((z >= 0) & (z <= 1)) and np.any(z > 0)
+        assert np.all(mixture <= den)
+    else:  # no zero inflation: z is 0 and both expectations agree
+        assert np.all(z == 0)
+        np.testing.assert_array_equal(mixture, den)
+    assert (model.network.theta_head is not None) == (likelihood in ("zinb", "nb"))
+    assert f"likelihood={likelihood!r}" in repr(model)
+
+
+# --------------------------------------------------------------------------- covariates
+def test_categorical_and_continuous_covariates(pbmc_small, tmp_path):
+    a = pbmc_small.copy()
+    a.obs["batch"] = pd.Categorical(np.where(np.arange(a.n_obs) % 2 == 0, "b1", "b2"))
+    a.obs["depth"] = np.log(a.obs["nCount_RNA"].to_numpy(dtype=np.float64))
+    model = _small_model(a, covariates=["batch", "groups", "depth"]).train()
+    # one-hot of 2 + 2 categories, plus one standardised number
+    assert model.covariate_encoder.width == 5
+    assert model.network.n_covariates == 5
+    assert "covariates=['batch', 'groups', 'depth']" in repr(model)
+    base = model.denoise(a, copy=True).layers[LAYER]
+    assert np.all(np.isfinite(base))
+
+    # the decoder uses them: changing a covariate changes the output, not the latents
+    flipped = a.copy()
+    flipped.obs["batch"] = pd.Categorical(np.where(a.obs["batch"] == "b1", "b2", "b1"))
+    out = model.denoise(flipped, copy=True)
+    assert not np.allclose(out.layers[LAYER], base)
+    np.testing.assert_allclose(out.obsm["X_zipo"], model.get_latent(a), rtol=1e-6, atol=1e-6)
+    shifted = a.copy()
+    shifted.obs["depth"] = shifted.obs["depth"] + 1.0
+    assert not np.allclose(model.denoise(shifted, copy=True).layers[LAYER], base)
+
+    # categories are matched by name, not by order of appearance; a subset of categories works
+    subset = a[a.obs["batch"] == "b2"].copy()
+    subset.obs["batch"] = subset.obs["batch"].astype(str)
+    np.testing.assert_allclose(model.denoise(subset, copy=True).layers[LAYER],
+                               base[a.obs["batch"].to_numpy() == "b2"], rtol=1e-5, atol=1e-6)
+
+    # the encoding survives save/load
+    model.save(tmp_path / "m")
+    loaded = zipo.ZiPo.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.denoise(a, copy=True).layers[LAYER], base)
+
+
+# --------------------------------------------------------------------------- convenience
+def test_one_call_denoise(pbmc_small):
+    result = zipo.denoise(pbmc_small, max_epochs=2, encoder_dims=SMALL_ENCODER, batch_size=32,
+                          verbose=False)
+    assert result is None
+    den = pbmc_small.layers[LAYER]
+    assert den.shape == pbmc_small.shape and np.all(np.isfinite(den)) and np.all(den >= 0)
+    assert pbmc_small.obsm["X_zipo"].shape == (pbmc_small.n_obs, SMALL_ENCODER[-1])
+
+    fresh = pbmc_small.copy()
+    del fresh.layers[LAYER]
+    out, model = zipo.denoise(fresh, max_epochs=2, encoder_dims=SMALL_ENCODER, batch_size=32,
+                              verbose=False, copy=True, return_model=True)
+    assert LAYER not in fresh.layers and LAYER in out.layers
+    assert isinstance(model, zipo.ZiPo) and len(model.history) == 2
+    # same default seed, same result
+    np.testing.assert_array_equal(out.layers[LAYER], den)
+
+
+def test_repr(pbmc_small, trained_model):
+    untrained = _small_model(pbmc_small)
+    text = repr(untrained)
+    assert text.startswith("ZiPo(likelihood='zip', genes=230, encoder=[64, 16]")
+    assert "not trained" in text
+    assert "trained 3 epochs" in repr(trained_model)
+    n_params = sum(p.numel() for p in trained_model.network.parameters())
+    assert f"parameters={n_params:,}" in repr(trained_model)
