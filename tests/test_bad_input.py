@@ -379,3 +379,139 @@ def test_load_from_a_file_or_nowhere(tmp_path):
 def test_save_into_missing_folder(trained_model, tmp_path):
     with pytest.raises(ValueError, match=r"the folder .* does not exist"):
         trained_model.save(tmp_path / "no" / "such" / "model")
+
+
+# --------------------------------------------------------------------------- orientation
+def test_transposed_matrix_at_training(pbmc_small):
+    with pytest.raises(ValueError, match=r"looks transposed: its genes .* look like cell barcodes.*adata\.T"):
+        _model(pbmc_small.T.copy())
+
+
+def test_transposed_matrix_at_inference(pbmc_small, trained_model):
+    with pytest.raises(ValueError, match=r"looks transposed: the model's genes are its cell names"):
+        trained_model.denoise(pbmc_small.T.copy())
+
+
+def test_unwritable_model_path(trained_model):
+    with pytest.raises(ValueError, match=r"cannot write '/proc/zipo-model'"):
+        trained_model.save("/proc/zipo-model")
+
+
+# --------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, _pbmc_small, trained_model):
+    """A small h5ad, its transposed twin, and a saved model, for the CLI cases."""
+    folder = tmp_path_factory.mktemp("cli-bad")
+    _pbmc_small.write_h5ad(folder / "data.h5ad")
+    _pbmc_small.T.copy().write_h5ad(folder / "transposed.h5ad")
+    trained_model.save(folder / "model")
+    newer = folder / "newer-model"
+    trained_model.save(newer)
+    meta = json.loads((newer / "zipo.json").read_text())
+    meta["format_version"] += 1
+    (newer / "zipo.json").write_text(json.dumps(meta))
+    (folder / "unknown-key.toml").write_text("[train]\nmax_epoch = 3\n")
+    (folder / "wrong-type.toml").write_text("[model]\nencoder_dims = 'big'\n")
+    (folder / "exists.h5ad").write_text("keep me")
+    return folder
+
+
+CLI_CASES = {
+    "missing input": (["train", "{f}/nope.h5ad", "--out", "{t}/m"], r"input file .* does not exist"),
+    "not an h5ad": (["train", "{f}/unknown-key.toml", "--out", "{t}/m"], r"could not be read as an \.h5ad"),
+    "transposed input": (["train", "{f}/transposed.h5ad", "--out", "{t}/m"], r"looks transposed"),
+    "unknown config key": (["train", "{f}/data.h5ad", "--config", "{f}/unknown-key.toml", "--out", "{t}/m"],
+                           r"unknown key 'max_epoch' in \[train\]"),
+    "wrong config type": (["train", "{f}/data.h5ad", "--config", "{f}/wrong-type.toml", "--out", "{t}/m"],
+                          r"encoder_dims must be a list of integers"),
+    "existing model dir": (["train", "{f}/data.h5ad", "--out", "{f}/model"], r"already exists.*--overwrite"),
+    "existing output file": (["denoise", "{f}/model", "{f}/data.h5ad", "--out", "{f}/exists.h5ad"],
+                             r"already exists.*--overwrite"),
+    "unwritable output": (["denoise", "{f}/model", "{f}/data.h5ad", "--out", "/proc/zipo-out.h5ad"],
+                          r"cannot write '/proc/zipo-out.h5ad'"),
+    "output folder missing": (["denoise", "{f}/model", "{f}/data.h5ad", "--out", "{t}/no/such/out.h5ad"],
+                              r"folder .* does not exist"),
+    "newer model format": (["denoise", "{f}/newer-model", "{f}/data.h5ad", "--out", "{t}/o.h5ad"],
+                           r"format version 2, newer than this ZiPo"),
+    "not a model dir": (["denoise", "{t}", "{f}/data.h5ad", "--out", "{t}/o.h5ad"], r"not a ZiPo model directory"),
+    "transposed at denoise": (["denoise", "{f}/model", "{f}/transposed.h5ad", "--out", "{t}/o.h5ad"],
+                              r"looks transposed"),
+    "resume without checkpoint": (["train", "{f}/data.h5ad", "--out", "{t}/m", "--resume"],
+                                  r"no checkpoint to resume from"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_bad_input(case, cli_files, tmp_path, capsys):
+    from zipo.cli import main
+
+    args, message = CLI_CASES[case]
+    args = [a.format(f=cli_files, t=tmp_path) for a in args] + ["--quiet"] * (args[0] == "train")
+    before = sorted(p.name for p in cli_files.iterdir())
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert __import__("re").search(message, err), err
+    # Nothing half-written: no new files beside the inputs, nothing in the scratch folder.
+    assert sorted(p.name for p in cli_files.iterdir()) == before
+    assert (cli_files / "exists.h5ad").read_text() == "keep me"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- R function
+R_CASES = {
+    "no such assay": ('denoise(sce, assay = "raw")', r"assay 'raw' is not in the object"),
+    "negative counts": ('{ m <- as.matrix(counts(sce)); m[1, 1] <- -2; counts(sce) <- m; denoise(sce) }',
+                        r"negative values"),
+    "non-integer counts": ('{ counts(sce) <- counts(sce) / 3; denoise(sce) }', r"non-integer values"),
+    "NA counts": ('{ m <- as.matrix(counts(sce)); m[2, 2] <- NA; counts(sce) <- m; denoise(sce) }',
+                  r"NA/NaN values"),
+    "covariate not in colData": ('denoise(sce, covariates = "batch")', r"covariate 'batch' is not a column"),
+    "covariate with NA": ('{ sce$groups[1] <- NA; denoise(sce, covariates = "groups") }',
+                          r"covariate 'groups' has 1 NA values"),
+    "not an SCE": ("denoise(as.matrix(counts(sce)))", r"needs a SingleCellExperiment or a Seurat object"),
+    "empty cell": ('{ m <- as.matrix(counts(sce)); m[, 3] <- 0; counts(sce) <- m; denoise(sce) }',
+                   r"1 cells have zero counts"),
+    "bad option type": ('denoise(sce, epochs = 1, batch_size = "big")', r"batch_size must be an integer"),
+}
+
+
+@pytest.fixture(scope="module")
+def r_messages(tmp_path_factory):
+    """Runs every R case in one Rscript session (R and reticulate start once), each on its own
+    copy of the data (local()), and collects the error messages. Needs R with the zipo package and a NumPy < 2 environment (.venv-r)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("Rscript") is None or int(np.__version__.split(".")[0]) >= 2:
+        pytest.skip("the R cases run in the NumPy < 2 environment R uses (.venv-r) with R installed")
+    from conftest import DATA_DIR
+
+    folder = tmp_path_factory.mktemp("r-bad")
+    cases = "\n".join(
+        f'cat("{name}\\t", gsub("\\n", " ", tryCatch(local({{ {code}; "NO ERROR" }}), '
+        f'error = function(e) conditionMessage(e))), "\\n", sep = "")'
+        for name, (code, _) in R_CASES.items()
+    )
+    script = folder / "cases.R"
+    script.write_text(f"""
+suppressPackageStartupMessages({{library(SingleCellExperiment); library(zipo)}})
+d <- "{DATA_DIR / 'pbmc_small_mtx'}"
+m <- as(Matrix::readMM(file.path(d, "matrix.mtx.gz")), "CsparseMatrix")
+rownames(m) <- readLines(file.path(d, "genes.tsv.gz")); colnames(m) <- readLines(file.path(d, "barcodes.tsv.gz"))
+sce <- SingleCellExperiment(assays = list(counts = m),
+                            colData = read.csv(file.path(d, "obs.csv.gz"), row.names = 1)[colnames(m), ])
+{cases}
+""")
+    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, HOME=str(folder))
+    done = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env, timeout=600)
+    if "there is no package called" in done.stderr:
+        pytest.skip("the zipo R package is not installed")
+    assert done.returncode == 0, done.stderr
+    return dict(line.split("\t", 1) for line in done.stdout.splitlines() if "\t" in line)
+
+
+@pytest.mark.parametrize("case", list(R_CASES))
+def test_r_bad_input(case, r_messages):
+    assert __import__("re").search(R_CASES[case][1], r_messages[case]), r_messages[case]

@@ -54,7 +54,10 @@ def _write_h5ad_atomic(adata, path: str, overwrite: bool) -> None:
         raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".h5ad", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".h5ad", dir=parent)
+    except OSError as e:
+        raise ValueError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     os.close(fd)
     try:
         adata.write_h5ad(tmp, compression="gzip")

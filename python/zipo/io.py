@@ -52,7 +52,10 @@ def atomic_directory(path: str | Path, fill, overwrite: bool = False) -> Path:
         raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} is not writable")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise ValueError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     try:
         fill(tmp)
         if path.exists():
