@@ -407,6 +407,20 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({cpu}){mem}"
 
 
+def write_results(tables: str) -> None:
+    """Put ``tables`` into RESULTS.md between "## Tables" and "## Closing note", keeping the
+    hand-written introduction and closing note (which must then be checked against the new
+    numbers); a RESULTS.md without those headings is replaced by the tables."""
+    path = HERE / "RESULTS.md"
+    old = path.read_text() if path.is_file() else ""
+    start, end = old.find("## Tables\n"), old.find("\n## Closing note")
+    if start >= 0 and end > start:
+        text = old[:start] + "## Tables\n\n" + tables + "\n" + old[end:]
+    else:
+        text = "# Benchmark results\n\n## Tables\n\n" + tables
+    path.write_text(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", action="store_true", help="create missing peer venvs first")
@@ -463,8 +477,9 @@ def main(argv=None) -> int:
 
     md = write_report(out / "results.json", out / "results.md", out / "results.png")
     if a.write_results:
-        write_report(out / "results.json", HERE / "RESULTS.md", HERE / "results.png")
-        print(f"wrote {HERE / 'RESULTS.md'} and {HERE / 'results.png'}")
+        write_results(md)
+        write_report(out / "results.json", out / "results.md", HERE / "results.png")
+        print(f"wrote the tables of {HERE / 'RESULTS.md'} and {HERE / 'results.png'}")
     print(md)
     bad = [r for r in runner.records if r["status"] == "failed" or r["status"] == "timeout"]
     print(f"done in {runner.meta['wall_seconds']:.0f} s: {len(runner.records)} records, "
