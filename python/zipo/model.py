@@ -164,13 +164,18 @@ class ZiPo:
             if resume:
                 trainer.load_state_dict(read_checkpoint(checkpoint_dir, self))
             save = partial(write_checkpoint, checkpoint_dir, model=self)
-        history = trainer.run(save, tc.checkpoint_every)
-        offset = len(self.history)
-        new = pd.DataFrame(history)
-        new["epoch"] += offset
-        self.history = pd.concat([self.history, new], ignore_index=True)
-        self.is_trained = True
-        self.network.eval()
+        try:
+            trainer.run(save, tc.checkpoint_every)
+        finally:
+            # Also after a NaN loss: the best weights are restored, so the model stays usable
+            # and its history shows the epochs that ran.
+            if trainer.history:
+                offset = len(self.history)
+                new = pd.DataFrame(trainer.history)
+                new["epoch"] += offset
+                self.history = pd.concat([self.history, new], ignore_index=True)
+                self.is_trained = True
+            self.network.eval()
         return self
 
     # ----------------------------------------------------------------- inference

@@ -7,7 +7,8 @@
     log l   = LibNet(V)                          hidden 16, 4 by default
     r       = A_z V + B_z                        zero-inflation logit (ZIP/ZINB)
     log mu  = log_softmax(A_mu V + B_mu)         gene proportions
-    log th  = A_th V + B_th                      NB inverse dispersion per cell and gene
+    log th  = b tanh((A_th V + B_th) / b)        NB inverse dispersion per cell and gene,
+                                                 theta in (1e-4, 1e4) (b = log 1e4)
 """
 
 from __future__ import annotations
@@ -129,8 +130,16 @@ class ZiPoNetwork(nn.Module):
             log_library=self.library_net(v).squeeze(1),
             log_mu=torch.log_softmax(self.mu_head(d), dim=1),
             logit_z=self.z_head(d) if self.z_head is not None else None,
-            log_theta=self.theta_head(d) if self.theta_head is not None else None,
+            log_theta=self._bounded_log_theta(self.theta_head(d)) if self.theta_head is not None else None,
         )
+
+    # Inverse dispersion kept within (1e-4, 1e4), as DCA clips it: unbounded, the head drove
+    # theta to 0 (lgamma(0) = inf) or to e^24 (alpha_theta * theta^2 swamped the loss) on PBMC.
+    # tanh keeps the bound smooth, so gradients never stop dead at a clip.
+    LOG_THETA_BOUND = 9.2103  # log(1e4)
+
+    def _bounded_log_theta(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.LOG_THETA_BOUND * torch.tanh(raw / self.LOG_THETA_BOUND)
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
         return self.decode(self.encode(x), covariates)
