@@ -26,6 +26,18 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 PBMC_SMALL = DATA_DIR / "pbmc_small.h5ad"
 PBMC_4K = DATA_DIR / "pbmc4k_2170.h5ad"
 
+# R code that reads the shared pbmc_small MatrixMarket files into `sce` (counts, and colData
+# from obs.csv), for the tests that drive the R package.
+R_READ_PBMC_SMALL_SCE = f"""
+suppressPackageStartupMessages(library(SingleCellExperiment))
+d <- "{DATA_DIR / 'pbmc_small_mtx'}"
+m <- as(Matrix::readMM(file.path(d, "matrix.mtx.gz")), "CsparseMatrix")
+rownames(m) <- readLines(file.path(d, "genes.tsv.gz"))
+colnames(m) <- readLines(file.path(d, "barcodes.tsv.gz"))
+obs <- read.csv(file.path(d, "obs.csv.gz"), row.names = 1)[colnames(m), ]
+sce <- SingleCellExperiment(assays = list(counts = m), colData = obs)
+"""
+
 # Small network for everything that only needs "a trained model".
 SMALL_ENCODER = [64, 16]
 

@@ -486,7 +486,7 @@ def r_messages(tmp_path_factory):
 
     if shutil.which("Rscript") is None or int(np.__version__.split(".")[0]) >= 2:
         pytest.skip("the R cases run in the NumPy < 2 environment R uses (.venv-r) with R installed")
-    from conftest import DATA_DIR
+    from conftest import R_READ_PBMC_SMALL_SCE
 
     folder = tmp_path_factory.mktemp("r-bad")
     cases = "\n".join(
@@ -495,15 +495,7 @@ def r_messages(tmp_path_factory):
         for name, (code, _) in R_CASES.items()
     )
     script = folder / "cases.R"
-    script.write_text(f"""
-suppressPackageStartupMessages({{library(SingleCellExperiment); library(zipo)}})
-d <- "{DATA_DIR / 'pbmc_small_mtx'}"
-m <- as(Matrix::readMM(file.path(d, "matrix.mtx.gz")), "CsparseMatrix")
-rownames(m) <- readLines(file.path(d, "genes.tsv.gz")); colnames(m) <- readLines(file.path(d, "barcodes.tsv.gz"))
-sce <- SingleCellExperiment(assays = list(counts = m),
-                            colData = read.csv(file.path(d, "obs.csv.gz"), row.names = 1)[colnames(m), ])
-{cases}
-""")
+    script.write_text(R_READ_PBMC_SMALL_SCE + "suppressPackageStartupMessages(library(zipo))\n" + cases + "\n")
     env = dict(os.environ, RETICULATE_PYTHON=sys.executable, HOME=str(folder))
     done = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env, timeout=600)
     if "there is no package called" in done.stderr:

@@ -35,21 +35,11 @@ if not ro.r('isTRUE(requireNamespace("zipo", quietly = TRUE))')[0]:
 if not (SHARED / "pbmc_small_mtx").is_dir():
     pytest.skip(f"shared data not found at {SHARED}", allow_module_level=True)
 
+from conftest import R_READ_PBMC_SMALL_SCE  # noqa: E402
 from rpy2.robjects import globalenv  # noqa: E402
 
 import zipo  # noqa: E402
 from zipo.rbridge import anndata_from_csc_parts, csr_parts  # noqa: E402
-
-# Reads the shared pbmc_small MatrixMarket files into `sce` (counts + colData from obs.csv).
-READ_SCE = textwrap.dedent(f"""
-    suppressPackageStartupMessages(library(SingleCellExperiment))
-    d <- "{SHARED / 'pbmc_small_mtx'}"
-    m <- as(Matrix::readMM(file.path(d, "matrix.mtx.gz")), "CsparseMatrix")
-    rownames(m) <- readLines(file.path(d, "genes.tsv.gz"))
-    colnames(m) <- readLines(file.path(d, "barcodes.tsv.gz"))
-    obs <- read.csv(file.path(d, "obs.csv.gz"), row.names = 1)[colnames(m), ]
-    sce <- SingleCellExperiment(assays = list(counts = m), colData = obs)
-""")
 
 FAST = dict(max_epochs=4, seed=11, encoder_dims=[64, 16], batch_size=32, verbose=False)
 FAST_R = "epochs = 4, seed = 11, encoder_dims = c(64, 16), batch_size = 32, verbose = FALSE"
@@ -58,7 +48,7 @@ FAST_R = "epochs = 4, seed = 11, encoder_dims = c(64, 16), batch_size = 32, verb
 def run_r(code: str, tmp_path: Path) -> str:
     """Run R code in Rscript with reticulate bound to this interpreter; return its stdout."""
     script = tmp_path / "script.R"
-    script.write_text(READ_SCE + textwrap.dedent(code))
+    script.write_text(R_READ_PBMC_SMALL_SCE + textwrap.dedent(code))
     env = dict(os.environ, RETICULATE_PYTHON=sys.executable, HOME=str(tmp_path))
     done = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -68,7 +58,7 @@ def run_r(code: str, tmp_path: Path) -> str:
 
 def r_sce():
     """The pbmc_small SCE built in this process through rpy2, and anndata2ri's AnnData of it."""
-    ro.r(READ_SCE)
+    ro.r(R_READ_PBMC_SMALL_SCE)
     with anndata2ri.converter.context():
         return globalenv["sce"]
 
