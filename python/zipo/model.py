@@ -179,9 +179,11 @@ class ZiPo:
         return self
 
     # ----------------------------------------------------------------- inference
-    def _batches(self, adata, batch_size: int | None) -> tuple[CellBatches, np.ndarray | None]:
+    def _batches(self, adata, batch_size: int | None,
+                 covariate_values: dict[str, Any] | None = None) -> tuple[CellBatches, np.ndarray | None]:
         """Mini-batches over all cells of ``adata`` in the model's gene order, and the positions
-        mapping model genes back to ``adata``'s columns (None when the order already matches)."""
+        mapping model genes back to ``adata``'s columns (None when the order already matches).
+        ``covariate_values`` sets covariates to one value for every cell (see :meth:`denoise`)."""
         names = pd.Index(adata.var_names.astype(str))
         missing = self.var_names.difference(names, sort=False)
         extra = names.difference(self.var_names, sort=False)
@@ -206,9 +208,26 @@ class ZiPo:
             adata = adata[:, self.var_names]
         counts = CountMatrix(adata, self.config.data.layer)
         check_counts(counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer)
-        cov = self.covariate_encoder.transform(adata.obs)
+        cov = self.covariate_encoder.transform(self._covariate_frame(adata.obs, covariate_values))
         bs = batch_size or self.config.train.batch_size
         return CellBatches(counts, cov, np.arange(adata.n_obs), bs, device=self.device), positions
+
+    def _covariate_frame(self, obs: pd.DataFrame, values: dict[str, Any] | None) -> pd.DataFrame:
+        """The covariate columns of ``obs``, with those named in ``values`` set to one value for
+        every cell (e.g. ``{"batch": "donor1"}``: predict all cells as if in that batch)."""
+        names = self.covariate_encoder.names
+        if not values:
+            return obs
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(
+                f"covariate_values names {_examples(unknown)}, which the model was not trained "
+                f"with; its covariates are {_examples(names) or 'none'}"
+            )
+        frame = pd.DataFrame(index=obs.index)
+        for name in names:
+            frame[name] = [values[name]] * len(obs) if name in values else obs[name].to_numpy()
+        return frame
 
     def attach(self, adata) -> "ZiPo":
         """Use ``adata`` (the same genes, any order) as the data that :meth:`train` fits, e.g. to
@@ -243,6 +262,7 @@ class ZiPo:
         key_added: str = "zipo",
         batch_size: int | None = None,
         copy: bool = False,
+        covariate_values: dict[str, Any] | None = None,
     ):
         """Write denoised counts, latents and library sizes into ``adata``.
 
@@ -255,6 +275,10 @@ class ZiPo:
         ``expectation="mixture"`` is ``(1 - z) * l * mu``, the expected value of the whole
         zero-inflated distribution (what a new measurement would average).
 
+        ``covariate_values`` predicts every cell as if its covariates had these values, e.g.
+        ``{"batch": "donor1"}`` gives batch-corrected expected counts with donor1 as the
+        reference (the latents do not depend on covariates, so they are unchanged).
+
         Returns the AnnData when ``copy=True``, else None (the input is modified).
         """
         self._require_trained()
@@ -265,7 +289,7 @@ class ZiPo:
             raise ValueError("pass the AnnData to denoise")
         if adata.isbacked and not copy:
             raise ValueError("adata is backed (read-only on disk); use copy=True or adata.to_memory()")
-        batches, positions = self._batches(adata, batch_size)
+        batches, positions = self._batches(adata, batch_size, covariate_values)
         n, g = adata.n_obs, len(self.var_names)
         denoised = np.empty((n, g), dtype=np.float32)
         zprob = np.empty((n, g), dtype=np.float32) if zero_inflation else None
