@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -113,6 +113,7 @@ class ZiPo:
         verbose: bool | None = None,
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
+        callback: Callable[[Trainer], None] | None = None,
         **options: Any,
     ) -> "ZiPo":
         """Train on the AnnData given at construction (Adam, the paper's schedule, early
@@ -122,7 +123,10 @@ class ZiPo:
         With ``checkpoint_dir``, the whole training state (weights, optimiser, schedule,
         early-stopping record, shuffling RNG) is written there atomically every
         ``checkpoint_every`` epochs; ``resume=True`` continues from the last checkpoint, so a
-        killed run ends with the same weights as an uninterrupted one (CPU, same seed)."""
+        killed run ends with the same weights as an uninterrupted one (CPU, same seed).
+
+        ``callback(trainer)`` is called after every epoch (``trainer.history[-1]`` is that
+        epoch's row); an exception it raises stops training, e.g. Optuna's ``TrialPruned``."""
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir the run was writing to")
         given = {"max_epochs": max_epochs, "batch_size": batch_size, "device": device,
@@ -165,7 +169,7 @@ class ZiPo:
                 trainer.load_state_dict(read_checkpoint(checkpoint_dir, self))
             save = partial(write_checkpoint, checkpoint_dir, model=self)
         try:
-            trainer.run(save, tc.checkpoint_every)
+            trainer.run(save, tc.checkpoint_every, callback)
         finally:
             # Also after a NaN loss: the best weights are restored, so the model stays usable
             # and its history shows the epochs that ran.

@@ -199,9 +199,11 @@ class Trainer:
         return {"epoch": epoch + 1, "train_loss": total / n, "train_nll": nll / n}
 
     def run(self, checkpoint: Callable[["Trainer"], None] | None = None,
-            checkpoint_every: int = 0) -> list[dict]:
+            checkpoint_every: int = 0,
+            callback: Callable[["Trainer"], None] | None = None) -> list[dict]:
         """Train until early stopping or ``max_epochs``; call ``checkpoint(self)`` every
-        ``checkpoint_every`` epochs. The best-validation weights are loaded back at the end."""
+        ``checkpoint_every`` epochs and ``callback(self)`` after every epoch. The
+        best-validation weights are loaded back at the end, also when ``callback`` raises."""
         tc = self.train_config
         bar = tqdm(range(self.epoch, tc.max_epochs), desc="ZiPo training", unit="epoch",
                    disable=not tc.verbose, dynamic_ncols=True, initial=self.epoch,
@@ -231,6 +233,13 @@ class Trainer:
                 self.epoch % checkpoint_every == 0 or self.stopped or self.epoch == tc.max_epochs
             ):
                 checkpoint(self)
+            if callback is not None:
+                try:
+                    callback(self)
+                except BaseException:
+                    bar.close()
+                    _restore(self.net, self.stopper)
+                    raise
         bar.close()
         _restore(self.net, self.stopper)
         return self.history
