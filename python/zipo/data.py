@@ -7,7 +7,11 @@ cells and converts that slice alone.
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -82,18 +86,49 @@ class CountMatrix:
                 f"{what} has dtype {dtype}, not numbers; ZiPo needs a numeric matrix of raw counts"
             )
 
+    @property
+    def on_disk(self) -> bool:
+        """True for a backed (on-disk) matrix, read in slices."""
+        return not (sp.issparse(self.source) or isinstance(self.source, np.ndarray))
+
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Dense float32 counts of the cells ``idx`` (only this batch is densified)."""
         src = self.source
-        if sp.issparse(src):
-            return src[idx].toarray().astype(np.float32, copy=False)
         if isinstance(src, np.ndarray):
             return np.asarray(src[idx], dtype=np.float32)
-        # Backed AnnData (h5py dataset or anndata's sparse dataset) wants sorted indices.
-        order = np.argsort(idx)
-        block = src[np.asarray(idx)[order]]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        out = np.empty_like(block, dtype=np.float32)
+        block = self.rows_csr(idx) if sp.issparse(src) else self._read_backed(idx)
+        return block.toarray().astype(np.float32, copy=False) if sp.issparse(block) else block
+
+    def rows_csr(self, idx: np.ndarray) -> sp.csr_matrix:
+        """float32 CSR counts of the cells ``idx``, never dense (for the sparse first layer)."""
+        src = self.source
+        if sp.issparse(src):
+            block = src[idx]
+        elif isinstance(src, np.ndarray):
+            block = sp.csr_matrix(np.asarray(src[idx]))
+        else:
+            block = self._read_backed(idx)
+            block = block if sp.issparse(block) else sp.csr_matrix(block)
+        block = block.tocsr().astype(np.float32, copy=False)
+        block.sort_indices()
+        return block
+
+    def _read_backed(self, idx: np.ndarray):
+        """Rows ``idx`` of an on-disk matrix, read as runs of consecutive cells (one read per
+        run, which is what makes shuffled chunks fast on HDF5) and put back in ``idx`` order."""
+        idx = np.asarray(idx)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
+        runs = np.split(sorted_idx, breaks)
+        blocks = [self.source[int(r[0]):int(r[-1]) + 1] for r in runs]
+        if sp.issparse(blocks[0]):
+            block = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0].tocsr()
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            return block[inverse]
+        block = np.concatenate([np.asarray(b) for b in blocks]).astype(np.float32, copy=False)
+        out = np.empty_like(block)
         out[order] = block
         return out
 
@@ -110,6 +145,11 @@ class CountMatrix:
 class CountSummary:
     library_size: np.ndarray  # total counts per cell, float64
     gene_total: np.ndarray  # total counts per gene, float64
+    nnz: int = 0  # non-zero entries
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(len(self.library_size) * len(self.gene_total), 1)
 
 
 def check_counts(
@@ -127,6 +167,7 @@ def check_counts(
         )
     lib = np.zeros(counts.n_obs, dtype=np.float64)
     genes = np.zeros(counts.n_vars, dtype=np.float64)
+    nnz = 0
     for sl, block in counts.chunks():
         values = block.data if sp.issparse(block) else block
         if values.dtype == np.bool_:
@@ -149,6 +190,7 @@ def check_counts(
                     "allow_non_integer=True if the values are counts on purpose (e.g. ambient-"
                     "corrected)"
                 )
+        nnz += int(np.count_nonzero(values))
         lib[sl] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
         genes += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
     empty = np.flatnonzero(lib == 0)
@@ -167,7 +209,7 @@ def check_counts(
                 "about them: remove them before training, e.g. "
                 "scanpy.pp.filter_genes(adata, min_cells=1)"
             )
-    return CountSummary(library_size=lib, gene_total=genes)
+    return CountSummary(library_size=lib, gene_total=genes, nnz=nnz)
 
 
 def gene_totals(counts: CountMatrix, idx: np.ndarray) -> np.ndarray:
@@ -177,6 +219,11 @@ def gene_totals(counts: CountMatrix, idx: np.ndarray) -> np.ndarray:
     for start in range(0, len(idx), step):
         total += counts.rows(idx[start:start + step]).sum(axis=0, dtype=np.float64)
     return total
+
+
+#: An integer covariate with at most this many distinct values draws a warning: it is
+#: probably a label (batch 1, 2, 3) that should be one-hot encoded, not a number.
+FEW_INTEGER_VALUES = 20
 
 
 class CovariateEncoder:
@@ -203,6 +250,16 @@ class CovariateEncoder:
         for name in columns:
             col = _column(obs, name)
             if _is_numeric(col):
+                n_values = col.nunique()
+                if pd.api.types.is_integer_dtype(col) and n_values <= FEW_INTEGER_VALUES:
+                    warnings.warn(
+                        f"covariate {name!r} holds integers with only {n_values} distinct "
+                        "values, so it is standardised as one number, not one-hot encoded as "
+                        "categories; if these are labels (batch, donor...), cast the column to "
+                        f"str or category first: adata.obs[{name!r}] = "
+                        f"adata.obs[{name!r}].astype(str)",
+                        UserWarning, stacklevel=3,
+                    )
                 values = col.to_numpy(dtype=np.float64)
                 sd = float(values.std())
                 specs.append(
@@ -278,8 +335,26 @@ def split_cells(n_obs: int, validation_fraction: float, rng: np.random.Generator
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def csr_to_torch(block: sp.csr_matrix) -> torch.Tensor:
+    """A scipy CSR batch as a torch sparse CSR tensor (shares the arrays, no dense copy)."""
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(block.indptr.astype(np.int64, copy=False)),
+        torch.from_numpy(block.indices.astype(np.int64, copy=False)),
+        torch.from_numpy(block.data),
+        size=block.shape,
+    )
+
+
 class CellBatches:
-    """Mini-batches of cells as (counts, covariates, indices) tensors."""
+    """Mini-batches of cells as (counts, covariates, indices); counts are a dense tensor, or a
+    torch sparse CSR tensor with ``sparse=True`` (for the sparse first layer).
+
+    Shuffling permutes *chunks* of ``chunk_size`` consecutive cells (of ``indices``) and fills
+    each batch with several chunks: with ``chunk_size=1`` it is a plain permutation; larger
+    chunks turn the reads of an on-disk (backed) matrix into a few contiguous slices.
+    With ``prefetch > 0`` a background thread prepares the next batches while the model trains
+    on the current one; ``wait_seconds`` accumulates the time the consumer waited for data.
+    """
 
     def __init__(
         self,
@@ -290,23 +365,133 @@ class CellBatches:
         shuffle: bool = False,
         rng: np.random.Generator | None = None,
         device: torch.device | str = "cpu",
+        sparse: bool = False,
+        chunk_size: int = 1,
+        prefetch: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.counts, self.covariates = counts, covariates
         self.indices, self.batch_size = np.asarray(indices), batch_size
         self.shuffle, self.rng, self.device = shuffle, rng, torch.device(device)
+        self.sparse, self.chunk_size, self.prefetch = sparse, max(1, int(chunk_size)), prefetch
+        # (rank, world size): each process takes its own contiguous share of every global
+        # batch, so N processes see exactly the cells one process would see per step.
+        self.shard = shard
+        self.wait_seconds = 0.0
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
-        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
-        pin = self.device.type == "cuda"
+    def order(self) -> np.ndarray:
+        """The cells of one pass, in batch order (draws from ``rng`` when shuffling)."""
+        if not self.shuffle:
+            return self.indices
+        if self.chunk_size == 1:
+            return self.rng.permutation(self.indices)
+        n_chunks = -(-len(self.indices) // self.chunk_size)
+        chunks = self.rng.permutation(n_chunks)
+        starts = chunks * self.chunk_size
+        return np.concatenate([self.indices[a:a + self.chunk_size] for a in starts])
+
+    def _global_batches(self) -> Iterator[np.ndarray]:
+        order = self.order()
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            if self.shuffle and len(idx) < 2:
+            if self.shuffle and len(idx) < 2 * self.shard[1]:
                 continue  # batch norm cannot train on one cell; it comes back next epoch
-            x = torch.from_numpy(self.counts.rows(idx))
-            c = torch.from_numpy(self.covariates[idx])
-            if pin:
-                x, c = x.pin_memory(), c.pin_memory()
-            yield x.to(self.device, non_blocking=pin), c.to(self.device, non_blocking=pin), idx
+            yield idx
+
+    def local(self, idx: np.ndarray) -> np.ndarray:
+        """This process's share of the global batch ``idx``."""
+        rank, world = self.shard
+        if world == 1:
+            return idx
+        bounds = np.linspace(0, len(idx), world + 1).round().astype(int)
+        return idx[bounds[rank]:bounds[rank + 1]]
+
+    def _load(self, idx: np.ndarray):
+        local = self.local(idx)
+        if self.sparse:
+            x = csr_to_torch(self.counts.rows_csr(local))
+        else:
+            x = torch.from_numpy(self.counts.rows(local))
+        c = torch.from_numpy(np.ascontiguousarray(self.covariates[local]))
+        return x, c, local, len(idx)
+
+    def _to_device(self, x: torch.Tensor, c: torch.Tensor):
+        if self.device.type != "cuda":
+            return x, c
+        # Pinned host memory lets the copy run asynchronously beside the GPU's work.
+        if x.layout == torch.strided:
+            x = x.pin_memory()
+        c = c.pin_memory()
+        return x.to(self.device, non_blocking=True), c.to(self.device, non_blocking=True)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]]:
+        """(counts, covariates, this process's cell indices, global batch size) per step."""
+        loaded = map(self._load, self._global_batches())
+        if self.prefetch > 0:
+            loaded = _prefetched(loaded, self.prefetch, self)
+        else:
+            loaded = _timed(loaded, self)
+        for x, c, local, n_global in loaded:
+            x, c = self._to_device(x, c)
+            yield x, c, local, n_global
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        for x, c, idx, _ in self.batches():
+            yield x, c, idx
+
+
+def _timed(items: Iterator, owner: CellBatches) -> Iterator:
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        owner.wait_seconds += time.perf_counter() - started
+        yield item
+
+
+def _prefetched(items: Iterator, depth: int, owner: CellBatches) -> Iterator:
+    """Run ``items`` in a background thread, ``depth`` batches ahead. Reading and slicing
+    release the GIL for most of their time, so this overlaps I/O with the training step."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        """Queue ``item`` unless the consumer has gone; never blocks for good."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # surfaced in the consumer, with its traceback
+            put(e)
+
+    worker = threading.Thread(target=produce, name="zipo-batch-loader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            started = time.perf_counter()
+            item = q.get()
+            owner.wait_seconds += time.perf_counter() - started
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()

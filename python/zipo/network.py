@@ -39,10 +39,61 @@ class NetworkOutput:
     logit_z: torch.Tensor | None  # cells x genes, None without zero inflation
     log_theta: torch.Tensor | None  # cells x genes, None for Poisson
 
+    def float(self) -> "NetworkOutput":
+        """All outputs in float32 (after a mixed-precision forward pass)."""
+        def f(t):
+            return t.float() if t is not None else None
+        return NetworkOutput(f(self.latent), f(self.log_library), f(self.log_mu),
+                             f(self.logit_z), f(self.log_theta))
+
     @property
     def log_mean(self) -> torch.Tensor:
         """log m = log l + log mu, formed in log space."""
         return self.log_library[:, None] + self.log_mu
+
+
+def _csr_rows(x: torch.Tensor) -> torch.Tensor:
+    """Row index of every stored value of a sparse CSR tensor."""
+    crow = x.crow_indices()
+    return torch.repeat_interleave(torch.arange(x.shape[0], device=crow.device), crow.diff())
+
+
+class _SparseLinear(torch.autograd.Function):
+    """y = X W^T + b for a sparse CSR X (cells x genes) and a dense W (out x genes).
+
+    Forward gathers the rows of W^T that each cell's non-zeros touch (``embedding_bag``, the
+    kernel recommender models use for sparse inputs); backward forms dL/dW^T = X^T dL/dy as a
+    sparse (genes x cells) times dense product. X itself gets no gradient (it is data)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        crow, col, values = x.crow_indices(), x.col_indices(), x.values()
+        y = torch.nn.functional.embedding_bag(
+            col, weight.t().contiguous(), crow[:-1], mode="sum", per_sample_weights=values,
+        )
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(crow, col, values)
+        ctx.shape, ctx.has_bias = x.shape, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        crow, col, values = ctx.saved_tensors
+        n_cells, n_genes = ctx.shape
+        rows = torch.repeat_interleave(torch.arange(n_cells, device=crow.device), crow.diff())
+        xt = torch.sparse_coo_tensor(torch.stack([col, rows]), values, (n_genes, n_cells))
+        grad_w = torch.sparse.mm(xt.to_sparse_csr(), grad).t()
+        return None, grad_w, grad.sum(0) if ctx.has_bias else None
+
+
+def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _SparseLinear.apply(x, weight, bias)
+
+
+def as_dense(x: torch.Tensor) -> torch.Tensor:
+    """Counts as a dense tensor (the likelihood needs every entry, zeros included)."""
+    return x.to_dense() if x.layout == torch.sparse_csr else x
 
 
 def _block(n_in: int, n_out: int, activation: str, batch_norm: bool) -> nn.Sequential:
@@ -105,17 +156,34 @@ class ZiPoNetwork(nn.Module):
         self.target_library.fill_(median_library)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.layout == torch.sparse_csr:
+            return self._transform_sparse(x)
         if self.input_transform == "normalize_log1p":
             lib = x.sum(dim=1, keepdim=True).clamp_min(1.0)
             x = x * (self.target_library / lib)
         return torch.log1p(x)
 
+    def _transform_sparse(self, x: torch.Tensor) -> torch.Tensor:
+        """The same transform on the non-zeros of a sparse CSR batch (both keep zeros zero)."""
+        values = x.values()
+        if self.input_transform == "normalize_log1p":
+            rows = _csr_rows(x)
+            lib = torch.zeros(x.shape[0], dtype=values.dtype, device=values.device)
+            lib = lib.index_add_(0, rows, values).clamp_min(1.0)
+            values = values * (self.target_library / lib)[rows]
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), torch.log1p(values),
+                                       size=x.shape)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Counts (cells x genes) -> latents U."""
+        """Counts (cells x genes, dense or sparse CSR) -> latents U."""
         h = self.transform_input(x)
         hidden = []
-        for layer in self.encoder:
-            h = layer(h)
+        for i, layer in enumerate(self.encoder):
+            if i == 0 and h.layout == torch.sparse_csr:
+                # The first layer's cost then grows with the batch's non-zeros, not cells x genes.
+                h = layer[1:](sparse_linear(h, self.first_layer.weight, self.first_layer.bias))
+            else:
+                h = layer(h)
             hidden.append(h)
         u = hidden[-1]
         for r, h_i in zip(self.residuals, hidden[:-1]):
@@ -142,4 +210,8 @@ class ZiPoNetwork(nn.Module):
         return self.LOG_THETA_BOUND * torch.tanh(raw / self.LOG_THETA_BOUND)
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
-        return self.decode(self.encode(x), covariates)
+        u = self.encode(x)
+        # Under mixed precision only the encoder runs in low precision: the heads set the
+        # rates (a softmax over thousands of genes) and stay float32.
+        with torch.autocast(u.device.type, enabled=False):
+            return self.decode(u.float(), covariates.float())
