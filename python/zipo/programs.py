@@ -1,0 +1,371 @@
+"""Pruning of the first encoder layer and the gene programs it leaves behind.
+
+After training with the scale-invariant L1/L2 penalty (``alpha_w``), most first-layer weights
+are tiny. :func:`prune` sets, per first-layer neuron i, every weight with
+``|W_ig| / max_g |W_ig| < delta`` to zero. Each neuron is then a small signed gene set, a
+"gene program": :func:`gene_programs` lists them, :func:`write_gmt` writes them as a GMT file
+and :func:`program_activity` scores cells on them.
+
+Keeping pruned weights at zero. The pruned positions are kept as a boolean mask on the model
+(not a buffer, so the weights file keeps its layout) and enforced by two hooks, so fine-tuning
+with ``model.train()`` never revives them:
+
+* a gradient hook on the first-layer weight zeroes the gradient of pruned weights. ``train()``
+  builds a fresh Adam each call, whose moments for those weights then stay exactly zero, so
+  its update for them is exactly zero (0 / (sqrt(0) + eps)) and they stay 0 at every step;
+* a forward pre-hook on the network writes zeros into the pruned positions before every
+  forward pass (train and eval, dense or sparse first layer), a safety net for optimisers that
+  arrive with non-zero state (a checkpoint from before pruning, a user's own optimiser):
+  pruned weights never enter any output, and are zero again from the first forward on.
+
+On disk, ``zipo.json`` records ``pruned: {delta, pruned_fraction, ...}``; loading re-derives the
+mask from the weights that are exactly zero (a pruned weight is exactly zero, and a weight that
+is exactly zero has normalised magnitude 0 < delta, so the two sets are the same).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .data import CellBatches, CountMatrix, _examples
+from .training import evaluate
+
+
+# --------------------------------------------------------------------------- the mask
+class _PruneMask:
+    """The pruned positions of the first layer (True = pruned) and the hooks enforcing them.
+
+    The forward pre-hook sits on the whole network, not on the first ``nn.Linear``: the sparse
+    first-layer path multiplies by ``first_layer.weight`` without calling that module."""
+
+    def __init__(self, pruned: torch.Tensor):
+        self.pruned = pruned.detach().to(torch.bool)
+        self.network: torch.nn.Module | None = None
+
+    def _on(self, device: torch.device) -> torch.Tensor:
+        if self.pruned.device != device:
+            self.pruned = self.pruned.to(device)
+        return self.pruned
+
+    # forward pre-hook of the network: (module, inputs) -> None
+    def __call__(self, network: torch.nn.Module, inputs) -> None:
+        weight = network.first_layer.weight
+        hooks = getattr(weight, "_backward_hooks", None)
+        if weight.requires_grad and (not hooks or self.grad not in hooks.values()):
+            # the gradient hook is lost when the network is deep-copied (a copied parameter
+            # drops its hooks, a module keeps its forward hooks): attach it again
+            weight.register_hook(self.grad)
+        w = weight.data  # .data: not tracked by autograd, no version bump
+        w.masked_fill_(self._on(w.device), 0.0)
+
+    def grad(self, g: torch.Tensor) -> torch.Tensor:
+        return g.masked_fill(self._on(g.device), 0.0)
+
+    def install(self, network: torch.nn.Module) -> None:
+        self.remove()
+        shape = tuple(network.first_layer.weight.shape)
+        if tuple(self.pruned.shape) != shape:
+            raise ValueError(f"the pruning mask has shape {tuple(self.pruned.shape)}, the first "
+                             f"layer {shape}")
+        self.network = network
+        network.register_forward_pre_hook(self)
+        self(network, ())  # zero the pruned weights now, and add the gradient hook
+
+    def remove(self) -> None:
+        """Take this mask's hooks off its network. Found by value rather than through handles,
+        which would still point into the original module after a deep copy."""
+        if self.network is not None:
+            _drop(self.network._forward_pre_hooks, lambda h: h is self)
+            _drop(getattr(self.network.first_layer.weight, "_backward_hooks", None) or {},
+                  lambda h: h == self.grad)
+        self.network = None
+
+
+def _drop(hooks: dict, match) -> None:
+    for key in [k for k, h in hooks.items() if match(h)]:
+        del hooks[key]
+
+
+def _mask_state(model) -> _PruneMask | None:
+    """The model's mask, re-installed if the network was replaced since."""
+    state = getattr(model, "_prune_mask", None)
+    if state is None:
+        return None
+    if state.network is not model.network:
+        state.install(model.network)
+    else:
+        state(model.network, ())
+    return state
+
+
+def restore_pruning(model, record: dict | None) -> None:
+    """After loading: mark the weights that are exactly zero as pruned (see module docstring)."""
+    if not record:
+        return
+    weight = model.network.first_layer.weight
+    state = _PruneMask(weight.detach() == 0)
+    state.install(model.network)
+    model._prune_mask = state
+    model.pruning = dict(record)
+
+
+def enforce_pruning(model) -> None:
+    """Write zeros into the pruned first-layer weights (no-op for an unpruned model)."""
+    _mask_state(model)
+
+
+# --------------------------------------------------------------------------- pruning
+def pruning_mask(weight: torch.Tensor, delta: float) -> torch.Tensor:
+    """True where ``|W_ig| / max_g |W_ig| < delta`` (per row i = neuron). A neuron whose weights
+    are all zero is pruned entirely."""
+    a = weight.detach().abs()
+    top = a.amax(dim=1, keepdim=True)
+    return (a < delta * top) | (top == 0)
+
+
+def _report_batches(model, adata, batch_size: int | None) -> CellBatches | None:
+    """Validation cells of the training data when there is a split (and no adata is given),
+    else all cells of adata (or of the training data); None when there is no data."""
+    if adata is not None:
+        return model._batches(adata, batch_size)[0]
+    data = model.adata
+    if data is None:
+        return None
+    val = getattr(model, "validation_indices", None)
+    if val is not None and len(val) and int(np.max(val)) < data.n_obs:
+        counts = CountMatrix(model._ordered(data), model.config.data.layer)
+        cov = model.covariate_encoder.transform(data.obs)
+        bs = batch_size or model.config.train.batch_size
+        return CellBatches(counts, cov, np.asarray(val), bs, device=model.device)
+    return model._batches(data, batch_size)[0]
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """A batch as a dense tensor (batches may come as sparse CSR for the sparse first layer)."""
+    return x.to_dense() if x.layout != torch.strided else x
+
+
+@torch.no_grad()
+def rate_mse(net, batches: CellBatches) -> float:
+    """Mean over all entries of (x - l mu)^2, streamed over the mini-batches."""
+    net.eval()
+    total, n = 0.0, 0
+    for x, c, _ in batches:
+        out = net(x, c)
+        x = _dense(x)
+        total += (torch.exp(out.log_mean) - x).pow(2).sum(dtype=torch.float64).item()
+        n += x.numel()
+    return total / n
+
+
+def _nll_mse(model, batches: CellBatches | None) -> tuple[float | None, float | None]:
+    if batches is None:
+        return None, None
+    _, nll = evaluate(model.network, batches, model.config.model)
+    return float(nll), rate_mse(model.network, batches)
+
+
+def prune(model, delta: float = 1e-4, adata=None, batch_size: int | None = None) -> dict:
+    """Prune the first layer at ``delta``; see :meth:`zipo.ZiPo.prune`."""
+    model._require_trained()
+    delta = float(delta)
+    if not (math.isfinite(delta) and 0 <= delta <= 1):
+        raise ValueError(f"delta must be in [0, 1] (a fraction of each neuron's largest weight), "
+                         f"got {delta}")
+    enforce_pruning(model)  # earlier pruning, if any
+    batches = _report_batches(model, adata, batch_size)
+    nll_before, mse_before = _nll_mse(model, batches)
+
+    layer = model.network.first_layer
+    pruned = pruning_mask(layer.weight, delta)
+    old = getattr(model, "_prune_mask", None)
+    if old is not None:
+        pruned |= old._on(pruned.device)  # pruned weights stay pruned
+        old.remove()
+    state = _PruneMask(pruned)
+    state.install(model.network)
+    model._prune_mask = state
+
+    nll_after, mse_after = _nll_mse(model, batches)
+    n_pruned, n_total = int(pruned.sum().item()), pruned.numel()
+    report = {
+        "pruned_fraction": n_pruned / n_total,
+        "weights_pruned": n_pruned,
+        "weights_total": n_total,
+        "delta": delta,
+        "nll_before": nll_before,
+        "nll_after": nll_after,
+        "mse_before": mse_before,
+        "mse_after": mse_after,
+    }
+    model.pruning = {k: report[k] for k in ("delta", "pruned_fraction", "weights_pruned",
+                                             "weights_total")}
+    if model.config.train.verbose:
+        fmt = lambda v: "n/a" if v is None else f"{v:.5g}"  # noqa: E731
+        print(f"ZiPo pruning at delta={delta:g}: {n_pruned:,} of {n_total:,} first-layer weights "
+              f"({report['pruned_fraction']:.1%}) set to zero; NLL {fmt(nll_before)} -> "
+              f"{fmt(nll_after)}, MSE {fmt(mse_before)} -> {fmt(mse_after)}")
+    return report
+
+
+# --------------------------------------------------------------------------- programs
+def program_names(n: int) -> list[str]:
+    width = max(4, len(str(n - 1)))
+    return [f"program_{i:0{width}d}" for i in range(n)]
+
+
+def _weights(model, min_weight: float) -> np.ndarray:
+    """First-layer weights (neurons x genes, float32), with those below ``min_weight`` times
+    their neuron's largest |weight| set to zero."""
+    model._require_trained()
+    min_weight = float(min_weight)
+    if not (math.isfinite(min_weight) and 0 <= min_weight <= 1):
+        raise ValueError(f"min_weight must be in [0, 1] (a fraction of each program's largest "
+                         f"|weight|), got {min_weight}")
+    enforce_pruning(model)
+    w = model.network.first_layer.weight.detach().cpu().numpy().astype(np.float32, copy=True)
+    if min_weight > 0:
+        a = np.abs(w)
+        w[a < min_weight * a.max(axis=1, keepdims=True)] = 0.0
+    return w
+
+
+def _long_table(w: np.ndarray, genes: pd.Index) -> pd.DataFrame:
+    names = np.asarray(program_names(w.shape[0]), dtype=object)
+    rows, cols = np.nonzero(w)
+    vals = w[rows, cols]
+    absv = np.abs(vals)
+    order = np.lexsort((cols, -absv, rows))  # program, then |weight| desc, then gene order
+    rows, cols, vals, absv = rows[order], cols[order], vals[order], absv[order]
+    counts = np.bincount(rows, minlength=w.shape[0])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(rows)) - starts[rows] + 1
+    return pd.DataFrame({
+        "program": names[rows],
+        "gene": np.asarray(genes, dtype=object)[cols],
+        "weight": vals.astype(np.float32),
+        "abs_weight": absv.astype(np.float32),
+        "rank": rank.astype(np.int64),
+    })
+
+
+def _adata_gene_positions(model, adata) -> np.ndarray:
+    """For each gene of ``adata`` (in its order), its column in the model."""
+    names = pd.Index(adata.var_names.astype(str))
+    pos = model.var_names.get_indexer(names)
+    if (pos < 0).any() or len(names) != len(model.var_names):
+        missing = model.var_names.difference(names, sort=False)
+        extra = names.difference(model.var_names, sort=False)
+        raise ValueError(
+            "the genes of adata do not match the model's: "
+            f"{len(missing)} missing ({_examples(list(missing))}), {len(extra)} not in the model "
+            f"({_examples(list(extra))}); subset or reorder with adata[:, model.var_names]"
+        )
+    return pos
+
+
+def gene_programs(model, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
+    """See :meth:`zipo.ZiPo.gene_programs`."""
+    w = _weights(model, min_weight)
+    table = _long_table(w, model.var_names)
+    adata = model.adata if adata is None else adata
+    if adata is not None:
+        pos = _adata_gene_positions(model, adata)
+        loadings = w[:, pos].T  # genes of adata x programs
+        n_zero = loadings.size - np.count_nonzero(loadings)
+        adata.varm[f"{key_added}_programs"] = (
+            sp.csr_matrix(loadings, dtype=np.float32) if n_zero > loadings.size / 2
+            else np.ascontiguousarray(loadings, dtype=np.float32)
+        )
+        info = {
+            "programs": program_names(w.shape[0]),
+            "n_genes": np.count_nonzero(w, axis=1).astype(np.int64),
+            "min_weight": float(min_weight),
+            "description": "first-layer neurons of the ZiPo encoder; varm holds their weights "
+                           "(genes x programs, on log1p counts)",
+        }
+        record = getattr(model, "pruning", None)
+        if record:
+            info["delta"] = float(record["delta"])
+            info["pruned_fraction"] = float(record["pruned_fraction"])
+        adata.uns[f"{key_added}_programs"] = info
+    return table
+
+
+def _clean(text: str) -> str:
+    return str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def write_gmt(model, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
+    """See :meth:`zipo.ZiPo.write_gmt`."""
+    if top_n is not None and (int(top_n) != top_n or top_n < 1):
+        raise ValueError(f"top_n must be a positive whole number or None, got {top_n!r}")
+    w = _weights(model, min_weight)
+    genes = np.asarray(model.var_names, dtype=object)
+    names = program_names(w.shape[0])
+    lines = []
+    for i, row in enumerate(w):
+        nz = np.flatnonzero(row)
+        if not len(nz):
+            continue
+        nz = nz[np.lexsort((nz, -np.abs(row[nz])))]
+        n_all = len(nz)
+        if top_n is not None:
+            nz = nz[: int(top_n)]
+        desc = (f"ZiPo first-layer neuron {i}; {n_all} genes"
+                + (f" (top {len(nz)} listed)" if len(nz) < n_all else "")
+                + f"; top weight {_clean(genes[nz[0]])} {row[nz[0]]:+.4g}")
+        lines.append("\t".join([names[i], desc, *(_clean(g) for g in genes[nz])]))
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("".join(line + "\n" for line in lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_gmt(path: str | Path) -> dict[str, list[str]]:
+    """Gene sets of a GMT file: {name: genes} (the description column is dropped)."""
+    sets = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            parts = line.split("\t")
+            sets[parts[0]] = parts[2:]
+    return sets
+
+
+@torch.no_grad()
+def program_activity(model, adata=None, key_added: str = "zipo",
+                     batch_size: int | None = None) -> np.ndarray:
+    """See :meth:`zipo.ZiPo.program_activity`."""
+    model._require_trained()
+    adata = model.adata if adata is None else adata
+    if adata is None:
+        raise ValueError("pass the AnnData whose cells to score")
+    enforce_pruning(model)
+    batches, _ = model._batches(adata, batch_size)
+    net = model.network
+    net.eval()
+    layer = net.first_layer
+    out = np.empty((adata.n_obs, layer.out_features), dtype=np.float32)
+    for x, _, idx in batches:
+        out[idx] = layer(_dense(net.transform_input(x))).float().cpu().numpy()
+    adata.obsm[f"X_{key_added}_programs"] = out
+    return out
