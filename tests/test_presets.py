@@ -1,0 +1,140 @@
+"""Presets: the configurations method.md describes, that they train, that explicit options and
+config files override them, clear errors, and ``zipo train --preset``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import zipo
+from zipo.cli import main
+from zipo.config import ZiPoConfig, load_config
+from zipo.presets import PRESETS, preset_config
+
+DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
+
+# method.md: "dca" (NB, 128-64-128, log input, library-size normalised input), "zipdca" (the same
+# with Poisson, zero-inflated), "tuneddca" (DCA's shape with ZiPo-like settings); "zipo" is the
+# paper's best model: 2048-1024-512-256-128, residuals, sigmoid + batch norm, linear decoder, ZIP,
+# alpha_z = alpha_w = 0.1.
+EXPECTED = {
+    "zipo": {"likelihood": "zip", "encoder_dims": [2048, 1024, 512, 256, 128],
+             "decoder_dims": [], "residuals": True, "activation": "sigmoid",
+             "batch_norm": True, "input_transform": "log1p", "alpha_z": 0.1, "alpha_w": 0.1},
+    "dca": {"likelihood": "nb", **DCA_LIKE, "residuals": False, "activation": "relu",
+            "input_transform": "normalize_log1p", "alpha_w": 0.0},
+    "zipdca": {"likelihood": "zip", **DCA_LIKE, "residuals": False, "activation": "relu",
+               "input_transform": "normalize_log1p", "alpha_w": 0.0},
+    "tuneddca": {"likelihood": "zip", **DCA_LIKE, "residuals": True, "activation": "sigmoid",
+                 "batch_norm": True, "input_transform": "log1p", "alpha_z": 0.1,
+                 "alpha_w": 0.1},
+}
+
+
+def test_every_preset_is_described():
+    assert set(PRESETS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_preset_fields(name):
+    cfg = preset_config(name)
+    for key, value in EXPECTED[name].items():
+        assert getattr(cfg.model, key) == value, (name, key)
+    # Presets set model options only; data and training keep the defaults.
+    default = ZiPoConfig()
+    assert cfg.data == default.data and cfg.train == default.train
+    # A fresh object each time: changing one never leaks into the next.
+    cfg.model.encoder_dims.append(1)
+    assert preset_config(name).model.encoder_dims == EXPECTED[name]["encoder_dims"]
+
+
+def test_zipo_preset_is_the_default():
+    assert preset_config("zipo") == ZiPoConfig()
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_preset_builds_trains_and_denoises(pbmc_small, name):
+    model = zipo.ZiPo(pbmc_small, preset=name, max_epochs=2, batch_size=32, seed=0, verbose=False)
+    net, m = model.network, EXPECTED[name]
+    # The network has the preset's shape.
+    assert [block[0].out_features for block in net.encoder] == m["encoder_dims"]
+    assert len(net.residuals) == (len(m["encoder_dims"]) - 1 if m["residuals"] else 0)
+    assert [block[0].out_features for block in net.decoder] == m["decoder_dims"]
+    assert net.input_transform == m["input_transform"]
+    assert (net.z_head is not None) == (m["likelihood"] in ("zip", "zinb"))
+    assert (net.theta_head is not None) == (m["likelihood"] in ("nb", "zinb"))
+    act = type(net.encoder[0][1]).__name__.lower()
+    assert act == m["activation"]
+
+    model.train()
+    assert len(model.history) == 2
+    out = model.denoise(pbmc_small, copy=True)
+    den = out.layers["zipo_denoised"]
+    assert den.shape == pbmc_small.shape and np.isfinite(den).all() and (den > 0).all()
+    assert out.obsm["X_zipo"].shape == (pbmc_small.n_obs, m["encoder_dims"][-1])
+
+
+def test_explicit_options_override_the_preset(pbmc_small):
+    model = zipo.ZiPo(pbmc_small, preset="dca", likelihood="zinb", encoder_dims=[32, 8],
+                      alpha_w=0.05, verbose=False)
+    m = model.config.model
+    assert (m.likelihood, m.encoder_dims, m.alpha_w) == ("zinb", [32, 8], 0.05)
+    # ... and only what was given: the rest is still the preset's.
+    assert m.decoder_dims == [128] and m.activation == "relu" and not m.residuals
+    assert m.input_transform == "normalize_log1p"
+    assert model.network.theta_head is not None and model.network.z_head is not None
+
+
+def test_config_file_overrides_the_preset_and_options_override_the_file(pbmc_small, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\nlikelihood = "zinb"\nencoder_dims = [64, 16]\n'
+                   '[train]\nmax_epochs = 7\n')
+    model = zipo.ZiPo(pbmc_small, preset="dca", config=cfg, encoder_dims=[32, 8], verbose=False)
+    m = model.config.model
+    assert m.likelihood == "zinb"  # file beat preset
+    assert m.encoder_dims == [32, 8]  # option beat file
+    assert m.decoder_dims == [128] and m.activation == "relu"  # preset where the file is silent
+    assert model.config.train.max_epochs == 7
+
+
+def test_unknown_preset_errors_clearly(pbmc_small):
+    with pytest.raises(ValueError, match="unknown preset 'scvi'; choose one of zipo, dca, "
+                                         "zipdca, tuneddca"):
+        zipo.ZiPo(pbmc_small, preset="scvi")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("DCA")  # names are case-sensitive
+    with pytest.raises(ValueError, match="either a ZiPoConfig object or a preset"):
+        zipo.ZiPo(pbmc_small, preset="dca", config=ZiPoConfig())
+
+
+def test_cli_train_with_preset_dca(pbmc_small_path, tmp_path, capsys):
+    out = tmp_path / "model"
+    rc = main(["train", str(pbmc_small_path), "--preset", "dca", "--out", str(out),
+               "--max-epochs", "2", "--batch-size", "32", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert "Trained 2 epochs" in capsys.readouterr().out
+    saved = load_config(out / "config.toml")
+    assert saved.model.likelihood == "nb"
+    assert saved.model.encoder_dims == [128, 64] and saved.model.decoder_dims == [128]
+    assert saved.model.input_transform == "normalize_log1p" and not saved.model.residuals
+    loaded = zipo.ZiPo.load(out)
+    assert loaded.config.model == saved.model
+    assert loaded.network.theta_head is not None and loaded.network.z_head is None
+
+    # A flag overrides the preset, the rest of the preset stays.
+    out2 = tmp_path / "model2"
+    assert main(["train", str(pbmc_small_path), "--preset", "dca", "--likelihood", "zinb",
+                 "--encoder-dims", "32", "8", "--out", str(out2), "--max-epochs", "1",
+                 "--batch-size", "32", "--quiet"]) == 0
+    saved = load_config(out2 / "config.toml")
+    assert (saved.model.likelihood, saved.model.encoder_dims) == ("zinb", [32, 8])
+    assert saved.model.decoder_dims == [128] and saved.model.activation == "relu"
+
+
+def test_cli_unknown_preset_is_refused(pbmc_small_path, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(pbmc_small_path), "--preset", "scvi", "--out", str(tmp_path / "m")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'scvi'" in err and "dca" in err
+    assert list(tmp_path.iterdir()) == []
