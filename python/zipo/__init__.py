@@ -12,5 +12,6 @@ __version__ = "0.1.0"
 
 from .config import ZiPoConfig, load_config  # noqa: E402
 from .model import ZiPo, denoise  # noqa: E402
+from .tuning import tune  # noqa: E402  (Optuna is imported only when tune() runs)
 
-__all__ = ["ZiPo", "ZiPoConfig", "denoise", "load_config", "__version__"]
+__all__ = ["ZiPo", "ZiPoConfig", "denoise", "load_config", "tune", "__version__"]

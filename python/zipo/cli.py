@@ -1,4 +1,4 @@
-"""Command line: ``zipo train``, ``zipo denoise``, ``zipo demo``, ``zipo config``.
+"""Command line: ``zipo train``, ``zipo denoise``, ``zipo tune``, ``zipo demo``, ``zipo config``.
 
 Every option can come from a TOML config (``--config``); flags given on the command line
 override it, and ``--set section.key=value`` reaches any option that has no flag of its own.
@@ -34,13 +34,13 @@ def _parse_value(text: str):
         return text
 
 
-def _read_h5ad(path: str):
+def _read_h5ad(path: str, backed: bool = False):
     import anndata as ad
 
     if not Path(path).is_file():
         raise ValueError(f"input file {path!r} does not exist")
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as e:  # h5py/anndata raise many kinds on a non-h5ad file
         raise ValueError(f"{path!r} could not be read as an .h5ad file: {e}") from None
 
@@ -89,18 +89,49 @@ def cmd_train(args) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
-    adata = _read_h5ad(args.data)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    _read_h5ad(args.data, backed=args.backed)  # a clear error now, not in N processes
+    job = (args.data, cfg.to_dict(), str(out), args.resume, args.overwrite, args.backed)
+    if args.nproc == 1:
+        _train_and_save(*job)
+    else:
+        from .distributed import spawn
+
+        spawn(args.nproc, _train_and_save, job)
+
+
+def _train_and_save(data: str, config: dict, out: str, resume: bool, overwrite: bool,
+                    backed: bool) -> None:
+    """One training process: ``zipo train``'s work, also run by each of ``--nproc`` processes
+    (the one of rank 0 writes the model)."""
+    from .config import ZiPoConfig
+    from .distributed import world
+    from .model import ZiPo
+
+    cfg = ZiPoConfig.from_dict(config)
+    if "WORLD_SIZE" in os.environ and cfg.train.num_threads is None:
+        # N processes share the cores instead of each taking all of them.
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
+    out = Path(out)
+    adata = _read_h5ad(data, backed=backed)
     model = ZiPo(adata, config=cfg)
     # Checkpoints live beside the model directory until the model itself is safely written.
     checkpoints = out.with_name(out.name + ".checkpoint")
-    model.train(checkpoint_dir=checkpoints, resume=args.resume)
-    model.save(out, overwrite=args.overwrite)
+    model.train(checkpoint_dir=checkpoints, resume=resume)
+    rank, n_proc = world()
+    if rank > 0:
+        return
+    model.save(out, overwrite=overwrite)
     shutil.rmtree(checkpoints, ignore_errors=True)
     model.plot_history(path=out / "history.png")
     h = model.history
     best = h["validation_nll"].min() if "validation_nll" in h else h["train_nll"].min()
-    print(f"Trained {len(h)} epochs on {adata.n_obs} cells x {adata.n_vars} genes; "
-          f"best validation NLL per entry {best:.4f}. Model: {out} (config.toml, history.png).")
+    print(f"Trained {len(h)} epochs on {adata.n_obs} cells x {adata.n_vars} genes"
+          + (f" with {n_proc} processes" if n_proc > 1 else "")
+          + f"; best validation NLL per entry {best:.4f}. Model: {out} (config.toml, history.png).")
 
 
 def cmd_denoise(args) -> None:
@@ -108,15 +139,28 @@ def cmd_denoise(args) -> None:
 
     if Path(args.out).exists() and not args.overwrite:
         raise ValueError(f"{args.out!r} already exists; choose another --out or pass --overwrite")
+    covariate_values = {}
+    for item in args.covariate_value or []:
+        if "=" not in item:
+            raise ValueError(f"--covariate-value expects NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        covariate_values[key.strip()] = _parse_value(value.strip())
     model = ZiPo.load(args.model, device=args.device)
-    adata = _read_h5ad(args.data)
-    model.denoise(adata, expectation=args.expectation, zero_inflation=args.zero_inflation,
-                  key_added=args.key_added, batch_size=args.batch_size)
-    _write_h5ad_atomic(adata, args.out, args.overwrite)
-    print(f"Denoised {adata.n_obs} cells x {adata.n_vars} genes into {args.out}: "
-          f"layers['{args.key_added}_denoised'], obsm['X_{args.key_added}'], "
+    adata = _read_h5ad(args.data, backed=args.stream)
+    options = dict(expectation=args.expectation, zero_inflation=args.zero_inflation,
+                   key_added=args.key_added, batch_size=args.batch_size,
+                   covariate_values=covariate_values or None, genes=args.genes)
+    if args.stream:
+        # Out of core: the input is read backed and the output written a batch at a time.
+        model.denoise(adata, out=args.out, overwrite=args.overwrite, **options).file.close()
+    else:
+        model.denoise(adata, **options)
+        _write_h5ad_atomic(adata, args.out, args.overwrite)
+    where = "obsm" if args.genes and not args.stream else "layers"
+    print(f"Denoised {adata.n_obs} cells x {len(args.genes or model.var_names)} genes into "
+          f"{args.out}: {where}['{args.key_added}_denoised'], obsm['X_{args.key_added}'], "
           f"obs['{args.key_added}_library_size']"
-          + (f", layers['{args.key_added}_zero_prob']" if args.zero_inflation else "") + ".")
+          + (f", {where}['{args.key_added}_zero_prob']" if args.zero_inflation else "") + ".")
 
 
 def cmd_demo(args) -> None:
@@ -131,6 +175,46 @@ def cmd_config(args) -> None:
     from .config import ZiPoConfig
 
     sys.stdout.write(tomli_w.dumps(ZiPoConfig().to_dict()))
+
+
+def cmd_tune(args) -> None:
+    from .config import find_option, read_config_file
+    from .presets import preset_config
+    from .tuning import INSTALL_HINT, PAPER_SEARCH_SPACE, trials_table, tune
+
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ValueError(INSTALL_HINT) from None
+    cfg = preset_config(args.preset or "zipo")
+    if args.config:
+        cfg.update(read_config_file(args.config), source=args.config)
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        if find_option(key.strip(), "--set")[1] in PAPER_SEARCH_SPACE:
+            raise ValueError(f"--set {key.strip()}: this option is what zipo tune searches")
+        cfg.set_option(key.strip(), _parse_value(value.strip()), source="--set")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise ValueError(f"{args.out!r} already exists; choose another --out or pass --overwrite")
+    adata = _read_h5ad(args.data)
+    model = tune(adata, n_trials=args.trials, storage=args.storage, study_name=args.study_name,
+                 timeout=args.timeout, max_epochs=args.max_epochs, config=cfg, seed=args.seed,
+                 out=args.out, overwrite=args.overwrite, metric=args.metric,
+                 verbose=args.verbose)
+    study = model.study
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(trials_table(study).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    best = study.best_trial
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in best.params.items())
+    print(f"Best trial {best.number}: {args.metric} {best.value:.4f} with {params}.")
+    if args.out:
+        print(f"Best config written to {args.out}; train it with: "
+              f"zipo train {args.data} --config {args.out} --out MODEL_DIR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs between checkpoints (written to OUT.checkpoint/; default 10)")
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.checkpoint/")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel training processes on this machine (torch DDP)")
+    t.add_argument("--backed", action="store_true",
+                   help="read the counts from disk batch by batch instead of loading them")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.set_defaults(func=cmd_train)
@@ -171,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rate: l*mu (default); mixture: (1-z)*l*mu")
     d.add_argument("--zero-inflation", action="store_true", help="also write zero probabilities")
     d.add_argument("--key-added", default="zipo")
+    d.add_argument("--covariate-value", action="append", metavar="NAME=VALUE",
+                   help="predict every cell at this covariate value (e.g. batch=donor1)")
+    d.add_argument("--genes", nargs="+", help="denoise only these genes")
+    d.add_argument("--stream", action="store_true",
+                   help="read the input backed and write --out a batch at a time (any size)")
     d.add_argument("--batch-size", type=int)
     d.add_argument("--device", default="cpu")
     d.add_argument("--overwrite", action="store_true")
@@ -185,6 +278,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the default config as TOML")
     c.set_defaults(func=cmd_config)
+
+    u = sub.add_parser("tune", help="search encoder shape, alpha_z and alpha_w with Optuna")
+    u.add_argument("data", help="input .h5ad (cells x genes, raw counts)")
+    u.add_argument("--trials", type=int, required=True,
+                   help="finished trials the study should hold in total")
+    u.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///tune.db (resumable)")
+    u.add_argument("--study-name", default="zipo", help="study to create or resume (default zipo)")
+    u.add_argument("--out",
+                   help="write the best trial's config here (.toml, for zipo train --config)")
+    u.add_argument("--config", help="TOML config every trial starts from")
+    u.add_argument("--preset", choices=["zipo", "dca", "zipdca", "tuneddca"],
+                   help="starting configuration (the config file and --set override it)")
+    u.add_argument("--max-epochs", type=int, help="cap on each trial's epochs")
+    u.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    u.add_argument("--metric", choices=["validation_nll", "validation_loss"],
+                   default="validation_nll", help="score to minimise (default validation_nll)")
+    u.add_argument("--seed", type=int, default=0,
+                   help="seeds the sampler and every trial (default 0)")
+    u.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config option, e.g. --set batch_size=128 (repeatable)")
+    u.add_argument("--verbose", action="store_true", help="Optuna's log and a progress bar")
+    u.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    u.set_defaults(func=cmd_tune)
     return p
 
 

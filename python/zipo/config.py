@@ -21,6 +21,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 LIKELIHOODS = ("zip", "zinb", "poisson", "nb")
 ACTIVATIONS = ("sigmoid", "relu", "gelu", "tanh", "elu", "softplus")
 INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
+FIRST_LAYER_MODES = ("auto", "sparse", "dense")
 
 
 @dataclass
@@ -62,6 +63,21 @@ class ModelConfig:
     """Weight of E[theta^2] (ZINB/NB only; the paper gives no value, this is ours)."""
     mse_weight: float = 0.1
     """Weight of E[(l mu - x)^2] that stabilises NB training (ZINB/NB only)."""
+    alpha_mmd: float = 0.0
+    """Weight of a batch-mixing penalty on the latents (0: off). In every training mini-batch,
+    for each category of each categorical covariate, the squared MMD (RBF kernels at 0.25x,
+    1x and 4x the batch's median squared distance) between the latents of that category's
+    cells and those of the other cells is added to the loss. Covariates alone do not remove a
+    batch effect from the latents (the encoder sees the affected counts); with this penalty
+    the latents mix across batches and ``denoise(covariate_values={"batch": ref})`` removes
+    most of the effect. 1.0 mixed two simulated PBMC batches fully at +0.02 validation NLL
+    (benchmarks/batch_correction.py). Needs a categorical covariate. Caveat: it assumes the
+    categories hold similar cell-type make-ups; where a cell type is in one batch only it pulls
+    that type onto others and erases real biology. Not part of the validation loss, so
+    ``train_loss`` exceeds ``validation_loss`` by the penalty."""
+    mmd_covariates: list[str] = field(default_factory=list)
+    """Which categorical covariates ``alpha_mmd`` mixes over (empty: all categorical
+    covariates); e.g. mix over "batch" but not over a "condition" that is real biology."""
 
 
 @dataclass
@@ -89,6 +105,18 @@ class TrainConfig:
     checkpoint_every: int = 10
     """Epochs between checkpoints when training with a checkpoint directory."""
     device: str = "auto"
+    first_layer: str = "auto"
+    """How the first encoder layer reads a batch: ``sparse`` (cost grows with the batch's
+    non-zeros), ``dense``, or ``auto``: sparse when under 3% of the counts are non-zero,
+    where it was measured to be faster (``choose_first_layer`` times both on a batch)."""
+    mixed_precision: bool = True
+    """On CUDA, run the encoder in bfloat16 (the decoder heads and likelihood stay float32)."""
+    prefetch: int = 2
+    """Batches a background thread prepares ahead of the training step (0: none)."""
+    shuffle_chunk: int = 0
+    """Cells per shuffled chunk (each batch is several random chunks of consecutive cells).
+    0 picks: 1 (a plain permutation) in memory, batch_size / 8 for an on-disk (backed) matrix,
+    where contiguous reads are much faster than scattered ones."""
     num_threads: int | None = None
     """CPU threads for torch; ``None`` keeps torch's default."""
     verbose: bool = True
@@ -152,7 +180,7 @@ class ZiPoConfig:
                 raise ValueError(f"{name} must hold positive layer widths, got {dims}")
         if not m.encoder_dims:
             raise ValueError("encoder_dims needs at least one layer (its last width is the latent size)")
-        for name in ("alpha_z", "alpha_w", "alpha_theta", "mse_weight"):
+        for name in ("alpha_z", "alpha_w", "alpha_theta", "mse_weight", "alpha_mmd"):
             if getattr(m, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(m, name)}")
         if not 0 <= t.validation_fraction < 1:
@@ -163,6 +191,11 @@ class ZiPoConfig:
             raise ValueError(f"checkpoint_every must be >= 1, got {t.checkpoint_every}")
         if t.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {t.max_epochs}")
+        if t.first_layer not in FIRST_LAYER_MODES:
+            raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {t.first_layer!r}")
+        if t.prefetch < 0 or t.shuffle_chunk < 0:
+            raise ValueError("prefetch and shuffle_chunk must be >= 0 "
+                             f"(got {t.prefetch} and {t.shuffle_chunk})")
         for name in ("learning_rate", "lr_min"):
             if getattr(t, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(t, name)}")

@@ -81,6 +81,11 @@ def save_model(model, path: str | Path, overwrite: bool = False) -> Path:
         "var_names": [str(g) for g in model.var_names],
         "covariates": model.covariate_encoder.specs,
     }
+    if getattr(model, "pruning", None):  # pruned first layer (zipo.programs); absent otherwise
+        from .programs import enforce_pruning
+
+        enforce_pruning(model)
+        meta["pruned"] = model.pruning
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
 
     def fill(tmp: Path) -> None:
@@ -151,6 +156,10 @@ def load_model(path: str | Path, adata=None, device: str = "cpu"):
     model.network.to(model.device).eval()
     model.adata = None
     model._summary = None
+    if meta.get("pruned"):  # the mask is re-derived from the weights that are exactly zero
+        from .programs import restore_pruning
+
+        restore_pruning(model, meta["pruned"])
     if adata is not None:
         model.attach(adata)
     return model

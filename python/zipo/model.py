@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,10 @@ from .data import (
     check_orientation, gene_totals, split_cells,
 )
 from .io import load_model, read_checkpoint, save_model, write_checkpoint
+from .outputs import MemoryOutput, StreamedOutput, _var_frame
 from .network import ZiPoNetwork
 from .presets import preset_config
+from .distributed import init_from_environment, local_device, world, wrap
 from .training import Trainer, baseline_nll, evaluate
 
 Expectation = Literal["rate", "mixture"]
@@ -93,6 +95,7 @@ class ZiPo:
             require_expressed_genes=True,
         )
         self.covariate_encoder = CovariateEncoder.fit(adata.obs, cfg.data.covariates)
+        self._mmd_groups()  # alpha_mmd without a categorical covariate fails here, not in train()
         self.network = self._build_network()
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
@@ -141,7 +144,7 @@ class ZiPo:
         if self.adata is None:
             raise ValueError("this model was loaded without data; pass adata to ZiPo.load to train it")
         rng = np.random.default_rng(tc.seed)
-        counts = CountMatrix(self.adata, self.config.data.layer)
+        counts = CountMatrix(self._ordered(self.adata), self.config.data.layer)
         cov = self.covariate_encoder.transform(self.adata.obs)
         train_idx, val_idx = split_cells(self.adata.n_obs, tc.validation_fraction, rng)
         if not self.is_trained:
@@ -154,19 +157,28 @@ class ZiPo:
                 float(np.log(library).mean()), float(np.median(library)),
             )
         self.device = resolve_device(tc.device)
+        distributed = init_from_environment(self.device)
+        self.device = local_device(self.device)
+        rank, n_proc = world()
         self.network.to(self.device)
 
-        train_batches = CellBatches(counts, cov, train_idx, tc.batch_size, True, rng, self.device)
+        state = read_checkpoint(checkpoint_dir, self) if resume else None
+        sparse = self._first_layer_mode(tc, state) == "sparse"
+        chunk = tc.shuffle_chunk or (max(1, tc.batch_size // 8) if counts.on_disk else 1)
+        loader = dict(device=self.device, sparse=sparse, prefetch=tc.prefetch, shard=(rank, n_proc))
+        train_batches = CellBatches(counts, cov, train_idx, tc.batch_size, True, rng,
+                                    chunk_size=chunk, **loader)
         val_batches = (
-            CellBatches(counts, cov, val_idx, tc.batch_size, device=self.device)
-            if len(val_idx) else None
+            CellBatches(counts, cov, val_idx, tc.batch_size, **loader) if len(val_idx) else None
         )
         self.train_indices, self.validation_indices = train_idx, val_idx
-        trainer = Trainer(self.network, train_batches, val_batches, self.config.model, tc)
+        trainer = Trainer(self.network, train_batches, val_batches, self.config.model, tc,
+                          forward=wrap(self.network, self.device) if distributed else None,
+                          autocast=self._autocast(tc), mmd_groups=self._mmd_groups())
         save = None
-        if checkpoint_dir is not None:
-            if resume:
-                trainer.load_state_dict(read_checkpoint(checkpoint_dir, self))
+        if state is not None:
+            trainer.load_state_dict(state)
+        if checkpoint_dir is not None and rank == 0:
             save = partial(write_checkpoint, checkpoint_dir, model=self)
         try:
             trainer.run(save, tc.checkpoint_every, callback)
@@ -181,6 +193,62 @@ class ZiPo:
                 self.is_trained = True
             self.network.eval()
         return self
+
+    # Measured with benchmarks/scale.py (paper architecture, batch 256, 2 CPU threads): the
+    # sparse first layer wins below about 3% non-zeros. A fixed rule rather than timing each
+    # run keeps training reproducible: the two modes agree only to float rounding.
+    SPARSE_BELOW_DENSITY = 0.03
+
+    def _first_layer_mode(self, tc, state) -> str:
+        """``train.first_layer``, with ``auto`` settled by the data's density (a resumed run
+        keeps the mode it started with)."""
+        if state is not None and state.get("first_layer"):
+            mode = state["first_layer"]
+        elif tc.first_layer != "auto":
+            mode = tc.first_layer
+        else:
+            mode = "sparse" if self._summary.density < self.SPARSE_BELOW_DENSITY else "dense"
+        self.first_layer_mode = mode
+        return mode
+
+    def _mmd_groups(self) -> list[tuple[int, int]]:
+        """Column ranges [start, stop) in the encoded covariates of the categorical covariates
+        that ``model.alpha_mmd`` mixes the latents over (``model.mmd_covariates``, or all
+        categorical ones); empty when alpha_mmd is 0. Raises when there is none to mix over."""
+        m = self.config.model
+        if m.alpha_mmd <= 0:
+            return []
+        specs = self.covariate_encoder.specs
+        names = [s["name"] for s in specs]
+        categorical = [s["name"] for s in specs if s["kind"] == "categorical"]
+        wrong = [n for n in m.mmd_covariates if n not in categorical]
+        if wrong:
+            raise ValueError(
+                f"mmd_covariates names {_examples(wrong)}, not a categorical covariate of the "
+                f"model; alpha_mmd mixes over categorical covariates (this model's: "
+                f"{_examples(categorical) or 'none'})"
+            )
+        groups, start = [], 0
+        for s in specs:
+            width = len(s["categories"]) if s["kind"] == "categorical" else 1
+            if s["kind"] == "categorical" and (not m.mmd_covariates or s["name"] in m.mmd_covariates):
+                groups.append((start, start + width))
+            start += width
+        if not groups:
+            raise ValueError(
+                f"alpha_mmd={m.alpha_mmd:g} mixes the latents across the categories of a "
+                "categorical covariate, but the model has none (covariates: "
+                f"{_examples(names) or 'none'}); pass e.g. covariates=['batch'] with a "
+                "string/categorical obs column (cast integer labels with .astype(str)), or set "
+                "alpha_mmd=0"
+            )
+        return groups
+
+    def _autocast(self, tc):
+        """bfloat16 autocast for the encoder on a CUDA device that supports it, else None."""
+        if not (tc.mixed_precision and self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            return None
+        return partial(torch.autocast, "cuda", dtype=torch.bfloat16)
 
     # ----------------------------------------------------------------- inference
     def _batches(self, adata, batch_size: int | None,
@@ -214,7 +282,12 @@ class ZiPo:
         check_counts(counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer)
         cov = self.covariate_encoder.transform(self._covariate_frame(adata.obs, covariate_values))
         bs = batch_size or self.config.train.batch_size
-        return CellBatches(counts, cov, np.arange(adata.n_obs), bs, device=self.device), positions
+        # Inference reads densely unless first_layer="sparse" is set: "auto" is settled by
+        # timing, and a saved and reloaded model must give the very same numbers.
+        sparse = self.config.train.first_layer == "sparse"
+        batches = CellBatches(counts, cov, np.arange(adata.n_obs), bs, device=self.device,
+                              sparse=sparse, prefetch=self.config.train.prefetch)
+        return batches, positions
 
     def _covariate_frame(self, obs: pd.DataFrame, values: dict[str, Any] | None) -> pd.DataFrame:
         """The covariate columns of ``obs``, with those named in ``values`` set to one value for
@@ -233,12 +306,19 @@ class ZiPo:
             frame[name] = [values[name]] * len(obs) if name in values else obs[name].to_numpy()
         return frame
 
+    def _ordered(self, adata):
+        """``adata`` when its genes are in the model's order, else the view
+        ``adata[:, self.var_names]``: for reading counts only, never stored, so that
+        ``denoise()`` without an argument writes into the user's own AnnData."""
+        if pd.Index(adata.var_names.astype(str)).equals(self.var_names):
+            return adata
+        return adata[:, self.var_names]
+
     def attach(self, adata) -> "ZiPo":
         """Use ``adata`` (the same genes, any order) as the data that :meth:`train` fits, e.g. to
-        fine-tune a loaded model on new cells."""
-        batches, positions = self._batches(adata, None)  # checks genes, counts and covariates
-        if positions is not None:
-            adata = adata[:, self.var_names]
+        fine-tune a loaded model on new cells. The model keeps ``adata`` itself (not a reordered
+        copy), so ``denoise()`` without an argument writes into it."""
+        batches, _ = self._batches(adata, None)  # checks genes, counts and covariates
         self.adata = adata
         self._summary = check_counts(
             batches.counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer
@@ -267,12 +347,16 @@ class ZiPo:
         batch_size: int | None = None,
         copy: bool = False,
         covariate_values: dict[str, Any] | None = None,
+        genes: Sequence[str] | None = None,
+        out: str | Path | None = None,
+        denoised: bool = True,
+        overwrite: bool = False,
     ):
-        """Write denoised counts, latents and library sizes into ``adata``.
+        """Denoised counts, latents and library sizes of ``adata``'s cells.
 
-        Adds ``layers[f"{key_added}_denoised"]`` (cells x genes, float32),
-        ``obsm[f"X_{key_added}"]`` (latents), ``obs[f"{key_added}_library_size"]`` (predicted l),
-        and with ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
+        By default they are written into ``adata``: ``layers[f"{key_added}_denoised"]`` (cells x
+        genes, float32), ``obsm[f"X_{key_added}"]`` (latents), ``obs[f"{key_added}_library_size"]``
+        (predicted l), and with ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
 
         ``expectation="rate"`` (default) is ``l * mu``, the expected count of the Poisson/NB
         component, i.e. the denoised expression with technical zeros removed.
@@ -283,7 +367,20 @@ class ZiPo:
         ``{"batch": "donor1"}`` gives batch-corrected expected counts with donor1 as the
         reference (the latents do not depend on covariates, so they are unchanged).
 
-        Returns the AnnData when ``copy=True``, else None (the input is modified).
+        For data too large for a cells x genes matrix in memory (a million cells x 20,000 genes
+        is 80 GB), choose what is kept:
+
+        - ``out="denoised.h5ad"``: stream everything to a new ``.h5ad`` file, one batch at a
+          time (written to a temporary file, renamed when complete). ``adata`` is not modified;
+          the file (obs + library sizes, var, latents, the denoised layer) is returned opened
+          backed, so memory holds one batch of output at a time.
+        - ``genes=[...]``: denoise only these genes; in memory they go to
+          ``obsm[f"{key_added}_denoised"]`` (a DataFrame, cells x these genes), in ``out`` the
+          file's genes are these genes.
+        - ``denoised=False``: only the latents and library sizes (cells x latents in memory).
+
+        Returns the AnnData when ``copy=True``, the backed output AnnData with ``out``, else
+        None (the input is modified).
         """
         self._require_trained()
         if expectation not in ("rate", "mixture"):
@@ -291,40 +388,73 @@ class ZiPo:
         adata = self.adata if adata is None else adata
         if adata is None:
             raise ValueError("pass the AnnData to denoise")
-        if adata.isbacked and not copy:
-            raise ValueError("adata is backed (read-only on disk); use copy=True or adata.to_memory()")
+        if adata.isbacked and not copy and out is None:
+            raise ValueError("adata is backed (read-only on disk); pass out='denoised.h5ad' to "
+                             "stream the results to a file, or use copy=True or adata.to_memory()")
+        if out is not None and copy:
+            raise ValueError("out= writes a new file and copy=True a new AnnData in memory: pass one")
+        keep = self._output_genes(adata, genes)
         batches, positions = self._batches(adata, batch_size, covariate_values)
-        n, g = adata.n_obs, len(self.var_names)
-        denoised = np.empty((n, g), dtype=np.float32)
-        zprob = np.empty((n, g), dtype=np.float32) if zero_inflation else None
-        latent = np.empty((n, self.config.model.encoder_dims[-1]), dtype=np.float32)
-        library = np.empty(n, dtype=np.float32)
-        cols = slice(None) if positions is None else positions
+        # Model columns to emit, in output order: adata's own order, or the requested genes.
+        model_names = list(self.var_names)
+        if keep is not None:
+            cols = self.var_names.get_indexer(keep)
+        elif positions is not None:
+            cols, keep = positions, list(pd.Index(adata.var_names.astype(str)))
+        else:
+            cols, keep = None, model_names
+        n, n_latent = adata.n_obs, self.config.model.encoder_dims[-1]
+        sink = (
+            StreamedOutput(out, adata.obs, keep, n_latent, key_added, denoised, zero_inflation,
+                           var=_var_frame(adata, keep), overwrite=overwrite)
+            if out is not None else
+            MemoryOutput(n, len(keep), n_latent, denoised, zero_inflation)
+        )
         self.network.eval()
-        for x, c, idx in batches:
-            out = self.network(x, c)
-            log_m = out.log_mean
-            z = torch.sigmoid(out.logit_z) if out.logit_z is not None else torch.zeros_like(log_m)
-            m = torch.exp(log_m) if expectation == "rate" else (1 - z) * torch.exp(log_m)
-            denoised[idx] = m.cpu().numpy()[:, cols]
-            if zprob is not None:
-                zprob[idx] = z.cpu().numpy()[:, cols]
-            latent[idx] = out.latent.cpu().numpy()
-            library[idx] = torch.exp(out.log_library).cpu().numpy()
+        with sink:
+            for x, c, idx in batches:
+                o = self.network(x, c)
+                latent = o.latent.cpu().numpy()
+                library = torch.exp(o.log_library).cpu().numpy()
+                mean = zprob = None
+                if denoised or zero_inflation:
+                    log_m = o.log_mean if cols is None else o.log_mean[:, torch.as_tensor(cols)]
+                    z = (torch.sigmoid(o.logit_z if cols is None else o.logit_z[:, torch.as_tensor(cols)])
+                         if o.logit_z is not None else None)
+                    if denoised:
+                        m = torch.exp(log_m)
+                        mean = (m if expectation == "rate" or z is None else (1 - z) * m).cpu().numpy()
+                    if zero_inflation:
+                        zprob = (z if z is not None else torch.zeros_like(log_m)).cpu().numpy()
+                sink.write(idx, latent, library, mean, zprob)
+        if out is not None:
+            return sink.result()
+        target = self._output_target(adata, copy)
+        sink.store(target, key_added, keep, subset=genes is not None)
+        return target if copy else None
+
+    def _output_genes(self, adata, genes: Sequence[str] | None) -> list[str] | None:
+        if genes is None:
+            return None
+        genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
+        unknown = [g for g in genes if g not in set(self.var_names)]
+        if unknown:
+            raise ValueError(f"genes={_examples(unknown)} are not genes of the model; choose from "
+                             f"model.var_names ({len(self.var_names)} genes)")
+        if len(set(genes)) != len(genes):
+            raise ValueError("genes lists a gene more than once")
+        return genes
+
+    @staticmethod
+    def _output_target(adata, copy: bool):
         if copy and adata.isbacked:
             # Only after the batches are read: to_memory() closes the backing file, which the
             # batches read from. Reopen it so the caller's backed AnnData stays usable.
-            out_adata = adata.to_memory()
+            target = adata.to_memory()
             if not adata.file.is_open:
                 adata.file.open()
-        else:
-            out_adata = adata.copy() if copy else adata
-        out_adata.layers[f"{key_added}_denoised"] = denoised
-        if zprob is not None:
-            out_adata.layers[f"{key_added}_zero_prob"] = zprob
-        out_adata.obsm[f"X_{key_added}"] = latent
-        out_adata.obs[f"{key_added}_library_size"] = library
-        return out_adata if copy else None
+            return target
+        return adata.copy() if copy else adata
 
     def evaluate(self, adata=None, batch_size: int | None = None) -> dict[str, float]:
         """Mean NLL per matrix entry and total loss of ``adata`` under the trained model."""
@@ -338,12 +468,70 @@ class ZiPo:
         the training cells times each validation cell's library size (Poisson)."""
         if getattr(self, "validation_indices", None) is None or not len(self.validation_indices):
             raise ValueError("no validation split: train with validation_fraction > 0 first")
-        counts = CountMatrix(self.adata, self.config.data.layer)
+        counts = CountMatrix(self._ordered(self.adata), self.config.data.layer)
         genes = gene_totals(counts, self.train_indices)
         genes = np.where(genes > 0, genes, 0.5)  # a gene unseen in training still gets a rate
         cov = np.zeros((self.adata.n_obs, 0), dtype=np.float32)
         batches = CellBatches(counts, cov, self.validation_indices, self.config.train.batch_size)
         return baseline_nll(batches, torch.tensor(genes / genes.sum()))
+
+    # ----------------------------------------------------------------- pruning and gene programs
+    #: ``{delta, pruned_fraction, weights_pruned, weights_total}`` once :meth:`prune` ran (saved
+    #: with the model), else None.
+    pruning: dict | None = None
+
+    def prune(self, delta: float = 1e-4, adata=None) -> dict:
+        """Prune the first encoder layer: per neuron i, weights with
+        ``|W_ig| / max_g |W_ig| < delta`` become zero, and stay zero through later training
+        (:meth:`train` again fine-tunes only the kept weights) and :meth:`save`/:meth:`load`.
+
+        Returns (and, with ``verbose``, prints) ``pruned_fraction`` (of all first-layer weights),
+        ``weights_pruned``, ``weights_total``, ``delta`` and NLL/MSE before and after pruning:
+        ``nll_*`` is the mean NLL per matrix entry (as :meth:`evaluate`), ``mse_*`` the mean over
+        entries of ``(x - l * mu)^2``, the rate expectation (``denoise(expectation="rate")``).
+        Both are computed on ``adata`` (all its cells) when given, else on the validation cells
+        of the training data (all its cells without a validation split); they are None for a
+        model loaded without data. Pruning again at a larger delta prunes more; pruned weights
+        are never restored."""
+        from .programs import prune
+
+        return prune(self, delta, adata)
+
+    def gene_programs(self, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
+        """Each first-layer neuron as a signed gene set ("program_0007" = neuron 7).
+
+        Returns a long DataFrame with columns ``program``, ``gene``, ``weight`` (signed),
+        ``abs_weight`` and ``rank`` (1 = largest |weight| in its program), non-zero weights only,
+        sorted by program then |weight| descending. ``min_weight`` in [0, 1] keeps only weights
+        with ``|W_ig| >= min_weight * max_g |W_ig|`` (relative, like the pruning delta).
+
+        Also writes into ``adata`` (default: the training data, if the model has it; genes in
+        any order) ``varm[f"{key_added}_programs"]`` (genes x programs weights, float32; scipy
+        CSR when more than half are zero) and ``uns[f"{key_added}_programs"]`` (``programs``
+        names, ``n_genes`` per program, ``min_weight``, and ``delta``/``pruned_fraction`` when
+        pruned)."""
+        from .programs import gene_programs
+
+        return gene_programs(self, adata, min_weight, key_added)
+
+    def write_gmt(self, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
+        """Write the non-empty programs as a GMT file (name, description, genes by |weight|
+        descending; at most ``top_n`` genes each), atomically. Returns the path."""
+        from .programs import write_gmt
+
+        return write_gmt(self, path, top_n, min_weight)
+
+    def program_activity(self, adata=None, key_added: str = "zipo",
+                         batch_size: int | None = None) -> np.ndarray:
+        """Per-cell activity of each program: the first layer's pre-activation
+        ``W1 T(x) + b1`` (T the input transform, log1p by default), cells x neurons float32,
+        computed in mini-batches and written to ``adata.obsm[f"X_{key_added}_programs"]``
+        (default adata: the training data). Pre-activation, because it is linear in the
+        program's genes (a signed weighted sum of their log counts) before the sigmoid
+        saturates and batch norm rescales it."""
+        from .programs import program_activity
+
+        return program_activity(self, adata, key_added, batch_size)
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, overwrite: bool = False) -> None:
@@ -376,16 +564,18 @@ class ZiPo:
 def denoise(adata, layer: str | None = None, covariates: list[str] | None = None,
             likelihood: str = "zip", expectation: Expectation = "rate",
             zero_inflation: bool = False, copy: bool = False, return_model: bool = False,
-            **options: Any):
+            covariate_values: dict[str, Any] | None = None, **options: Any):
     """Train a ZiPo model on ``adata`` and write its denoised counts into it, in one call.
 
-    ``options`` are any config options (``max_epochs``, ``seed``, ``encoder_dims``, ...). See
-    :meth:`ZiPo.denoise` for what is written. Returns the AnnData when ``copy=True``, the
+    ``options`` are any config options (``max_epochs``, ``seed``, ``encoder_dims``,
+    ``alpha_mmd``, ...). ``covariate_values`` (e.g. ``{"batch": "A"}``) predicts every cell at
+    these covariate values. See :meth:`ZiPo.denoise` for what is written. Returns the AnnData when ``copy=True``, the
     model when ``return_model=True`` (both: a tuple), else None.
     """
     model = ZiPo(adata, layer=layer, covariates=covariates, likelihood=likelihood, **options)
     model.train()
-    result = model.denoise(adata, expectation=expectation, zero_inflation=zero_inflation, copy=copy)
+    result = model.denoise(adata, expectation=expectation, zero_inflation=zero_inflation, copy=copy,
+                           covariate_values=covariate_values)
     if copy and return_model:
         return result, model
     return model if return_model else result

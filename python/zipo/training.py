@@ -6,19 +6,22 @@ regularisers, which are means too, carry the weights the paper tuned (alpha_z = 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import ModelConfig, TrainConfig
 from .data import CellBatches
+from .distributed import all_reduce_sum, world
 from .likelihoods import log_prob
-from .network import NetworkOutput, ZiPoNetwork
+from .network import NetworkOutput, ZiPoNetwork, as_dense
+from .network import sparse_linear as _sparse_linear
 
 
 @dataclass
@@ -36,10 +39,38 @@ def first_layer_l1_l2(weight: torch.Tensor) -> torch.Tensor:
     return ratio.mean()
 
 
+MMD_SCALES = (0.25, 1.0, 4.0)  # RBF bandwidths, times the median squared distance
+
+
+def mmd2(latent: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Sum over the columns (categories) of ``onehot`` of the squared MMD between the latents of
+    that category's cells and those of the other cells, with a sum of RBF kernels at
+    ``MMD_SCALES`` x the median squared distance in the batch (not differentiated, so the
+    penalty cannot shrink by inflating the latents' scale). Categories with fewer than 2 cells
+    (or fewer than 2 others) in the batch add 0."""
+    d = torch.cdist(latent, latent).pow(2)
+    scale = d.detach().median().clamp_min(1e-6)
+    k = sum(torch.exp(-d / (scale * s)) for s in MMD_SCALES)
+    total = latent.new_zeros(())
+    for j in range(onehot.shape[1]):
+        a = onehot[:, j] > 0.5
+        if a.sum() >= 2 and (~a).sum() >= 2:
+            total = total + k[a][:, a].mean() + k[~a][:, ~a].mean() - 2 * k[a][:, ~a].mean()
+    return total
+
+
 def loss_terms(
-    net: ZiPoNetwork, out: NetworkOutput, x: torch.Tensor, config: ModelConfig
+    net: ZiPoNetwork, out: NetworkOutput, x: torch.Tensor, config: ModelConfig,
+    covariates: torch.Tensor | None = None, mmd_groups: list[tuple[int, int]] | None = None,
 ) -> LossTerms:
-    """NLL + alpha_z E[z^2] + alpha_w L1/L2(W1) [+ alpha_theta E[theta^2] + w E[(l mu - x)^2]]."""
+    """NLL + alpha_z E[z^2] + alpha_w L1/L2(W1) [+ alpha_theta E[theta^2] + w E[(l mu - x)^2]]
+    [+ alpha_mmd sum_groups MMD^2(latents by category)].
+
+    The MMD term is added only in training mode and when ``covariates`` (the batch's encoded
+    covariates) and ``mmd_groups`` (column ranges [start, stop) of the categorical covariates
+    to mix over) are given. Computed in float32 whatever precision the network ran in."""
+    x = as_dense(x)
+    out = out.float()
     log_m = out.log_mean
     nll = -log_prob(x, log_m, out.logit_z, out.log_theta).mean()
     total = nll + config.alpha_w * first_layer_l1_l2(net.first_layer.weight)
@@ -48,6 +79,9 @@ def loss_terms(
     if out.log_theta is not None:
         total = total + config.alpha_theta * torch.exp(2 * out.log_theta).mean()
         total = total + config.mse_weight * (torch.exp(log_m) - x).pow(2).mean()
+    if config.alpha_mmd > 0 and mmd_groups and covariates is not None and net.training:
+        penalty = sum(mmd2(out.latent, covariates[:, a:b]) for a, b in mmd_groups)
+        total = total + config.alpha_mmd * penalty
     return LossTerms(total=total, nll=nll)
 
 
@@ -105,17 +139,26 @@ class EarlyStopping:
         return epoch - self.best_epoch >= self.patience
 
 
-def evaluate(net: ZiPoNetwork, batches: CellBatches, config: ModelConfig) -> tuple[float, float]:
-    """Cell-weighted mean (loss, NLL) over the batches, in eval mode (running BN stats)."""
+def evaluate(net: ZiPoNetwork, batches: CellBatches, config: ModelConfig,
+             autocast: Callable[[], Any] | None = None) -> tuple[float, float]:
+    """Cell-weighted mean (loss, NLL) over the batches, in eval mode (running BN stats),
+    pooled over all processes when training is distributed."""
     net.eval()
     total = nll = 0.0
     n = 0
     with torch.no_grad():
-        for x, c, idx in batches:
-            terms = loss_terms(net, net(x, c), x, config)
+        for x, c, idx, _ in batches.batches():
+            if not len(idx):
+                continue
+            with (autocast or contextlib.nullcontext)():
+                out = net(x, c)
+            # No covariates passed, so no alpha_mmd penalty (and the net is in eval mode
+            # anyway): validation losses stay comparable across alpha_mmd settings.
+            terms = loss_terms(getattr(net, "module", net), out, x, config)
             total += terms.total.item() * len(idx)
             nll += terms.nll.item() * len(idx)
             n += len(idx)
+    total, nll, n = all_reduce_sum([total, nll, float(n)])
     return total / n, nll / n
 
 
@@ -131,6 +174,34 @@ def baseline_nll(batches: CellBatches, gene_proportions: torch.Tensor) -> float:
     return total / n
 
 
+def choose_first_layer(net: ZiPoNetwork, batch: torch.Tensor, repeats: int = 3) -> tuple[str, dict]:
+    """Time the first layer (forward + weight gradient) on one real sparse CSR batch read
+    densely and sparsely; return the faster mode and the seconds per pass of each. Every
+    process gets the same answer (the times are summed over processes)."""
+    layer = net.first_layer
+    x_sparse = net.transform_input(batch)
+    x_dense = x_sparse.to_dense()
+
+    def one_pass(x: torch.Tensor) -> None:
+        if x.layout == torch.sparse_csr:
+            y = _sparse_linear(x, layer.weight, layer.bias)
+        else:
+            y = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        (weight_grad,) = torch.autograd.grad(y.sum(), [layer.weight])
+        if weight_grad.is_cuda:
+            torch.cuda.synchronize()
+
+    seconds = {}
+    for mode, x in (("dense", x_dense), ("sparse", x_sparse)):
+        one_pass(x)  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            one_pass(x)
+        seconds[mode] = (time.perf_counter() - started) / repeats
+    dense, sparse = all_reduce_sum([seconds["dense"], seconds["sparse"]])
+    return ("sparse" if sparse < dense else "dense"), seconds
+
+
 class Trainer:
     """The epoch loop and everything it carries between epochs (weights, Adam state, schedule,
     early-stopping record, history, shuffling RNG), so a run can be checkpointed and resumed
@@ -138,13 +209,22 @@ class Trainer:
 
     def __init__(self, net: ZiPoNetwork, train_batches: CellBatches,
                  val_batches: CellBatches | None, model_config: ModelConfig,
-                 train_config: TrainConfig):
+                 train_config: TrainConfig, forward: torch.nn.Module | None = None,
+                 autocast: Callable[[], Any] | None = None,
+                 mmd_groups: list[tuple[int, int]] | None = None):
         self.net, self.train_batches, self.val_batches = net, train_batches, val_batches
+        # Column ranges of the categorical covariates the alpha_mmd penalty mixes over.
+        self.mmd_groups = list(mmd_groups or [])
+        # What the batches go through: the network itself, or its DDP wrapper.
+        self.forward = forward if forward is not None else net
+        # Mixed precision on GPU: a context the network (not the likelihood) runs in.
+        self.autocast = autocast or contextlib.nullcontext
         self.model_config, self.train_config = model_config, train_config
         self.optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate)
         self.schedule = LearningRateSchedule(train_config)
         self.stopper = EarlyStopping(train_config.early_stopping_patience)
         self.history: list[dict] = []
+        self.first_layer = "sparse" if train_batches.sparse else "dense"
         self.epoch = 0  # epochs completed
         self.stopped = False
 
@@ -153,6 +233,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "stopped": self.stopped,
+            "first_layer": self.first_layer,
             "network": self.net.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -177,11 +258,17 @@ class Trainer:
 
     def _epoch(self, epoch: int, lr: float) -> dict:
         net, config = self.net, self.model_config
-        net.train()
+        n_proc = world()[1]
+        self.forward.train()
         total = nll = 0.0
         n = 0
-        for x, c, idx in self.train_batches:
-            terms = loss_terms(net, net(x, c), x, config)
+        self.train_batches.wait_seconds = 0.0
+        for x, c, idx, n_global in self.train_batches.batches():
+            with self.autocast():
+                out = self.forward(x, c)
+            # With DDP the alpha_mmd penalty compares the cells of this process's share of
+            # the batch only (a smaller sample of the same distributions).
+            terms = loss_terms(net, out, x, config, covariates=c, mmd_groups=self.mmd_groups)
             if not torch.isfinite(terms.total):
                 _restore(net, self.stopper)
                 raise FloatingPointError(
@@ -191,11 +278,14 @@ class Trainer:
                     "weights so far were kept (and the last checkpoint, if any, is untouched)."
                 )
             self.optimiser.zero_grad(set_to_none=True)
-            terms.total.backward()
+            # Each process holds len(idx) of the n_global cells and DDP averages over the
+            # processes, so this weight makes the step that of the whole global batch.
+            (terms.total * (len(idx) * n_proc / n_global)).backward()
             self.optimiser.step()
             total += terms.total.item() * len(idx)
             nll += terms.nll.item() * len(idx)
             n += len(idx)
+        total, nll, n = all_reduce_sum([total, nll, float(n)])
         return {"epoch": epoch + 1, "train_loss": total / n, "train_nll": nll / n}
 
     def run(self, checkpoint: Callable[["Trainer"], None] | None = None,
@@ -206,7 +296,7 @@ class Trainer:
         best-validation weights are loaded back at the end, also when ``callback`` raises."""
         tc = self.train_config
         bar = tqdm(range(self.epoch, tc.max_epochs), desc="ZiPo training", unit="epoch",
-                   disable=not tc.verbose, dynamic_ncols=True, initial=self.epoch,
+                   disable=not tc.verbose or world()[0] > 0, dynamic_ncols=True, initial=self.epoch,
                    total=tc.max_epochs)
         for epoch in bar:
             if self.stopped:
@@ -218,10 +308,12 @@ class Trainer:
             row = self._epoch(epoch, lr)
             if self.val_batches is not None:
                 row["validation_loss"], row["validation_nll"] = evaluate(
-                    self.net, self.val_batches, self.model_config
+                    self.forward, self.val_batches, self.model_config, self.autocast
                 )
             row["learning_rate"] = lr
             row["seconds"] = time.perf_counter() - started
+            # Time the training step sat waiting for the loader (0 when it keeps up).
+            row["data_wait_seconds"] = self.train_batches.wait_seconds
             self.history.append(row)
             monitored = row.get("validation_loss", row["train_loss"])
             self.schedule.step(monitored)
