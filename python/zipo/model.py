@@ -45,6 +45,9 @@ class ZiPo:
         Layer with the raw counts; ``None`` uses ``adata.X``.
     covariates
         ``adata.obs`` columns given to the decoder beside the latents (e.g. ``["batch"]``).
+        Alone they do not remove a batch effect from the latents; add ``alpha_mmd=1`` to mix
+        the latents across a categorical covariate's categories, then
+        ``denoise(covariate_values={"batch": ref})`` for batch-corrected counts.
     likelihood
         ``"zip"`` (default), ``"zinb"``, ``"poisson"`` or ``"nb"``.
     config

@@ -1,0 +1,259 @@
+"""Scaling benchmark: seconds per epoch, cells per second and peak memory from 10k to 1M cells.
+
+    python -m benchmarks.scale                      # 10k, 100k, 1M cells (about an hour here)
+    python -m benchmarks.scale --sizes 10000 100000 --skip-first-layer
+    python -m benchmarks.scale --quick              # 2k and 6k cells, a smoke test
+
+Synthetic cells are Poisson resamples of random real PBMC 4k cells (each count x becomes
+Poisson(x)), restricted to the 2,000 most-detected genes, so their profiles and sparsity are
+PBMC's. They are written once to backed ``.h5ad`` files under ``benchmarks/.scale_data``
+(gitignored; 1M cells is about 3 GB) in chunks, so generating never holds the whole matrix.
+
+Each run is ``zipo train DATA --backed --set train.max_epochs=1`` in a fresh process (the
+paper's architecture, default batch 256), so its peak RSS is that of training alone, reading
+the counts from disk. Rows compare the dense and sparse first layer and 1 vs 2 processes
+(DDP over gloo). A second table times the first layer alone and a whole epoch on the real
+PBMC 4k data with all its expressed genes, dense vs sparse, at PBMC's own density.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .datasets import SHARED_DATA, _most_detected
+
+HERE = Path(__file__).resolve().parent
+DATA_DIR = HERE / ".scale_data"
+N_GENES = 2000
+CHUNK_CELLS = 50_000
+
+
+def _pbmc_counts() -> tuple[sp.csr_matrix, np.ndarray]:
+    import anndata as ad
+
+    a = ad.read_h5ad(SHARED_DATA / "pbmc4k_2170.h5ad")
+    x = sp.csr_matrix(a.X, dtype=np.float32)
+    return x, np.asarray(a.var_names.astype(str))
+
+
+def synthetic_h5ad(n_cells: int, seed: int = 0) -> Path:
+    """Backed .h5ad of ``n_cells`` Poisson-resampled PBMC cells (created once, then reused)."""
+    import anndata as ad
+    import pandas as pd
+    from anndata.io import sparse_dataset, write_elem
+    import h5py
+
+    path = DATA_DIR / f"pbmc_resampled_{n_cells}x{N_GENES}_seed{seed}.h5ad"
+    if path.exists():
+        return path
+    DATA_DIR.mkdir(exist_ok=True)
+    x, genes = _pbmc_counts()
+    keep = _most_detected(x, N_GENES)
+    x, genes = x[:, keep].tocsr(), genes[keep]
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp.h5ad")
+    obs = pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)])
+    var = pd.DataFrame(index=genes)
+    ad.AnnData(obs=obs, var=var).write_h5ad(tmp)
+    with h5py.File(tmp, "a") as f:
+        for start in range(0, n_cells, CHUNK_CELLS):
+            rows = rng.integers(0, x.shape[0], min(CHUNK_CELLS, n_cells - start))
+            block = x[rows]
+            block.data = rng.poisson(block.data).astype(np.float32)
+            block.eliminate_zeros()
+            # A resample can lose every count of a small cell: give it one back.
+            empty = np.flatnonzero(np.diff(block.indptr) == 0)
+            if empty.size:
+                block = block.tolil()
+                for r in empty:
+                    block[r, rng.integers(0, N_GENES)] = 1.0
+                block = block.tocsr()
+            if start == 0:
+                if "X" in f:
+                    del f["X"]
+                write_elem(f, "X", block)
+            else:
+                sparse_dataset(f["X"]).append(block)
+    os.replace(tmp, path)
+    return path
+
+
+def _run_training(data: Path, first_layer: str, nproc: int, extra: list[str]) -> dict:
+    """One epoch of ``zipo train --backed`` in a fresh process; its history and peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model"
+        cmd = [sys.executable, "-m", "zipo", "train", str(data), "--out", str(out), "--backed",
+               "--quiet", "--nproc", str(nproc), "--set", "train.max_epochs=1",
+               "--set", f"train.first_layer={first_layer}", *extra]
+        # The wrapper's RUSAGE_CHILDREN covers zipo and the processes it spawns.
+        wrapper = ("import resource, subprocess, sys, time, json; t = time.perf_counter(); "
+                   "r = subprocess.run(sys.argv[1:]); "
+                   "print(json.dumps({'rc': r.returncode, 'wall': time.perf_counter() - t, "
+                   "'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+        done = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True,
+                              text=True)
+        if done.returncode != 0 or not done.stdout.strip():
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+        info = json.loads(done.stdout.strip().splitlines()[-1])
+        if info["rc"] != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+        import pandas as pd
+
+        h = pd.read_csv(out / "history.csv").iloc[0]
+        return {"epoch_seconds": float(h["seconds"]),
+                "data_wait_seconds": float(h.get("data_wait_seconds", float("nan"))),
+                "wall_seconds": info["wall"], "peak_rss_gib": info["maxrss_kb"] / 2**20}
+
+
+def scale_rows(sizes: list[int], modes: list[str], nprocs: list[int], extra: list[str],
+               log=print) -> list[dict]:
+    rows = []
+    for n in sizes:
+        started = time.perf_counter()
+        data = synthetic_h5ad(n)
+        log(f"data {n} cells: {data.name} ({data.stat().st_size / 2**30:.2f} GiB, "
+            f"{time.perf_counter() - started:.0f} s)")
+        for mode in modes:
+            for nproc in nprocs:
+                if n >= 1_000_000 and (mode, nproc) != (modes[0], nprocs[0]):
+                    continue  # one configuration at 1M cells: an epoch takes a while here
+                r = _run_training(data, mode, nproc, extra)
+                r.update(cells=n, first_layer=mode, nproc=nproc,
+                         cells_per_second=n / r["epoch_seconds"])
+                log(json.dumps(r))
+                rows.append(r)
+    return rows
+
+
+def first_layer_rows(repeats: int = 5, epochs: bool = True, log=print) -> list[dict]:
+    """Dense vs sparse first layer on the real PBMC 4k data at its own density."""
+    import torch
+
+    import zipo
+    from zipo.config import ModelConfig
+    from zipo.data import csr_to_torch
+    from zipo.network import ZiPoNetwork
+    from zipo.training import choose_first_layer
+
+    x, genes = _pbmc_counts()
+    expressed = np.flatnonzero(np.asarray(x.sum(axis=0)).ravel() > 0)
+    x = x[:, expressed].tocsr()
+    density = x.nnz / (x.shape[0] * x.shape[1])
+    torch.manual_seed(0)
+    net = ZiPoNetwork(x.shape[1], 0, ModelConfig())
+    _, seconds = choose_first_layer(net, csr_to_torch(x[:256]), repeats=repeats)
+    row = {"data": f"PBMC 4k, {x.shape[0]} x {x.shape[1]} expressed genes",
+           "density": density, "layer_dense_s": seconds["dense"],
+           "layer_sparse_s": seconds["sparse"]}
+    if epochs:
+        import anndata as ad
+
+        a = ad.AnnData(x, var={"gene": genes[expressed]})
+        a.var_names = genes[expressed]
+        for mode in ("dense", "sparse"):
+            m = zipo.ZiPo(a, max_epochs=2, verbose=False, first_layer=mode)
+            m.train()
+            row[f"epoch_{mode}_s"] = float(m.history["seconds"].iloc[-1])
+    log(json.dumps(row))
+    return [row]
+
+
+def loglog_slope(rows: list[dict]) -> float | None:
+    pts = sorted({(r["cells"], r["epoch_seconds"]) for r in rows
+                  if (r["first_layer"], r["nproc"]) == (rows[0]["first_layer"], rows[0]["nproc"])})
+    if len(pts) < 2:
+        return None
+    n, s = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(n, s, 1)[0])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for key in sorted({(r["first_layer"], r["nproc"]) for r in rows}):
+        pts = sorted((r["cells"], r["epoch_seconds"]) for r in rows
+                     if (r["first_layer"], r["nproc"]) == key)
+        ax.plot(*zip(*pts), marker="o", label=f"{key[0]} first layer, {key[1]} process(es)")
+    ns = sorted({r["cells"] for r in rows})
+    base = [r for r in rows if r["cells"] == ns[0]][0]["epoch_seconds"]
+    ax.plot(ns, [base * n / ns[0] for n in ns], "k:", label="linear")
+    ax.set(xscale="log", yscale="log", xlabel="cells", ylabel="seconds per epoch",
+           title="ZiPo: one epoch vs cells (2 cores)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown(rows: list[dict], layer: list[dict], command: str) -> str:
+    import torch
+
+    lines = [f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d')}; machine: "
+             f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+             f"Python {platform.python_version()}.", "",
+             f"Synthetic PBMC-resampled cells x {N_GENES} genes, backed .h5ad, paper architecture "
+             "(2048-1024-512-256-128) unless the command sets encoder_dims, batch 256, one epoch "
+             "(training + 10% validation pass).", "",
+             "| cells | first layer | processes | s / epoch | cells / s | waiting for data (s) "
+             "| peak RSS per process (GiB) |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['cells']:,} | {r['first_layer']} | {r['nproc']} | "
+                     f"{r['epoch_seconds']:.1f} | {r['cells_per_second']:.0f} | "
+                     f"{r['data_wait_seconds']:.1f} | {r['peak_rss_gib']:.2f} |")
+    slope = loglog_slope(rows) if rows else None
+    if slope is not None:
+        lines += ["", f"Log-log slope of seconds per epoch against cells "
+                      f"({rows[0]['first_layer']} first layer, {rows[0]['nproc']} process): "
+                      f"**{slope:.3f}**."]
+    for r in layer:
+        lines += ["", f"First layer at PBMC density ({r['data']}, {100 * r['density']:.1f}% "
+                      "non-zero), batch 256, forward + weight gradient: dense "
+                      f"{r['layer_dense_s']:.3f} s, sparse {r['layer_sparse_s']:.3f} s "
+                      f"(sparse speed-up x{r['layer_dense_s'] / r['layer_sparse_s']:.2f})."]
+        if "epoch_dense_s" in r:
+            lines[-1] += (f" Whole epoch: dense {r['epoch_dense_s']:.1f} s, sparse "
+                          f"{r['epoch_sparse_s']:.1f} s "
+                          f"(x{r['epoch_dense_s'] / r['epoch_sparse_s']:.2f}).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--modes", nargs="+", default=["dense", "sparse"])
+    p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--quick", action="store_true", help="2k and 6k cells, small network")
+    p.add_argument("--skip-first-layer", action="store_true")
+    p.add_argument("--out", type=Path, help="write the markdown table (and a .png plot beside)")
+    args = p.parse_args(argv)
+    extra: list[str] = []
+    if args.quick:
+        args.sizes = [2000, 6000]
+        extra = ["--set", "model.encoder_dims=[64, 16]"]
+    rows = scale_rows(args.sizes, args.modes, args.nprocs, extra)
+    layer = [] if args.skip_first_layer else first_layer_rows(
+        repeats=1 if args.quick else 5, epochs=not args.quick)
+    text = markdown(rows, layer, "python -m benchmarks.scale " + " ".join(argv or sys.argv[1:]))
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        plot(rows, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
