@@ -116,7 +116,6 @@ BATCH_OPTIONS = dict(covariates=["batch"], encoder_dims=[256, 64], max_epochs=20
 @pytest.fixture(scope="module")
 def batch_model(batch_data):
     adata, _ = batch_data
-    torch.set_num_threads(1)
     return zipo.ZiPo(adata, **BATCH_OPTIONS).train()
 
 
@@ -124,7 +123,6 @@ def batch_model(batch_data):
 def mmd_model(batch_data):
     """The same model trained with the latent batch-mixing penalty (alpha_mmd=1)."""
     adata, _ = batch_data
-    torch.set_num_threads(1)
     return zipo.ZiPo(adata, alpha_mmd=1.0, **BATCH_OPTIONS).train()
 
 

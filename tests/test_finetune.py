@@ -28,7 +28,6 @@ def halves(pbmc4k_top_genes):
 
 @pytest.fixture(scope="module")
 def saved_a(halves, tmp_path_factory):
-    torch.set_num_threads(1)
     a, _ = halves
     model = zipo.ZiPo(a, max_epochs=EPOCHS_A, **OPTIONS).train()
     path = tmp_path_factory.mktemp("finetune") / "model_a"

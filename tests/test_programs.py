@@ -23,7 +23,6 @@ REPORT_KEYS = {"pruned_fraction", "weights_pruned", "weights_total", "delta", "n
 @pytest.fixture(scope="module")
 def base(_pbmc_small):
     """A small ZIP model trained on pbmc_small (unpruned); tests work on deep copies."""
-    torch.set_num_threads(1)
     m = zipo.ZiPo(_pbmc_small.copy(), encoder_dims=ENCODER, max_epochs=15, batch_size=32,
                   seed=0, alpha_w=0.5, verbose=False)
     return m.train()
