@@ -116,8 +116,19 @@ def _run_training(data: Path, first_layer: str, nproc: int, extra: list[str]) ->
                 "wall_seconds": info["wall"], "peak_rss_gib": info["maxrss_kb"] / 2**20}
 
 
+ROWS_FILE = DATA_DIR / "rows.jsonl"  # every finished run, so a cut-off benchmark resumes
+
+
+def _done_rows(extra: list[str]) -> list[dict]:
+    if not ROWS_FILE.exists():
+        return []
+    rows = [json.loads(line) for line in ROWS_FILE.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("extra", []) == extra]
+
+
 def scale_rows(sizes: list[int], modes: list[str], nprocs: list[int], extra: list[str],
-               log=print) -> list[dict]:
+               log=print, resume: bool = False) -> list[dict]:
+    done = {(r["cells"], r["first_layer"], r["nproc"]): r for r in _done_rows(extra)} if resume else {}
     rows = []
     for n in sizes:
         started = time.perf_counter()
@@ -128,10 +139,15 @@ def scale_rows(sizes: list[int], modes: list[str], nprocs: list[int], extra: lis
             for nproc in nprocs:
                 if n >= 1_000_000 and (mode, nproc) != (modes[0], nprocs[0]):
                     continue  # one configuration at 1M cells: an epoch takes a while here
+                if (n, mode, nproc) in done:
+                    rows.append(done[(n, mode, nproc)])
+                    continue
                 r = _run_training(data, mode, nproc, extra)
-                r.update(cells=n, first_layer=mode, nproc=nproc,
+                r.update(cells=n, first_layer=mode, nproc=nproc, extra=extra,
                          cells_per_second=n / r["epoch_seconds"])
                 log(json.dumps(r))
+                with ROWS_FILE.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
                 rows.append(r)
     return rows
 
@@ -234,17 +250,20 @@ def markdown(rows: list[dict], layer: list[dict], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--modes", nargs="+", default=["dense", "sparse"])
+    p.add_argument("--modes", nargs="+", default=["sparse", "dense"],
+                   help="first-layer modes; the first one is also run at 1M cells")
     p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--quick", action="store_true", help="2k and 6k cells, small network")
     p.add_argument("--skip-first-layer", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs already in benchmarks/.scale_data/rows.jsonl")
     p.add_argument("--out", type=Path, help="write the markdown table (and a .png plot beside)")
     args = p.parse_args(argv)
     extra: list[str] = []
     if args.quick:
         args.sizes = [2000, 6000]
         extra = ["--set", "model.encoder_dims=[64, 16]"]
-    rows = scale_rows(args.sizes, args.modes, args.nprocs, extra)
+    rows = scale_rows(args.sizes, args.modes, args.nprocs, extra, resume=args.resume)
     layer = [] if args.skip_first_layer else first_layer_rows(
         repeats=1 if args.quick else 5, epochs=not args.quick)
     text = markdown(rows, layer, "python -m benchmarks.scale " + " ".join(argv or sys.argv[1:]))

@@ -156,11 +156,15 @@ def cmd_denoise(args) -> None:
     else:
         model.denoise(adata, **options)
         _write_h5ad_atomic(adata, args.out, args.overwrite)
-    where = "obsm" if args.genes and not args.stream else "layers"
+    if args.stream:
+        counts = "X (denoised)"
+    else:
+        counts = f"{'obsm' if args.genes else 'layers'}['{args.key_added}_denoised']"
+    zero = f"{'obsm' if args.genes and not args.stream else 'layers'}['{args.key_added}_zero_prob']"
     print(f"Denoised {adata.n_obs} cells x {len(args.genes or model.var_names)} genes into "
-          f"{args.out}: {where}['{args.key_added}_denoised'], obsm['X_{args.key_added}'], "
+          f"{args.out}: {counts}, obsm['X_{args.key_added}'], "
           f"obs['{args.key_added}_library_size']"
-          + (f", {where}['{args.key_added}_zero_prob']" if args.zero_inflation else "") + ".")
+          + (f", {zero}" if args.zero_inflation else "") + ".")
 
 
 def cmd_demo(args) -> None:

@@ -108,7 +108,8 @@ class TrainConfig:
     first_layer: str = "auto"
     """How the first encoder layer reads a batch: ``sparse`` (cost grows with the batch's
     non-zeros), ``dense``, or ``auto``: sparse when under 3% of the counts are non-zero,
-    where it was measured to be faster (``choose_first_layer`` times both on a batch)."""
+    where it was measured to be faster (``benchmarks/scale.py``). Inference reads densely
+    unless this is ``sparse``."""
     mixed_precision: bool = True
     """On CUDA, run the encoder in bfloat16 (the decoder heads and likelihood stay float32)."""
     prefetch: int = 2

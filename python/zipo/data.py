@@ -117,6 +117,9 @@ class CountMatrix:
         """Rows ``idx`` of an on-disk matrix, read as runs of consecutive cells (one read per
         run, which is what makes shuffled chunks fast on HDF5) and put back in ``idx`` order."""
         idx = np.asarray(idx)
+        if idx.size == 0:  # e.g. a process's empty share of a small last batch
+            block = self.source[0:0]
+            return block.tocsr() if sp.issparse(block) else np.asarray(block, dtype=np.float32)
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
         breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1

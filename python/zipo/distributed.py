@@ -36,7 +36,8 @@ def init_from_environment(device: torch.device) -> bool:
         return False
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # NCCL for the CUDA tensors (gradients), gloo for the few CPU-side sums (losses, counts).
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend)
     return True
 

@@ -285,8 +285,8 @@ class ZiPo:
         check_counts(counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer)
         cov = self.covariate_encoder.transform(self._covariate_frame(adata.obs, covariate_values))
         bs = batch_size or self.config.train.batch_size
-        # Inference reads densely unless first_layer="sparse" is set: "auto" is settled by
-        # timing, and a saved and reloaded model must give the very same numbers.
+        # Inference reads densely unless first_layer="sparse" is set, so that numbers never
+        # depend on how "auto" was settled for training.
         sparse = self.config.train.first_layer == "sparse"
         batches = CellBatches(counts, cov, np.arange(adata.n_obs), bs, device=self.device,
                               sparse=sparse, prefetch=self.config.train.prefetch)
@@ -374,9 +374,11 @@ class ZiPo:
         is 80 GB), choose what is kept:
 
         - ``out="denoised.h5ad"``: stream everything to a new ``.h5ad`` file, one batch at a
-          time (written to a temporary file, renamed when complete). ``adata`` is not modified;
-          the file (obs + library sizes, var, latents, the denoised layer) is returned opened
-          backed, so memory holds one batch of output at a time.
+          time (written to a temporary file, renamed when complete). ``adata`` is not modified.
+          The file's ``X`` holds the denoised counts, with obs (+ library sizes), var and the
+          latents in ``obsm``; it is returned opened backed, so ``X`` stays on disk (anndata
+          loads obs, obsm and layers, so ``zero_inflation=True`` puts a second cells x genes
+          matrix, ``layers[f"{key_added}_zero_prob"]``, in memory when the file is opened).
         - ``genes=[...]``: denoise only these genes; in memory they go to
           ``obsm[f"{key_added}_denoised"]`` (a DataFrame, cells x these genes), in ``out`` the
           file's genes are these genes.
@@ -396,6 +398,10 @@ class ZiPo:
                              "stream the results to a file, or use copy=True or adata.to_memory()")
         if out is not None and copy:
             raise ValueError("out= writes a new file and copy=True a new AnnData in memory: pass one")
+        if out is not None and not denoised:
+            raise ValueError("out= streams the denoised counts to a file; with denoised=False "
+                             "there is nothing large to stream: drop out= (latents and library "
+                             "sizes go into adata, or a copy with copy=True)")
         keep = self._output_genes(adata, genes)
         batches, positions = self._batches(adata, batch_size, covariate_values)
         # Model columns to emit, in output order: adata's own order, or the requested genes.

@@ -68,8 +68,9 @@ class StreamedOutput:
     """An ``.h5ad`` file filled one batch of cells at a time.
 
     It is written to a temporary file beside ``path`` and renamed only when complete, so an
-    interrupted run leaves no half-written file. The layout is anndata's own (``layers/``,
-    ``obsm/``, ``obs``, ``var``; no ``X``), so ``anndata.read_h5ad`` reads it, backed or not.
+    interrupted run leaves no half-written file. The layout is anndata's own: the denoised
+    counts are ``X`` (which a backed AnnData leaves on disk), zero probabilities a layer,
+    latents ``obsm``, library sizes a column of ``obs``.
     """
 
     # Rows per HDF5 chunk are chosen to keep chunks near this many bytes.
@@ -112,8 +113,12 @@ class StreamedOutput:
         write_elem = _write_elem()
         for group in ("layers", "obsm", "varm", "obsp", "varp", "uns"):
             write_elem(self.file, group, {})
-        self.layers = {name: self._dataset(self.file["layers"], f"{self.key}_{name}", len(self.genes))
-                       for name, wanted in self.want.items() if wanted}
+        self.layers = {}
+        if self.want["denoised"]:
+            self.layers["denoised"] = self._dataset(self.file, "X", len(self.genes))
+        if self.want["zero_prob"]:
+            self.layers["zero_prob"] = self._dataset(self.file["layers"], f"{self.key}_zero_prob",
+                                                     len(self.genes))
         self.latent = self._dataset(self.file["obsm"], f"X_{self.key}", self.n_latent)
         return self
 

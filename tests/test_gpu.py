@@ -1,0 +1,166 @@
+"""Training and inference on a CUDA GPU: bfloat16 mixed precision, the sparse first layer, the
+pinned-memory copy of batches, and agreement with CPU inference of the same weights.
+
+Skipped on machines without CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import zipo
+from zipo.config import ModelConfig
+from zipo.data import CellBatches, CountMatrix, csr_to_torch
+from zipo.network import ZiPoNetwork
+from zipo.training import choose_first_layer
+
+from conftest import SMALL_ENCODER
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+DEVICE = "cuda"
+LOSSES = ["train_loss", "train_nll", "validation_loss", "validation_nll"]
+LAYERS = ("zipo_denoised", "zipo_zero_prob")
+
+
+def _gpu_model(adata, **options):
+    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=3, batch_size=32, seed=0, verbose=False,
+              device=DEVICE)
+    kw.update(options)
+    return zipo.ZiPo(adata, **kw)
+
+
+@pytest.mark.parametrize("mixed_precision", [True, False])
+def test_train_on_gpu_and_match_cpu_inference(pbmc_small, tmp_path, mixed_precision):
+    model = _gpu_model(pbmc_small.copy(), mixed_precision=mixed_precision).train()
+    assert model.device.type == "cuda"
+    assert all(p.is_cuda for p in model.network.parameters())
+    autocast = model._autocast(model.config.train)
+    assert (autocast is not None) == (mixed_precision and torch.cuda.is_bf16_supported())
+    h = model.history
+    assert len(h) == 3 and np.isfinite(h[LOSSES].to_numpy()).all()
+    assert (h["data_wait_seconds"] >= 0).all()
+
+    on_gpu = model.denoise(pbmc_small, zero_inflation=True, copy=True)
+    for key in LAYERS:
+        assert np.isfinite(on_gpu.layers[key]).all()
+
+    model.save(tmp_path / "m")
+    cpu = zipo.ZiPo.load(tmp_path / "m", device="cpu")
+    assert all(not p.is_cuda for p in cpu.network.parameters())
+    for name, w in model.network.state_dict().items():  # the weights moved over unchanged
+        torch.testing.assert_close(cpu.network.state_dict()[name], w.cpu(), rtol=0, atol=0)
+    on_cpu = cpu.denoise(pbmc_small, zero_inflation=True, copy=True)
+    # Inference runs in float32 on both devices; a bf16 encoder would still agree to ~1e-2.
+    rtol = 2e-2 if mixed_precision else 1e-4
+    atol = 1e-4 if mixed_precision else 1e-6
+    for key in LAYERS:
+        np.testing.assert_allclose(on_gpu.layers[key], on_cpu.layers[key], rtol=rtol, atol=atol,
+                                   err_msg=key)
+    np.testing.assert_allclose(on_gpu.obsm["X_zipo"], on_cpu.obsm["X_zipo"], rtol=rtol,
+                               atol=10 * atol)
+    np.testing.assert_allclose(on_gpu.obs["zipo_library_size"], on_cpu.obs["zipo_library_size"],
+                               rtol=rtol)
+
+    # and a model loaded onto the GPU gives the GPU numbers
+    again = zipo.ZiPo.load(tmp_path / "m", device=DEVICE).denoise(pbmc_small, copy=True)
+    np.testing.assert_allclose(again.layers["zipo_denoised"], on_gpu.layers["zipo_denoised"],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_mixed_precision_changes_only_rounding(pbmc_small):
+    """bf16 and float32 encoders train to nearly the same losses over a few epochs."""
+    full = _gpu_model(pbmc_small.copy(), mixed_precision=False, prefetch=0).train()
+    half = _gpu_model(pbmc_small.copy(), mixed_precision=True, prefetch=0).train()
+    np.testing.assert_allclose(half.history[LOSSES], full.history[LOSSES], rtol=5e-2)
+
+
+@pytest.mark.parametrize("transform", ["log1p", "normalize_log1p"])
+def test_sparse_first_layer_equals_dense_on_gpu(transform):
+    torch.manual_seed(0)
+    net = ZiPoNetwork(500, 0, ModelConfig(encoder_dims=[64, 16], input_transform=transform))
+    net.target_library.fill_(80.0)
+    net.to(DEVICE).train()
+    rng = np.random.default_rng(0)
+    x = sp.random(64, 500, density=0.03, format="csr", random_state=rng,
+                  data_rvs=lambda k: rng.integers(1, 30, k)).astype(np.float32)
+    dense = torch.from_numpy(x.toarray()).to(DEVICE)
+    sparse = csr_to_torch(x).to(DEVICE)
+    assert sparse.layout == torch.sparse_csr and sparse.is_cuda
+    weights = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    results = {}
+    for name, batch in (("dense", dense), ("sparse", sparse)):
+        net.zero_grad(set_to_none=True)
+        u = net.encode(batch)
+        (u * weights).sum().backward()
+        results[name] = (u.detach(), {k: p.grad.detach().clone()
+                                      for k, p in net.named_parameters() if p.grad is not None})
+    (u_d, g_d), (u_s, g_s) = results["dense"], results["sparse"]
+    torch.testing.assert_close(u_s, u_d, rtol=1e-4, atol=1e-4)
+    assert g_s.keys() == g_d.keys() and "encoder.0.0.weight" in g_s
+    for k in g_d:
+        scale = float(g_d[k].abs().max())
+        torch.testing.assert_close(g_s[k], g_d[k], rtol=1e-3, atol=1e-4 * scale, msg=k)
+
+    mode, seconds = choose_first_layer(net, sparse, repeats=2)
+    assert mode in {"sparse", "dense"} and all(s > 0 for s in seconds.values())
+
+
+def test_sparse_training_on_gpu_equals_dense(pbmc_small):
+    runs = {}
+    for mode in ("sparse", "dense"):
+        adata = pbmc_small.copy()
+        model = _gpu_model(adata, first_layer=mode, mixed_precision=False).train()
+        assert model.first_layer_mode == mode
+        runs[mode] = (model.history, model.denoise(adata, copy=True).layers["zipo_denoised"])
+    (hs, ds), (hd, dd) = runs["sparse"], runs["dense"]
+    np.testing.assert_allclose(hs[LOSSES], hd[LOSSES], rtol=1e-3)
+    np.testing.assert_allclose(ds, dd, rtol=1e-2, atol=1e-4)
+
+    # the sparse path also trains under bf16 autocast
+    mixed = _gpu_model(pbmc_small.copy(), first_layer="sparse", mixed_precision=True).train()
+    assert np.isfinite(mixed.history[LOSSES].to_numpy()).all()
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_batches_are_copied_from_pinned_memory(pbmc_small, monkeypatch, sparse):
+    pinned = []
+    pin = torch.Tensor.pin_memory
+
+    def spy(self, *args, **kwargs):
+        out = pin(self, *args, **kwargs)
+        pinned.append(out)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", spy)
+    cov = np.random.default_rng(0).normal(size=(80, 2)).astype(np.float32)
+    batches = CellBatches(CountMatrix(pbmc_small), cov, np.arange(80), 32, device=DEVICE,
+                          sparse=sparse, prefetch=2)
+    n = 0
+    for x, c, idx in batches:
+        assert x.is_cuda and c.is_cuda
+        assert (x.layout == torch.sparse_csr) == sparse
+        want = torch.from_numpy(pbmc_small.X[idx].toarray())
+        torch.testing.assert_close((x.to_dense() if sparse else x).cpu(), want)
+        torch.testing.assert_close(c.cpu(), torch.from_numpy(cov[idx]))
+        n += 1
+    assert n == 3
+    # dense counts and covariates go through pinned memory; sparse counts are copied directly
+    assert len(pinned) == (3 if sparse else 6)
+    assert all(t.is_pinned() for t in pinned)
+
+
+def test_training_on_gpu_uses_the_device_copy(pbmc_small, monkeypatch):
+    calls = []
+    to_device = CellBatches._to_device
+
+    def spy(self, x, c):
+        out = to_device(self, x, c)
+        calls.append((self.device.type, out[0].device.type, out[1].device.type))
+        return out
+
+    monkeypatch.setattr(CellBatches, "_to_device", spy)
+    _gpu_model(pbmc_small.copy(), max_epochs=1).train()
+    assert calls and all(call == ("cuda", "cuda", "cuda") for call in calls)
