@@ -124,8 +124,10 @@ def test_sparse_encoder_equals_dense(transform, training):
     u_s, g_s = grads["sparse"]
     torch.testing.assert_close(u_s, u_d, rtol=1e-5, atol=1e-5)
     assert g_s.keys() == g_d.keys() and "encoder.0.0.weight" in g_s and "encoder.0.0.bias" in g_s
+    # Batch norm in training mode makes the first layer's bias gradient zero up to rounding,
+    # so tolerances are scaled to the largest gradient of all, not each parameter's own.
+    scale = max(float(g.abs().max()) for g in g_d.values())
     for k in g_d:
-        scale = float(g_d[k].abs().max())
         torch.testing.assert_close(g_s[k], g_d[k], rtol=1e-4, atol=1e-5 * scale, msg=k)
     # the first layer's gradient is not trivially zero
     assert g_s["encoder.0.0.weight"].abs().max() > 0
