@@ -4,6 +4,10 @@ gradients and batch-norm statistics are pooled (SyncBatchNorm1d)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -35,8 +39,15 @@ def test_two_gloo_processes_match_one_process(pbmc_small, tmp_path):
     single.train()
 
     out = tmp_path / "ddp_model"
-    cli.main(["train", str(data), "--out", str(out), "--nproc", "2", "--quiet",
-              *_set_flags(OPTIONS)])
+    # From the shell, as a user runs it. Without LD_LIBRARY_PATH: rpy2 (loaded by the R bridge
+    # tests in the same session) sets it to R's, which makes child Pythons load the system's
+    # libpython instead of their own.
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "zipo", "train", str(data), "--out", str(out), "--nproc", "2",
+         "--quiet", *_set_flags(OPTIONS)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "with 2 processes" in done.stdout
     ddp = zipo.ZiPo.load(out)
 
     h1, h2 = single.history, ddp.history

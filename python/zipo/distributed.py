@@ -102,7 +102,7 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     """The network as DDP sees it: gradients averaged over processes at each step."""
     convert_batchnorm(net)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
 
 def _free_port() -> int:
