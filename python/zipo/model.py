@@ -419,6 +419,7 @@ class ZiPo:
             if out is not None else
             MemoryOutput(n, len(keep), n_latent, denoised, zero_inflation)
         )
+        columns = None if cols is None else torch.as_tensor(cols, device=self.device)
         self.network.eval()
         with sink:
             for x, c, idx in batches:
@@ -427,8 +428,8 @@ class ZiPo:
                 library = torch.exp(o.log_library).cpu().numpy()
                 mean = zprob = None
                 if denoised or zero_inflation:
-                    log_m = o.log_mean if cols is None else o.log_mean[:, torch.as_tensor(cols)]
-                    z = (torch.sigmoid(o.logit_z if cols is None else o.logit_z[:, torch.as_tensor(cols)])
+                    log_m = o.log_mean if columns is None else o.log_mean[:, columns]
+                    z = (torch.sigmoid(o.logit_z if columns is None else o.logit_z[:, columns])
                          if o.logit_z is not None else None)
                     if denoised:
                         m = torch.exp(log_m)

@@ -52,10 +52,9 @@ class NetworkOutput:
         return self.log_library[:, None] + self.log_mu
 
 
-def _csr_rows(x: torch.Tensor) -> torch.Tensor:
-    """Row index of every stored value of a sparse CSR tensor."""
-    crow = x.crow_indices()
-    return torch.repeat_interleave(torch.arange(x.shape[0], device=crow.device), crow.diff())
+def _csr_rows(crow: torch.Tensor) -> torch.Tensor:
+    """Row index of every stored value of a sparse CSR tensor, from its row pointers."""
+    return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
 
 
 class _SparseLinear(torch.autograd.Function):
@@ -81,8 +80,7 @@ class _SparseLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         crow, col, values = ctx.saved_tensors
         n_cells, n_genes = ctx.shape
-        rows = torch.repeat_interleave(torch.arange(n_cells, device=crow.device), crow.diff())
-        xt = torch.sparse_coo_tensor(torch.stack([col, rows]), values, (n_genes, n_cells))
+        xt = torch.sparse_coo_tensor(torch.stack([col, _csr_rows(crow)]), values, (n_genes, n_cells))
         grad_w = torch.sparse.mm(xt.to_sparse_csr(), grad).t()
         return None, grad_w, grad.sum(0) if ctx.has_bias else None
 
@@ -167,7 +165,7 @@ class ZiPoNetwork(nn.Module):
         """The same transform on the non-zeros of a sparse CSR batch (both keep zeros zero)."""
         values = x.values()
         if self.input_transform == "normalize_log1p":
-            rows = _csr_rows(x)
+            rows = _csr_rows(x.crow_indices())
             lib = torch.zeros(x.shape[0], dtype=values.dtype, device=values.device)
             lib = lib.index_add_(0, rows, values).clamp_min(1.0)
             values = values * (self.target_library / lib)[rows]
