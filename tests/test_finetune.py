@@ -156,3 +156,24 @@ def test_attach_a_loaded_model(halves, saved_a):
     with pytest.raises(ValueError, match="genes of the model are missing"):
         loaded.attach(a[:, 1:].copy())
     assert loaded.adata.n_obs == b.n_obs
+
+
+def test_model_saved_for_a_gpu_keeps_training_where_it_was_loaded(halves, saved_a, tmp_path):
+    """A model saved with ``train.device = "cuda"`` (trained on a GPU machine) and loaded with
+    ``device="cpu"`` trains on the CPU: ``load``'s device is where the model runs."""
+    import json
+    import shutil
+
+    _, b = halves
+    _, path = saved_a
+    gpu_path = tmp_path / "saved_on_gpu"
+    shutil.copytree(path, gpu_path)
+    meta = json.loads((gpu_path / "zipo.json").read_text())
+    meta["config"]["train"]["device"] = "cuda"
+    (gpu_path / "zipo.json").write_text(json.dumps(meta))
+
+    loaded = zipo.ZiPo.load(gpu_path, adata=b, device="cpu")
+    assert loaded.config.train.device == "cpu"
+    loaded.train(max_epochs=1)  # without CUDA, training on "cuda" would raise
+    assert {p.device.type for p in loaded.network.parameters()} == {"cpu"}
+    assert len(loaded.history) == EPOCHS_A + 1

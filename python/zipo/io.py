@@ -153,6 +153,8 @@ def load_model(path: str | Path, adata=None, device: str = "cpu"):
         raise ValueError(f"{str(history_file)!r} is corrupt ({e}); save the model again") from None
     model.is_trained = bool(meta.get("is_trained", True))
     model.device = resolve_device(device)
+    # train() reads the device from the config: keep it where the model was loaded to
+    model.config.train.device = device
     model.network.to(model.device).eval()
     model.adata = None
     model._summary = None

@@ -551,7 +551,11 @@ class ZiPo:
 
     @classmethod
     def load(cls, path: str | Path, adata=None, device: str = "cpu") -> "ZiPo":
-        """Load a saved model. Pass ``adata`` to keep training it (fine-tuning)."""
+        """Load a saved model. Pass ``adata`` to keep training it (fine-tuning).
+
+        ``device`` is where the loaded model runs: denoising, and any further ``train()``
+        (its ``config.train.device`` is set to it, so a model saved on a GPU machine trains on
+        the CPU it was loaded to)."""
         return load_model(path, adata=adata, device=device)
 
     def plot_history(self, ax=None, path: str | Path | None = None):
