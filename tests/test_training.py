@@ -191,3 +191,33 @@ def test_plot_history_before_training_refuses(pbmc_small):
     model = _small_model(pbmc_small)
     with pytest.raises(ValueError, match="no training history"):
         model.plot_history()
+
+
+@pytest.mark.parametrize("likelihood", ["zip", "zinb"])
+def test_loss_is_the_method_objective(likelihood):
+    """The training loss term by term (method.md): NLL per entry + alpha_z E[z^2] + alpha_w
+    L1/L2 of the first layer, and for NB the theta and rate-MSE terms weighed against a whole
+    cell's NLL, i.e. divided by the number of genes."""
+    import torch
+
+    from zipo.config import ModelConfig
+    from zipo.likelihoods import log_prob
+    from zipo.network import ZiPoNetwork
+    from zipo.training import first_layer_l1_l2, loss_terms
+
+    torch.manual_seed(0)
+    genes = 40
+    config = ModelConfig(encoder_dims=[16, 4], likelihood=likelihood, alpha_z=0.3, alpha_w=0.2,
+                         alpha_theta=0.05, mse_weight=0.7)
+    net = ZiPoNetwork(genes, 0, config)
+    x = torch.poisson(torch.full((12, genes), 3.0))
+    out = net(x, torch.zeros(12, 0))
+    terms = loss_terms(net, out, x, config)
+    nll = -log_prob(x, out.log_mean, out.logit_z, out.log_theta).mean()
+    expected = (nll + 0.3 * torch.sigmoid(out.logit_z).pow(2).mean()
+                + 0.2 * first_layer_l1_l2(net.first_layer.weight))
+    if likelihood == "zinb":
+        expected = expected + (0.05 * torch.exp(2 * out.log_theta).mean()
+                               + 0.7 * (torch.exp(out.log_mean) - x).pow(2).mean()) / genes
+    torch.testing.assert_close(terms.nll, nll)
+    torch.testing.assert_close(terms.total, expected)
