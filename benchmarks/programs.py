@@ -2,7 +2,7 @@
 and which programs mark each cell type.
 
     python -m benchmarks.programs                       # ZIP, encoder 512-256-128, 40 epochs
-    python -m benchmarks.programs --likelihood zinb     # the paper: ZINB does not sparsify
+    python -m benchmarks.programs --likelihood zinb     # the paper says ZINB does not sparsify; see CLAIMS.md
 
 Trains on the 2,170 PBMC 4k cells restricted to the 2,000 most-detected genes
 (``benchmarks.datasets.pbmc4k``), prunes at ``--delta``, prints the pruned fraction and the
