@@ -209,7 +209,13 @@ def write_report(results: Path, md_path: Path, png_path: Path | None) -> str:
              f"Machine: {meta.get('machine')}  ",
              f"Started {meta.get('started')}, finished {meta.get('finished', 'not finished')}, "
              f"wall {meta.get('wall_seconds', float('nan')):.0f} s  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()), ""]
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + "  "]
+    if meta.get("resumed_from"):  # --resume: say which records come from the earlier run
+        old = meta["resumed_from"]
+        parts.append(f"Resumed: {meta.get('kept_records')} records kept from the run started "
+                     f"{old.get('started')} (`{old.get('command')}`); only the rest ran in this "
+                     "invocation, whose times and versions are the ones above  ")
+    parts.append("")
     if meta.get("setup_seconds"):
         parts.append("Peer venv setup this run: " + ", ".join(
             f"{k} {v:.0f} s" for k, v in meta["setup_seconds"].items()) + "\n")
