@@ -48,9 +48,9 @@ def run_zipo(method, task, x, t, seed, max_epochs, threads):
     try:
         model.train()
     except FloatingPointError as e:
-        # zipo stops when the loss becomes NaN/inf and restores the best weights so far, but
-        # raises, leaves is_trained False and drops the epoch history. Work-around (reported
-        # in RESULTS.md): keep the restored weights and score them, recording the divergence.
+        # zipo stops when the loss becomes NaN/inf, restores the best weights so far, keeps
+        # the history and raises: score the restored weights and record the divergence.
+        # (Before zipo 6ed714f it also left is_trained False, hence the two lines below.)
         diverged = str(e)
         model.is_trained = True
         model.network.eval()
