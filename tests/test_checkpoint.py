@@ -120,6 +120,7 @@ def test_nan_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_pa
     state = torch.load(tmp_path / "c" / CHECKPOINT_FILE, weights_only=True)
     assert state["trainer"]["epoch"] == 2
     assert model.is_trained and len(model.history) == 2  # usable, with the epochs that ran
+    assert not model.network.training  # left ready for inference
     weights = model.network.first_layer.weight
     assert torch.isfinite(weights).all()
     assert torch.equal(weights, state["trainer"]["stopper"]["best_state"]["encoder.0.0.weight"])

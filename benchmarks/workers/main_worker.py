@@ -48,12 +48,9 @@ def run_zipo(method, task, x, t, seed, max_epochs, threads):
     try:
         model.train()
     except FloatingPointError as e:
-        # zipo stops when the loss becomes NaN/inf, restores the best weights so far, keeps
-        # the history and raises: score the restored weights and record the divergence.
-        # (Before zipo 6ed714f it also left is_trained False, hence the two lines below.)
+        # zipo stops when the loss becomes NaN/inf, restores the best weights so far (trained,
+        # in eval mode, history kept) and raises: score them and record the divergence.
         diverged = str(e)
-        model.is_trained = True
-        model.network.eval()
     fit_seconds = time.perf_counter() - started
     h = model.history
     if diverged is None:
