@@ -71,12 +71,16 @@ def _subsample(ds: Dataset, n_cells: int | None, n_genes: int | None, seed: int)
     return Dataset(ds.name, x.tocsr(), ds.genes[genes], labels, ds.label_key, note, truth)
 
 
-def pbmc4k(n_genes: int = 2000) -> Dataset:
-    """PBMC 4k (2,170 cells) restricted to its ``n_genes`` most-detected genes; labels: the
-    SoupX authors' ``cell_type`` (the 20 cells marked ``?`` count as unlabelled)."""
+def pbmc4k(n_genes: int | None = 2000) -> Dataset:
+    """PBMC 4k (2,170 cells) restricted to its ``n_genes`` most-detected genes (``None``: every
+    gene detected in a cell); labels: the SoupX authors' ``cell_type`` (the 20 cells marked
+    ``?`` count as unlabelled)."""
     a = _read(SHARED_DATA / "pbmc4k_2170.h5ad")
     x = sp.csr_matrix(a.X, dtype=np.float32)
-    genes = _most_detected(x, n_genes)
+    if n_genes is None:
+        genes = np.flatnonzero(np.asarray((x > 0).sum(axis=0)).ravel() > 0)
+    else:
+        genes = _most_detected(x, n_genes)
     labels = a.obs["cell_type"].astype(str).to_numpy().astype(object)
     labels[labels == "?"] = None
     return Dataset(

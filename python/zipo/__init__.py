@@ -10,6 +10,11 @@ Sharifitabar et al., IEEE/ACM TCBB 22(6), 2025. Quick start::
 
 __version__ = "0.1.0"
 
+# Before anything imports torch: inside R, torch must not bind to R's BLAS (see _torch_blas).
+from ._torch_blas import import_torch  # noqa: E402
+
+import_torch()
+
 from .config import ZiPoConfig, load_config  # noqa: E402
 from .model import ZiPo, denoise  # noqa: E402
 from .tuning import tune  # noqa: E402  (Optuna is imported only when tune() runs)
