@@ -1,10 +1,11 @@
 """Known covariates: encoding, batch correction with ``denoise(covariate_values=...)``, errors,
 and persistence of the encoding.
 
-The batch-effect tests use PBMC 4k (1,000 cells x 300 most expressed genes) with a simulated
-batch effect: cells split at random into A and B, and in B 30% of genes scaled by 2^(+-U(1,2))
-(binomial thinning down, Poisson top-up up, so counts stay integer). What they establish, and
-what they do not, is spelled out in each test; benchmarks/batch_correction.py has the figures.
+The batch-effect tests use the PBMC 4k demo sample (1,000 of its cells x its 300 most expressed
+genes) with a simulated batch effect: cells split at random into A and B, and in B 30% of genes
+scaled by 2^(+-U(1,2)) (binomial thinning down, Poisson top-up up, so counts stay integer).
+What they establish, and what they do not, is spelled out in each test;
+benchmarks/batch_correction.py has the figures.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def _with_batch_effect(adata, seed=0, fraction=0.3):
 
 
 @pytest.fixture(scope="module")
-def batch_data(pbmc4k_top_genes):
-    adata = pbmc4k_top_genes()
+def batch_data(pbmc4k_demo_data):
+    adata = pbmc4k_demo_data()
     cells = np.sort(np.random.default_rng(1).choice(adata.n_obs, 1000, replace=False))
     adata = adata[cells]
     totals = np.asarray(adata.X.sum(axis=0)).ravel()

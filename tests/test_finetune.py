@@ -15,8 +15,8 @@ EPOCHS_A, EPOCHS_B = 6, 4
 
 
 @pytest.fixture(scope="module")
-def halves(pbmc4k_top_genes):
-    adata = pbmc4k_top_genes()
+def halves(pbmc4k_demo_data):
+    adata = pbmc4k_demo_data()
     totals = np.asarray(adata.X.sum(axis=0)).ravel()
     adata = adata[:, np.sort(np.argsort(-totals, kind="stable")[:400])].copy()
     order = np.random.default_rng(0).permutation(adata.n_obs)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"  # pbmc_small (tests/data/README.md)
 
 if shutil.which("Rscript") is None:
     pytest.skip("R is not installed (scripts/install-r.sh installs it)", allow_module_level=True)
@@ -32,8 +32,6 @@ anndata2ri = pytest.importorskip("anndata2ri")
 ro = pytest.importorskip("rpy2.robjects")
 if not ro.r('isTRUE(requireNamespace("zipo", quietly = TRUE))')[0]:
     pytest.skip("the zipo R package is not installed (R CMD INSTALL rpkg)", allow_module_level=True)
-if not (SHARED / "pbmc_small_mtx").is_dir():
-    pytest.skip(f"shared data not found at {SHARED}", allow_module_level=True)
 
 from conftest import R_READ_PBMC_SMALL_SCE  # noqa: E402
 from rpy2.robjects import globalenv  # noqa: E402
@@ -112,10 +110,10 @@ def test_sce_to_python_and_back_keeps_everything(tmp_path):
     assert (sp.csr_matrix(ours.X) != sp.csr_matrix(reference.X)).nnz == 0
     for col in reference.obs.columns:
         assert list(ours.obs[col].astype(str)) == list(reference.obs[col].astype(str)), col
-    # And the shared h5ad of the same data holds the same counts.
-    shared = ad.read_h5ad(SHARED / "pbmc_small.h5ad")
-    assert list(shared.obs_names) == list(ours.obs_names)
-    assert (shared.X != ours.X).nnz == 0
+    # And the h5ad of the same data (tests/data) holds the same counts.
+    h5ad_copy = ad.read_h5ad(DATA / "pbmc_small.h5ad")
+    assert list(h5ad_copy.obs_names) == list(ours.obs_names)
+    assert (h5ad_copy.X != ours.X).nnz == 0
 
 
 def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
@@ -137,7 +135,7 @@ def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
 
     import anndata as ad
 
-    adata = ad.read_h5ad(SHARED / "pbmc_small.h5ad")
+    adata = ad.read_h5ad(DATA / "pbmc_small.h5ad")
     zipo.denoise(adata, **FAST)
     py_denoised = adata.layers["zipo_denoised"]  # cells x genes
     n, g = adata.shape

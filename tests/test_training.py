@@ -29,8 +29,8 @@ def _small_model(adata, **options):
 
 # --------------------------------------------------------------------------- it learns
 @pytest.fixture(scope="module")
-def pbmc_run(pbmc4k_top_genes):
-    adata = pbmc4k_top_genes()
+def pbmc_run(pbmc4k_demo_data):
+    adata = pbmc4k_demo_data()
     seed, fraction = 7, 0.1
     # learning_rate=0.001 on purpose: the paper's schedule starts at 0.0212, which on these
     # data first falls into a minimum where zero inflation explains most zeros and needs many
