@@ -1,6 +1,7 @@
 """Data-parallel training: 2 CPU processes (gloo) take the same steps as 1 process with the same
 global batch, because each process reads its own share of every batch, DDP averages the
-gradients and batch-norm statistics are pooled (SyncBatchNorm1d)."""
+gradients and batch-norm statistics are pooled (SyncBatchNorm1d, also checked on its own: two
+processes with a share of the batch each against one process with all of it)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,100 @@ def test_two_gloo_processes_match_one_process(pbmc_small, tmp_path):
     assert not torch.allclose(other.network.first_layer.weight, s1["encoder.0.0.weight"], atol=1e-4)
 
 
+# Two gloo processes, each normalising its share of every batch with SyncBatchNorm1d. Step 1
+# splits 12 rows 6 + 6, step 2 splits them 7 + 5 (statistics must be weighted by the counts); the
+# shares come from different distributions, so per-process statistics would differ visibly.
+# Each process writes its outputs, input gradients, parameter gradients and running statistics.
+_SYNC_BN_SCRIPT = """
+import importlib, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+MODULE, OUT = sys.argv[1], sys.argv[2]
+
+
+def run(rank, x, w, splits):
+    dist.init_process_group("gloo", init_method="file://" + OUT + "/rendezvous", rank=rank,
+                            world_size=2)
+    bn = importlib.import_module(MODULE).SyncBatchNorm1d(x.shape[2]).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 2.0, x.shape[2]))
+        bn.bias.copy_(torch.linspace(-1.0, 1.0, x.shape[2]))
+    result = {}
+    for step, k in enumerate(splits):
+        rows = slice(0, k) if rank == 0 else slice(k, x.shape[1])
+        xs = x[step, rows].clone().requires_grad_(True)
+        bn.zero_grad()
+        out = bn(xs)
+        (out * w[step, rows]).sum().backward()  # this process's part of the global loss
+        result[step] = {"out": out.detach(), "x_grad": xs.grad,
+                        "weight_grad": bn.weight.grad.clone(), "bias_grad": bn.bias.grad.clone(),
+                        "running_mean": bn.running_mean.clone(),
+                        "running_var": bn.running_var.clone(),
+                        "num_batches_tracked": int(bn.num_batches_tracked)}
+    torch.save(result, OUT + "/rank" + str(rank) + ".pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    x, w, splits = torch.load(OUT + "/inputs.pt")
+    mp.spawn(run, args=(x, w, splits), nprocs=2, join=True)
+"""
+
+
+def _batchnorm_inputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 5, generator=g, dtype=torch.float64)
+    x[:, 6:] = 3.0 * x[:, 6:] + 2.0  # the second share: other mean and spread
+    w = torch.randn(2, 12, 5, generator=g, dtype=torch.float64)  # weights of the loss
+    return x, w, [6, 7]
+
+
+def test_sync_batchnorm_over_two_processes_equals_one_process_with_the_whole_batch(tmp_path):
+    x, w, splits = _batchnorm_inputs()
+    torch.save((x, w, splits), tmp_path / "inputs.pt")
+    script = tmp_path / "sync_bn.py"
+    script.write_text(_SYNC_BN_SCRIPT)
+    # Without LD_LIBRARY_PATH: rpy2 sets it to R's (see the test above).
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    done = subprocess.run([sys.executable, str(script), SyncBatchNorm1d.__module__, str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+    # The reference: torch's BatchNorm1d on the whole batch in one process.
+    ref = torch.nn.BatchNorm1d(5).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.linspace(0.5, 2.0, 5))
+        ref.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    for step, k in enumerate(splits):
+        xs = x[step].clone().requires_grad_(True)
+        ref.zero_grad()
+        out = ref(xs)
+        (out * w[step]).sum().backward()
+        r0, r1 = ranks[0][step], ranks[1][step]
+        # Outputs and input gradients: each process holds its rows of the whole-batch ones.
+        torch.testing.assert_close(torch.cat([r0["out"], r1["out"]]), out.detach())
+        torch.testing.assert_close(torch.cat([r0["x_grad"], r1["x_grad"]]), xs.grad)
+        # Parameter gradients: the processes' sum (what DDP all-reduces) is the whole-batch one.
+        torch.testing.assert_close(r0["weight_grad"] + r1["weight_grad"], ref.weight.grad)
+        torch.testing.assert_close(r0["bias_grad"] + r1["bias_grad"], ref.bias.grad)
+        # Running statistics (unbiased variance over all 12 rows) are the same in both processes.
+        for r in (r0, r1):
+            torch.testing.assert_close(r["running_mean"], ref.running_mean)
+            torch.testing.assert_close(r["running_var"], ref.running_var)
+            assert r["num_batches_tracked"] == int(ref.num_batches_tracked) == step + 1
+    # The check has teeth: each share normalised on its own would give other outputs.
+    def normalised(rows):
+        return torch.nn.functional.batch_norm(rows, None, None, training=True)
+
+    assert not torch.allclose(normalised(x[0, :6]), normalised(x[0])[:6], atol=1e-2)
+
+
 def test_sync_batchnorm_is_batchnorm_outside_distributed_training():
+    """In one process SyncBatchNorm1d is torch's BatchNorm1d (the same state dict, so models
+    trained with several processes load as ordinary ones)."""
     torch.manual_seed(0)
     x = torch.randn(10, 4)
     plain, sync = torch.nn.BatchNorm1d(4), SyncBatchNorm1d(4)
