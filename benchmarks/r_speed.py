@@ -87,7 +87,7 @@ def torch_work_r(first_torch: bool = False) -> float:
 
 
 def r_blas() -> str:
-    out = run_rscript('cat(basename(extSoftVersion()[["BLAS"]]), "\\n")')
+    out = run_rscript('p <- extSoftVersion()[["BLAS"]]; cat(file.path(basename(dirname(p)), basename(p)), "\\n")')
     return out.strip().splitlines()[-1]
 
 
