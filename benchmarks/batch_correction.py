@@ -42,7 +42,7 @@ seeds, the paper's error bars):
   (their |LFC| is sampling noise).
 - ``--alpha-mmd BETA`` (default 1; 0 skips it) adds a third model: the covariate model trained
   with ``alpha_mmd=BETA``, i.e. BETA x the multi-scale RBF MMD^2 between the latents of each
-  batch's cells and the other cells in each mini-batch (``zipo.training.mmd2``).
+  batch's cells and the other cells in each mini-batch (``zipo.train.loss.mmd2``).
 - recovered effect: for the covariate model, Pearson correlation over affected genes between the
   true log2 f_g and the model's log2( mean mu(batch B) / mean mu(batch A) ) over all cells.
 """

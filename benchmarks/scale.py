@@ -152,15 +152,45 @@ def scale_rows(sizes: list[int], modes: list[str], nprocs: list[int], extra: lis
     return rows
 
 
+def choose_first_layer(net, batch, repeats: int = 3) -> tuple[str, dict]:
+    """Time ``net``'s first layer (forward + weight gradient) on one sparse CSR batch read
+    densely and sparsely; return the faster mode and the seconds per pass of each. What the
+    fixed density rule of ``ZiPo.SPARSE_BELOW_DENSITY`` was set from."""
+    import torch
+
+    from zipo.nn.sparse import sparse_linear
+
+    layer = net.first_layer
+    x_sparse = net.transform_input(batch)
+    x_dense = x_sparse.to_dense()
+
+    def one_pass(x: torch.Tensor) -> None:
+        if x.layout == torch.sparse_csr:
+            y = sparse_linear(x, layer.weight, layer.bias)
+        else:
+            y = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        (weight_grad,) = torch.autograd.grad(y.sum(), [layer.weight])
+        if weight_grad.is_cuda:
+            torch.cuda.synchronize()
+
+    seconds = {}
+    for mode, x in (("dense", x_dense), ("sparse", x_sparse)):
+        one_pass(x)  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            one_pass(x)
+        seconds[mode] = (time.perf_counter() - started) / repeats
+    return min(seconds, key=seconds.get), seconds
+
+
 def first_layer_rows(repeats: int = 5, epochs: bool = True, log=print) -> list[dict]:
     """Dense vs sparse first layer on the real PBMC 4k data at its own density."""
     import torch
 
     import zipo
     from zipo.config import ModelConfig
-    from zipo.data import csr_to_torch
-    from zipo.network import ZiPoNetwork
-    from zipo.training import choose_first_layer
+    from zipo.data.loader import csr_to_torch
+    from zipo.nn.network import ZiPoNetwork
 
     x, genes = _pbmc_counts()
     expressed = np.flatnonzero(np.asarray(x.sum(axis=0)).ravel() > 0)

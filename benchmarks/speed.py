@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from zipo.model import resolve_device
+    from zipo.train.distributed import resolve_device
 
     device = str(resolve_device(args.device))
     adata = load_pbmc(n_genes=args.genes)

@@ -15,7 +15,7 @@ import torch
 
 import zipo
 from zipo.datasets import pbmc4k_demo
-from zipo.io import CHECKPOINT_FILE
+from zipo.train.checkpoint import CHECKPOINT_FILE
 
 # Slow enough per epoch (~0.3 s) that the kill lands mid-run; early stopping off so the run
 # length is fixed.
@@ -100,7 +100,7 @@ def test_malicious_checkpoint_is_refused_without_running(tmp_path):
 
 
 def test_nan_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import zipo.training as training
+    import zipo.train.trainer as training
 
     real = training.loss_terms
     calls = {"n": 0}

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 import zipo
-from zipo.data import CovariateEncoder
+from zipo.data.covariates import CovariateEncoder
 
 TINY = dict(encoder_dims=[32, 8], batch_size=32, seed=0, verbose=False)
 
@@ -222,7 +222,7 @@ def test_reference_batch_removes_most_of_the_batch_effect(batch_data, batch_mode
 
 
 def test_mmd_penalty_is_added_in_training_only(small_batch_model):
-    from zipo.training import loss_terms
+    from zipo.train.loss import loss_terms
 
     adata, model = small_batch_model
     net = copy.deepcopy(model.network)  # train mode updates batch-norm statistics

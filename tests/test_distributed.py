@@ -15,7 +15,7 @@ import torch
 
 import zipo
 from zipo import cli
-from zipo.distributed import SyncBatchNorm1d
+from zipo.nn.batchnorm import SyncBatchNorm1d
 
 # 72 training cells in batches of 24: every step splits 12 + 12 over the two processes.
 OPTIONS = {"train.max_epochs": 3, "train.batch_size": 24, "train.seed": 5,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zipo
-from zipo.data import split_cells
+from zipo.data.loader import split_cells
 
 OPTIONS = dict(encoder_dims=[256, 64], batch_size=128, seed=0, verbose=False)
 EPOCHS_A, EPOCHS_B = 6, 4

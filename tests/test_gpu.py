@@ -12,9 +12,11 @@ import torch
 
 import zipo
 from zipo.config import ModelConfig
-from zipo.data import CellBatches, CountMatrix, csr_to_torch
-from zipo.network import ZiPoNetwork
-from zipo.training import choose_first_layer
+from zipo.data.counts import CountMatrix
+from zipo.data.loader import CellBatches, csr_to_torch
+from zipo.nn.network import ZiPoNetwork
+
+from benchmarks.scale import choose_first_layer
 
 from conftest import SMALL_ENCODER
 

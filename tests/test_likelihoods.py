@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy import stats
 
-from zipo.likelihoods import base_log_pmf, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf
+from zipo.distributions import base_log_pmf, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf
 
 mpmath = pytest.importorskip("mpmath")
 mpmath.mp.dps = 50

@@ -9,7 +9,8 @@ import pytest
 import zipo
 from zipo.cli import main
 from zipo.config import ZiPoConfig, load_config
-from zipo.presets import PRESETS, preset_config
+from zipo.config import preset_config
+from zipo.presets import PRESETS
 
 DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 

@@ -1,4 +1,4 @@
-"""Pruning of the first layer and the gene programs it leaves (zipo.programs)."""
+"""Pruning of the first layer and the gene programs it leaves (zipo.tools.programs)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import zipo
-from zipo.programs import read_gmt
+from zipo.tools.programs import read_gmt
 
 ENCODER = [32, 16]
 REPORT_KEYS = {"pruned_fraction", "weights_pruned", "weights_total", "delta", "nll_before",
@@ -153,9 +153,9 @@ def test_forward_hook_overrides_an_optimiser_with_state(model, pbmc_small, layou
     """An optimiser that already has moments for the pruned weights moves them on its step; the
     forward pre-hook zeroes them again before they can reach any output (also when the sparse
     first layer bypasses the nn.Linear module)."""
-    import zipo.network
+    import zipo.nn.sparse
 
-    if layout == "sparse" and not hasattr(zipo.network, "sparse_linear"):
+    if layout == "sparse" and not hasattr(zipo.nn.sparse, "sparse_linear"):
         pytest.skip("this version has no sparse first layer")
     net, layer = model.network, model.network.first_layer
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)

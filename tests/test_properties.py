@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zipo.likelihoods import log_prob
+from zipo.distributions import log_prob
 from zipo.rbridge import anndata_from_csc_parts, csr_parts
 
 means = st.floats(min_value=1e-3, max_value=200.0)

@@ -17,9 +17,12 @@ import torch
 import zipo
 from zipo.cli import main
 from zipo.config import ModelConfig
-from zipo.data import CellBatches, CountMatrix, csr_to_torch
-from zipo.network import ZiPoNetwork, sparse_linear
-from zipo.training import choose_first_layer
+from zipo.data.counts import CountMatrix
+from zipo.data.loader import CellBatches, csr_to_torch
+from zipo.nn.network import ZiPoNetwork
+from zipo.nn.sparse import sparse_linear
+
+from benchmarks.scale import choose_first_layer
 
 from conftest import SMALL_ENCODER
 
@@ -147,7 +150,7 @@ def test_training_sparse_first_layer_matches_dense(pbmc_small):
     np.testing.assert_allclose(ds.obsm["X_zipo"], dd.obsm["X_zipo"], rtol=2e-3, atol=2e-4)
 
     # one model, read sparsely or densely at inference, gives the same numbers
-    assert ms._batches(pbmc_small, None)[0].sparse and not md._batches(pbmc_small, None)[0].sparse
+    assert ms.cell_batches(pbmc_small).sparse and not md.cell_batches(pbmc_small).sparse
     ms.config.train.first_layer = "dense"
     again = ms.denoise(pbmc_small.copy(), zero_inflation=True, copy=True)
     np.testing.assert_allclose(again.layers["zipo_denoised"], ds.layers["zipo_denoised"],

@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     import scipy.sparse as sp
 
     import zipo
-    from zipo.data import CountMatrix, check_counts
+    from zipo.data.counts import CountMatrix, check_counts
 
     n_cells, n_genes, per_row = (int(a) for a in sys.argv[1:4])
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 import zipo
-from zipo.data import split_cells
+from zipo.data.loader import split_cells
 
 from conftest import SMALL_ENCODER
 
@@ -201,9 +201,9 @@ def test_loss_is_the_method_objective(likelihood):
     import torch
 
     from zipo.config import ModelConfig
-    from zipo.likelihoods import log_prob
-    from zipo.network import ZiPoNetwork
-    from zipo.training import first_layer_l1_l2, loss_terms
+    from zipo.distributions import log_prob
+    from zipo.nn.network import ZiPoNetwork
+    from zipo.train.loss import first_layer_l1_l2, loss_terms
 
     torch.manual_seed(0)
     genes = 40

@@ -14,7 +14,7 @@ optuna = pytest.importorskip("optuna")
 import zipo  # noqa: E402
 from zipo.cli import main  # noqa: E402
 from zipo.config import load_config  # noqa: E402
-from zipo.tuning import ENCODER_SHAPES, PAPER_SEARCH_SPACE  # noqa: E402
+from zipo.tools.search_space import ENCODER_SHAPES, PAPER_SEARCH_SPACE  # noqa: E402
 
 from optuna.trial import TrialState  # noqa: E402
 

@@ -17,6 +17,6 @@ import_torch()
 
 from .config import ZiPoConfig, load_config  # noqa: E402
 from .model import ZiPo, denoise  # noqa: E402
-from .tuning import tune  # noqa: E402  (Optuna is imported only when tune() runs)
+from .tools.tuning import tune  # noqa: E402  (Optuna is imported only when tune() runs)
 
 __all__ = ["ZiPo", "ZiPoConfig", "denoise", "load_config", "tune", "__version__"]

@@ -10,10 +10,15 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__
+from .distributions import LIKELIHOODS
+from .files import atomic_path, check_target
+from .outputs import EXPECTATIONS
+from .presets import PRESETS
+from .tools.search_space import PAPER_SEARCH_SPACE
+from .tools.tuning import METRICS
 
 # flag name -> config option it sets
 _TRAIN_FLAGS = {
@@ -22,16 +27,6 @@ _TRAIN_FLAGS = {
     "batch_size": "train.batch_size", "seed": "train.seed", "device": "train.device",
     "learning_rate": "train.learning_rate", "checkpoint_every": "train.checkpoint_every",
 }
-
-
-def _parse_value(text: str):
-    """A --set value as TOML (numbers, booleans, [lists], "strings"); bare words are strings."""
-    from .config import tomllib
-
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def _read_h5ad(path: str, backed: bool = False):
@@ -45,50 +40,15 @@ def _read_h5ad(path: str, backed: bool = False):
         raise ValueError(f"{path!r} could not be read as an .h5ad file: {e}") from None
 
 
-def _write_h5ad_atomic(adata, path: str, overwrite: bool) -> None:
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ValueError(f"{str(path)!r} already exists; choose another --out or pass --overwrite")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} is not writable")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".h5ad", dir=parent)
-    except OSError as e:
-        raise ValueError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp, compression="gzip")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_train(args) -> None:
-    from .config import read_config_file
-    from .model import ZiPo
-    from .presets import preset_config
+    from .config import resolve_config
 
-    cfg = preset_config(args.preset or "zipo")
-    if args.config:
-        cfg.update(read_config_file(args.config), source=args.config)
-    for flag, option in _TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            cfg.set_option(option, value, source=f"--{flag.replace('_', '-')}")
-    for item in args.set or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects section.key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        cfg.set_option(key.strip(), _parse_value(value.strip()), source="--set")
+    options = {option: getattr(args, flag) for flag, option in _TRAIN_FLAGS.items()}
+    cfg = resolve_config(args.config, args.preset, options, args.set or [],
+                         source="command line")
     if args.quiet:
         cfg.train.verbose = False
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    out = check_target(args.out, args.overwrite, hint="--overwrite")
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
     _read_h5ad(args.data, backed=args.backed)  # a clear error now, not in N processes
@@ -96,7 +56,7 @@ def cmd_train(args) -> None:
     if args.nproc == 1:
         _train_and_save(*job)
     else:
-        from .distributed import spawn
+        from .train.distributed import spawn
 
         spawn(args.nproc, _train_and_save, job)
 
@@ -106,8 +66,8 @@ def _train_and_save(data: str, config: dict, out: str, resume: bool, overwrite: 
     """One training process: ``zipo train``'s work, also run by each of ``--nproc`` processes
     (the one of rank 0 writes the model)."""
     from .config import ZiPoConfig
-    from .distributed import world
     from .model import ZiPo
+    from .train.distributed import world
 
     cfg = ZiPoConfig.from_dict(config)
     if "WORLD_SIZE" in os.environ and cfg.train.num_threads is None:
@@ -135,16 +95,12 @@ def _train_and_save(data: str, config: dict, out: str, resume: bool, overwrite: 
 
 
 def cmd_denoise(args) -> None:
+    from .config import parse_assignment
     from .model import ZiPo
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise ValueError(f"{args.out!r} already exists; choose another --out or pass --overwrite")
-    covariate_values = {}
-    for item in args.covariate_value or []:
-        if "=" not in item:
-            raise ValueError(f"--covariate-value expects NAME=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        covariate_values[key.strip()] = _parse_value(value.strip())
+    check_target(args.out, args.overwrite, hint="--overwrite")
+    covariate_values = dict(parse_assignment(item, "--covariate-value", "NAME=VALUE")
+                            for item in args.covariate_value or [])
     model = ZiPo.load(args.model, device=args.device)
     adata = _read_h5ad(args.data, backed=args.stream)
     options = dict(expectation=args.expectation, zero_inflation=args.zero_inflation,
@@ -155,7 +111,8 @@ def cmd_denoise(args) -> None:
         model.denoise(adata, out=args.out, overwrite=args.overwrite, **options).file.close()
     else:
         model.denoise(adata, **options)
-        _write_h5ad_atomic(adata, args.out, args.overwrite)
+        with atomic_path(args.out, args.overwrite, hint="--overwrite") as tmp:
+            adata.write_h5ad(tmp, compression="gzip")
     if args.stream:
         counts = "X (denoised)"
     else:
@@ -182,26 +139,20 @@ def cmd_config(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from .config import find_option, read_config_file
-    from .presets import preset_config
-    from .tuning import INSTALL_HINT, PAPER_SEARCH_SPACE, trials_table, tune
+    from .config import find_option, parse_assignment, resolve_config
+    from .tools.tuning import INSTALL_HINT, trials_table, tune
 
     try:
         import optuna  # noqa: F401
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
-    cfg = preset_config(args.preset or "zipo")
-    if args.config:
-        cfg.update(read_config_file(args.config), source=args.config)
     for item in args.set or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects section.key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        if find_option(key.strip(), "--set")[1] in PAPER_SEARCH_SPACE:
-            raise ValueError(f"--set {key.strip()}: this option is what zipo tune searches")
-        cfg.set_option(key.strip(), _parse_value(value.strip()), source="--set")
-    if args.out and Path(args.out).exists() and not args.overwrite:
-        raise ValueError(f"{args.out!r} already exists; choose another --out or pass --overwrite")
+        key = parse_assignment(item, "--set", "section.key=value")[0]
+        if find_option(key, "--set")[1] in PAPER_SEARCH_SPACE:
+            raise ValueError(f"--set {key}: this option is what zipo tune searches")
+    cfg = resolve_config(args.config, args.preset, assignments=args.set or [])
+    if args.out:
+        check_target(args.out, args.overwrite, hint="--overwrite")
     adata = _read_h5ad(args.data)
     model = tune(adata, n_trials=args.trials, storage=args.storage, study_name=args.study_name,
                  timeout=args.timeout, max_epochs=args.max_epochs, config=cfg, seed=args.seed,
@@ -230,11 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", help="input .h5ad (cells x genes, raw counts)")
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--config", help="TOML config ([data], [model], [train] tables)")
-    t.add_argument("--preset", choices=["zipo", "dca", "zipdca", "tuneddca"],
+    t.add_argument("--preset", choices=list(PRESETS),
                    help="starting configuration (the config file and flags override it)")
     t.add_argument("--layer", help="layer with raw counts (default: X)")
     t.add_argument("--covariates", nargs="+", help="obs columns used as known covariates")
-    t.add_argument("--likelihood", choices=["zip", "zinb", "poisson", "nb"])
+    t.add_argument("--likelihood", choices=list(LIKELIHOODS))
     t.add_argument("--encoder-dims", type=int, nargs="+", help="e.g. 2048 1024 512 256 128")
     t.add_argument("--max-epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -259,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("model", help="model directory written by 'zipo train'")
     d.add_argument("data", help="input .h5ad with the model's genes")
     d.add_argument("--out", required=True, help="output .h5ad")
-    d.add_argument("--expectation", choices=["rate", "mixture"], default="rate",
+    d.add_argument("--expectation", choices=EXPECTATIONS, default="rate",
                    help="rate: l*mu (default); mixture: (1-z)*l*mu")
     d.add_argument("--zero-inflation", action="store_true", help="also write zero probabilities")
     d.add_argument("--key-added", default="zipo")
@@ -292,11 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out",
                    help="write the best trial's config here (.toml, for zipo train --config)")
     u.add_argument("--config", help="TOML config every trial starts from")
-    u.add_argument("--preset", choices=["zipo", "dca", "zipdca", "tuneddca"],
+    u.add_argument("--preset", choices=list(PRESETS),
                    help="starting configuration (the config file and --set override it)")
     u.add_argument("--max-epochs", type=int, help="cap on each trial's epochs")
     u.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
-    u.add_argument("--metric", choices=["validation_nll", "validation_loss"],
+    u.add_argument("--metric", choices=METRICS,
                    default="validation_nll", help="score to minimise (default validation_nll)")
     u.add_argument("--seed", type=int, default=0,
                    help="seeds the sampler and every trial (default 0)")

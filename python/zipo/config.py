@@ -11,15 +11,17 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Mapping, Sequence, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-LIKELIHOODS = ("zip", "zinb", "poisson", "nb")
-ACTIVATIONS = ("sigmoid", "relu", "gelu", "tanh", "elu", "softplus")
+from .distributions import LIKELIHOODS
+from .nn.network import ACTIVATIONS
+from .presets import PRESETS
+
 INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
 FIRST_LAYER_MODES = ("auto", "sparse", "dense")
 
@@ -170,12 +172,18 @@ class ZiPoConfig:
         section, name = find_option(key, source)
         self.update({section: {name: value}}, source=source)
 
+    def set_options(self, options: Mapping[str, Any], source: str = "argument") -> None:
+        """Set every option of ``options`` whose value is not None (see :meth:`set_option`)."""
+        for key, value in options.items():
+            if value is not None:
+                self.set_option(key, value, source=source)
+
     def validate(self) -> None:
         m, t = self.model, self.train
         if m.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {m.likelihood!r}")
+            raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {m.likelihood!r}")
         if m.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {m.activation!r}")
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {m.activation!r}")
         if m.input_transform not in INPUT_TRANSFORMS:
             raise ValueError(
                 f"input_transform must be one of {INPUT_TRANSFORMS}, got {m.input_transform!r}"
@@ -238,6 +246,48 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
     ZiPoConfig.from_dict(d, source=str(path))  # names, types and ranges
     return d
+
+
+def preset_config(name: str) -> ZiPoConfig:
+    """A fresh :class:`ZiPoConfig` holding the preset ``name`` (see :mod:`zipo.presets`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ZiPoConfig.from_dict(PRESETS[name], source=f"preset {name!r}")
+
+
+def resolve_config(config: ZiPoConfig | str | Path | None = None, preset: str | None = None,
+                   options: Mapping[str, Any] | None = None, assignments: Sequence[str] = (),
+                   source: str = "argument") -> ZiPoConfig:
+    """The configuration of a run, each step overriding the one before: ``preset`` (default:
+    the defaults), the TOML file ``config`` where it sets a key (or a copy of a ZiPoConfig
+    object, which excludes a preset), ``options`` by name (None values are skipped), then
+    ``assignments``, ``"key=value"`` strings as ``--set`` takes them."""
+    if isinstance(config, ZiPoConfig):
+        if preset:
+            raise ValueError("pass either a ZiPoConfig object or a preset, not both")
+        cfg = ZiPoConfig.from_dict(config.to_dict())  # own copy
+    else:
+        cfg = preset_config(preset) if preset else ZiPoConfig()
+        if config is not None:
+            cfg.update(read_config_file(config), source=str(config))
+    cfg.set_options(options or {}, source=source)
+    for item in assignments:
+        key, value = parse_assignment(item, "--set", "section.key=value")
+        cfg.set_option(key, value, source="--set")
+    return cfg
+
+
+def parse_assignment(item: str, flag: str, form: str) -> tuple[str, Any]:
+    """``"key=value"`` -> (key, value), the value read as TOML (numbers, booleans, [lists],
+    "strings"; bare words are strings)."""
+    if "=" not in item:
+        raise ValueError(f"{flag} expects {form}, got {item!r}")
+    key, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key.strip(), value
 
 
 def load_config(path: str | Path) -> ZiPoConfig:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ZERO_INFLATED = {"zip": True, "zinb": True, "poisson": False, "nb": False}
-NEGATIVE_BINOMIAL = {"zip": False, "zinb": True, "poisson": False, "nb": True}
+#: Every likelihood by name: (zero_inflated, negative_binomial).
+LIKELIHOODS = {"zip": (True, False), "zinb": (True, True), "poisson": (False, False),
+               "nb": (False, True)}
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,6 @@ def log_prob(
 
 def likelihood_flags(likelihood: str) -> tuple[bool, bool]:
     """(zero_inflated, negative_binomial) for a likelihood name."""
-    if likelihood not in ZERO_INFLATED:
-        raise ValueError(f"likelihood must be one of {tuple(ZERO_INFLATED)}, got {likelihood!r}")
-    return ZERO_INFLATED[likelihood], NEGATIVE_BINOMIAL[likelihood]
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {likelihood!r}")
+    return LIKELIHOODS[likelihood]

@@ -1,36 +1,37 @@
-"""The user-facing model: ``ZiPo(adata, ...)``, ``.train()``, ``.denoise()``, ``.save()``/``.load()``."""
+"""The user-facing model: ``ZiPo(adata, ...)``, ``.train()``, ``.denoise()``, ``.save()``/``.load()``.
+
+It composes the other parts: the config (:mod:`zipo.config`), the data checks and loader
+(:mod:`zipo.data`), the network (:mod:`zipo.nn`), training (:mod:`zipo.train`), the outputs
+(:mod:`zipo.outputs`), the model directory (:mod:`zipo.io`) and the gene programs
+(:mod:`zipo.tools.programs`).
+"""
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .config import ZiPoConfig, read_config_file
-from .data import (
-    TRANSPOSED_HINT, CellBatches, CountMatrix, CovariateEncoder, _examples, check_counts,
-    check_orientation, gene_totals, split_cells,
+from .config import ZiPoConfig, resolve_config
+from .data.counts import CountMatrix, check_counts, gene_totals
+from .data.covariates import CovariateEncoder
+from .data.genes import check_gene_names, gene_positions, in_model_order
+from .data.loader import CellBatches, split_cells, training_batches
+from .io import SavedModel, read_model, write_model
+from .nn.network import ZiPoNetwork
+from .outputs import (
+    Expectation, MemoryOutput, StreamedOutput, check_denoise_request, output_columns,
+    output_genes, output_target, var_frame, write_predictions,
 )
-from .io import load_model, read_checkpoint, save_model, write_checkpoint
-from .outputs import MemoryOutput, StreamedOutput, _var_frame
-from .network import ZiPoNetwork
-from .presets import preset_config
-from .distributed import init_from_environment, local_device, world, wrap
-from .training import Trainer, baseline_nll, evaluate
-
-Expectation = Literal["rate", "mixture"]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
-    return torch.device(device)
+from .tools import programs
+from .train.checkpoint import read_checkpoint, write_checkpoint
+from .train.distributed import init_from_environment, local_device, resolve_device, world, wrap
+from .train.evaluate import baseline_nll, evaluate
+from .train.trainer import Trainer
 
 
 class ZiPo:
@@ -60,68 +61,53 @@ class ZiPo:
         ``max_epochs=50``...); they override ``config``. See ``zipo.config``.
     """
 
-    def __init__(
-        self,
-        adata,
-        layer: str | None = None,
-        covariates: list[str] | None = None,
-        likelihood: str | None = None,
-        config: ZiPoConfig | str | Path | None = None,
-        preset: str | None = None,
-        **options: Any,
-    ):
-        if isinstance(config, ZiPoConfig):
-            if preset:
-                raise ValueError("pass either a ZiPoConfig object or a preset, not both")
-            cfg = ZiPoConfig.from_dict(config.to_dict())  # own copy
-        else:
-            cfg = preset_config(preset) if preset else ZiPoConfig()
-            if config is not None:  # a config file overrides the preset where it sets a key
-                cfg.update(read_config_file(config), source=str(config))
-        for key, value in {"layer": layer, "covariates": covariates, "likelihood": likelihood,
-                           **options}.items():
-            if value is not None:
-                cfg.set_option(key, value)
-        self.config = cfg
-        if not adata.var_names.is_unique:
-            dup = adata.var_names[adata.var_names.duplicated()].unique()
-            raise ValueError(
-                f"gene names are not unique ({_examples(list(dup))}); call "
-                "adata.var_names_make_unique() first"
-            )
-        check_orientation(adata.obs_names, adata.var_names)
-        self.adata = adata
-        self.var_names = pd.Index(adata.var_names.astype(str))
-        counts = CountMatrix(adata, cfg.data.layer)
-        self._summary = check_counts(
-            counts, adata.obs_names, self.var_names, cfg.data.allow_non_integer,
-            require_expressed_genes=True,
-        )
-        self.covariate_encoder = CovariateEncoder.fit(adata.obs, cfg.data.covariates)
+    # Measured with benchmarks/scale.py (paper architecture, batch 256, 2 CPU threads): the
+    # sparse first layer wins below about 3% non-zeros. A fixed rule rather than timing each
+    # run keeps training reproducible: the two modes agree only to float rounding.
+    SPARSE_BELOW_DENSITY = 0.03
+
+    def __init__(self, adata, layer: str | None = None, covariates: list[str] | None = None,
+                 likelihood: str | None = None, config: ZiPoConfig | str | Path | None = None,
+                 preset: str | None = None, **options: Any):
+        cfg = resolve_config(config, preset, {"layer": layer, "covariates": covariates,
+                                              "likelihood": likelihood, **options})
+        check_gene_names(adata)
+        var_names = pd.Index(adata.var_names.astype(str))
+        summary = check_counts(CountMatrix(adata, cfg.data.layer), adata.obs_names, var_names,
+                               cfg.data.allow_non_integer, require_expressed_genes=True)
+        encoder = CovariateEncoder.fit(adata.obs, cfg.data.covariates)
+        network = ZiPoNetwork.seeded(len(var_names), encoder.width, cfg.model, cfg.train.seed)
+        self._init_state(cfg, var_names, encoder, network, adata, summary)
         self._mmd_groups()  # alpha_mmd without a categorical covariate fails here, not in train()
-        self.network = self._build_network()
+
+    def _init_state(self, config: ZiPoConfig, var_names: pd.Index, encoder: CovariateEncoder,
+                    network: ZiPoNetwork, adata=None, summary=None) -> None:
+        """Every attribute of a model, for a new one and for one loaded from disk."""
+        self.config = config
+        self.adata = adata  # the training data; None for a model loaded without data
+        self.var_names = var_names
+        self._summary = summary  # check_counts of adata: library sizes, density
+        self.covariate_encoder = encoder
+        self.network = network
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
         self.device = torch.device("cpu")
+        # Cells of adata that the last train() fitted and held out.
+        self.train_indices: np.ndarray | None = None
+        self.validation_indices: np.ndarray | None = None
+        self.first_layer_mode: str | None = None  # "sparse" or "dense", once trained here
+        #: ``{delta, pruned_fraction, weights_pruned, weights_total}`` once :meth:`prune` ran
+        #: (saved with the model), else None.
+        self.pruning: dict | None = None
+        self._prune_mask: programs.PruneMask | None = None
+        self.study = None  # the optuna.Study, on a model returned by zipo.tune
 
     # ----------------------------------------------------------------- training
-    def _build_network(self) -> ZiPoNetwork:
-        torch.manual_seed(self.config.train.seed)
-        return ZiPoNetwork(len(self.var_names), self.covariate_encoder.width, self.config.model)
-
-    def train(
-        self,
-        max_epochs: int | None = None,
-        batch_size: int | None = None,
-        device: str | None = None,
-        validation_fraction: float | None = None,
-        seed: int | None = None,
-        verbose: bool | None = None,
-        checkpoint_dir: str | Path | None = None,
-        resume: bool = False,
-        callback: Callable[[Trainer], None] | None = None,
-        **options: Any,
-    ) -> "ZiPo":
+    def train(self, max_epochs: int | None = None, batch_size: int | None = None,
+              device: str | None = None, validation_fraction: float | None = None,
+              seed: int | None = None, verbose: bool | None = None,
+              checkpoint_dir: str | Path | None = None, resume: bool = False,
+              callback: Callable[[Trainer], None] | None = None, **options: Any) -> "ZiPo":
         """Train on the AnnData given at construction (Adam, the paper's schedule, early
         stopping on a held-out validation split of cells). Calling it again continues from the
         current weights. Returns ``self``.
@@ -135,23 +121,22 @@ class ZiPo:
         epoch's row); an exception it raises stops training, e.g. Optuna's ``TrialPruned``."""
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir the run was writing to")
-        given = {"max_epochs": max_epochs, "batch_size": batch_size, "device": device,
-                 "validation_fraction": validation_fraction, "seed": seed, "verbose": verbose,
-                 **options}
-        for key, value in given.items():
-            if value is not None:
-                self.config.set_option(key, value)
+        self.config.set_options({"max_epochs": max_epochs, "batch_size": batch_size,
+                                 "device": device, "validation_fraction": validation_fraction,
+                                 "seed": seed, "verbose": verbose, **options})
         tc = self.config.train
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         if self.adata is None:
             raise ValueError("this model was loaded without data; pass adata to ZiPo.load to train it")
         rng = np.random.default_rng(tc.seed)
-        counts = CountMatrix(self._ordered(self.adata), self.config.data.layer)
+        counts = CountMatrix(in_model_order(self.adata, self.var_names), self.config.data.layer)
         cov = self.covariate_encoder.transform(self.adata.obs)
         train_idx, val_idx = split_cells(self.adata.n_obs, tc.validation_fraction, rng)
         if not self.is_trained:
-            self.network = self._build_network()  # seeded now, so the seed given here counts
+            # seeded now, so the seed given here counts
+            self.network = ZiPoNetwork.seeded(len(self.var_names), self.covariate_encoder.width,
+                                              self.config.model, tc.seed)
             # Start the heads from the training cells only, so validation stays held out.
             genes = gene_totals(counts, train_idx) + 0.5  # +0.5: genes seen only in validation
             library = self._summary.library_size[train_idx]
@@ -165,87 +150,40 @@ class ZiPo:
         rank, n_proc = world()
         self.network.to(self.device)
 
-        state = read_checkpoint(checkpoint_dir, self) if resume else None
-        sparse = self._first_layer_mode(tc, state) == "sparse"
-        chunk = tc.shuffle_chunk or (max(1, tc.batch_size // 8) if counts.on_disk else 1)
-        loader = dict(device=self.device, sparse=sparse, prefetch=tc.prefetch, shard=(rank, n_proc))
-        train_batches = CellBatches(counts, cov, train_idx, tc.batch_size, True, rng,
-                                    chunk_size=chunk, **loader)
-        val_batches = (
-            CellBatches(counts, cov, val_idx, tc.batch_size, **loader) if len(val_idx) else None
-        )
+        state = read_checkpoint(checkpoint_dir, self.var_names, self.config) if resume else None
+        self.first_layer_mode = self._first_layer_mode(state)
+        train_batches, val_batches = training_batches(
+            counts, cov, train_idx, val_idx, tc, rng, self.device,
+            sparse=self.first_layer_mode == "sparse", shard=(rank, n_proc))
         self.train_indices, self.validation_indices = train_idx, val_idx
         trainer = Trainer(self.network, train_batches, val_batches, self.config.model, tc,
                           forward=wrap(self.network, self.device) if distributed else None,
                           autocast=self._autocast(tc), mmd_groups=self._mmd_groups())
-        save = None
         if state is not None:
             trainer.load_state_dict(state)
+        save = None
         if checkpoint_dir is not None and rank == 0:
-            save = partial(write_checkpoint, checkpoint_dir, model=self)
+            save = partial(write_checkpoint, checkpoint_dir, var_names=self.var_names,
+                           config=self.config)
         try:
             trainer.run(save, tc.checkpoint_every, callback)
         finally:
             # Also after a NaN loss: the best weights are restored, so the model stays usable
             # and its history shows the epochs that ran.
             if trainer.history:
-                offset = len(self.history)
-                new = pd.DataFrame(trainer.history)
-                new["epoch"] += offset
-                self.history = pd.concat([self.history, new], ignore_index=True)
+                self.history = trainer.history_after(self.history)
                 self.is_trained = True
             self.network.eval()
         return self
 
-    # Measured with benchmarks/scale.py (paper architecture, batch 256, 2 CPU threads): the
-    # sparse first layer wins below about 3% non-zeros. A fixed rule rather than timing each
-    # run keeps training reproducible: the two modes agree only to float rounding.
-    SPARSE_BELOW_DENSITY = 0.03
-
-    def _first_layer_mode(self, tc, state) -> str:
+    def _first_layer_mode(self, state: dict | None) -> str:
         """``train.first_layer``, with ``auto`` settled by the data's density (a resumed run
         keeps the mode it started with)."""
         if state is not None and state.get("first_layer"):
-            mode = state["first_layer"]
-        elif tc.first_layer != "auto":
-            mode = tc.first_layer
-        else:
-            mode = "sparse" if self._summary.density < self.SPARSE_BELOW_DENSITY else "dense"
-        self.first_layer_mode = mode
-        return mode
-
-    def _mmd_groups(self) -> list[tuple[int, int]]:
-        """Column ranges [start, stop) in the encoded covariates of the categorical covariates
-        that ``model.alpha_mmd`` mixes the latents over (``model.mmd_covariates``, or all
-        categorical ones); empty when alpha_mmd is 0. Raises when there is none to mix over."""
-        m = self.config.model
-        if m.alpha_mmd <= 0:
-            return []
-        specs = self.covariate_encoder.specs
-        names = [s["name"] for s in specs]
-        categorical = [s["name"] for s in specs if s["kind"] == "categorical"]
-        wrong = [n for n in m.mmd_covariates if n not in categorical]
-        if wrong:
-            raise ValueError(
-                f"mmd_covariates names {_examples(wrong)}, not a categorical covariate of the "
-                f"model; alpha_mmd mixes over categorical covariates (this model's: "
-                f"{_examples(categorical) or 'none'})"
-            )
-        groups, start = [], 0
-        for s in specs:
-            width = len(s["categories"]) if s["kind"] == "categorical" else 1
-            if s["kind"] == "categorical" and (not m.mmd_covariates or s["name"] in m.mmd_covariates):
-                groups.append((start, start + width))
-            start += width
-        if not groups:
-            raise ValueError(
-                f"alpha_mmd={m.alpha_mmd:g} mixes the latents across the categories of a "
-                "categorical covariate, but the model has none (covariates: "
-                f"{_examples(names) or 'none'}); pass e.g. covariates=['batch'] with a "
-                "string/categorical obs column (cast integer labels with .astype(str)), or set "
-                "alpha_mmd=0"
-            )
-        return groups
+            return state["first_layer"]
+        if self.config.train.first_layer != "auto":
+            return self.config.train.first_layer
+        return "sparse" if self._summary.density < self.SPARSE_BELOW_DENSITY else "dense"
 
     def _autocast(self, tc):
         """bfloat16 autocast for the encoder on a CUDA device that supports it, else None."""
@@ -253,108 +191,71 @@ class ZiPo:
             return None
         return partial(torch.autocast, "cuda", dtype=torch.bfloat16)
 
-    # ----------------------------------------------------------------- inference
-    def _batches(self, adata, batch_size: int | None,
-                 covariate_values: dict[str, Any] | None = None) -> tuple[CellBatches, np.ndarray | None]:
-        """Mini-batches over all cells of ``adata`` in the model's gene order, and the positions
-        mapping model genes back to ``adata``'s columns (None when the order already matches).
+    def _mmd_groups(self) -> list[tuple[int, int]]:
+        """Encoded-covariate column ranges the ``alpha_mmd`` penalty mixes the latents over."""
+        m = self.config.model
+        return self.covariate_encoder.mmd_groups(m.alpha_mmd, m.mmd_covariates)
+
+    # ----------------------------------------------------------------- data
+    def cell_batches(self, adata, batch_size: int | None = None,
+                     covariate_values: dict[str, Any] | None = None) -> CellBatches:
+        """Mini-batches over all cells of ``adata`` (same genes as the model, any order) in the
+        model's gene order, after checking its genes, counts and covariates.
         ``covariate_values`` sets covariates to one value for every cell (see :meth:`denoise`)."""
-        names = pd.Index(adata.var_names.astype(str))
-        missing = self.var_names.difference(names, sort=False)
-        extra = names.difference(self.var_names, sort=False)
-        if len(missing) or len(extra):
-            cells = pd.Index(adata.obs_names.astype(str))
-            if len(missing) and self.var_names.isin(cells).mean() > 0.9:
-                raise ValueError(f"adata looks transposed: the model's genes are its cell names "
-                                 f"(obs_names). {TRANSPOSED_HINT}")
-            parts = []
-            if len(missing):
-                parts.append(f"{len(missing)} genes of the model are missing ({_examples(list(missing))})")
-            if len(extra):
-                parts.append(f"{len(extra)} genes are not in the model ({_examples(list(extra))})")
-            raise ValueError(
-                "the genes of adata do not match the trained model: " + "; ".join(parts)
-                + ". Subset or reorder with adata[:, model.var_names] (adding any missing genes "
-                "as zero columns), or train a model on these genes"
-            )
-        positions = None
-        if not names.equals(self.var_names):
-            positions = self.var_names.get_indexer(names)  # model column of each adata column
-            adata = adata[:, self.var_names]
+        gene_positions(self.var_names, adata)  # refuses other genes
+        adata = in_model_order(adata, self.var_names)
         counts = CountMatrix(adata, self.config.data.layer)
         check_counts(counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer)
-        cov = self.covariate_encoder.transform(self._covariate_frame(adata.obs, covariate_values))
-        bs = batch_size or self.config.train.batch_size
+        cov = self.covariate_encoder.transform(
+            self.covariate_encoder.fixed(adata.obs, covariate_values))
         # Inference reads densely unless first_layer="sparse" is set, so that numbers never
         # depend on how "auto" was settled for training.
-        sparse = self.config.train.first_layer == "sparse"
-        batches = CellBatches(counts, cov, np.arange(adata.n_obs), bs, device=self.device,
-                              sparse=sparse, prefetch=self.config.train.prefetch)
-        return batches, positions
+        return CellBatches(counts, cov, np.arange(adata.n_obs),
+                           batch_size or self.config.train.batch_size, device=self.device,
+                           sparse=self.config.train.first_layer == "sparse",
+                           prefetch=self.config.train.prefetch)
 
-    def _covariate_frame(self, obs: pd.DataFrame, values: dict[str, Any] | None) -> pd.DataFrame:
-        """The covariate columns of ``obs``, with those named in ``values`` set to one value for
-        every cell (e.g. ``{"batch": "donor1"}``: predict all cells as if in that batch)."""
-        names = self.covariate_encoder.names
-        if not values:
-            return obs
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(
-                f"covariate_values names {_examples(unknown)}, which the model was not trained "
-                f"with; its covariates are {_examples(names) or 'none'}"
-            )
-        frame = pd.DataFrame(index=obs.index)
-        for name in names:
-            frame[name] = [values[name]] * len(obs) if name in values else obs[name].to_numpy()
-        return frame
-
-    def _ordered(self, adata):
-        """``adata`` when its genes are in the model's order, else the view
-        ``adata[:, self.var_names]``: for reading counts only, never stored, so that
-        ``denoise()`` without an argument writes into the user's own AnnData."""
-        if pd.Index(adata.var_names.astype(str)).equals(self.var_names):
-            return adata
-        return adata[:, self.var_names]
+    def validation_batches(self, device: str | torch.device | None = None) -> CellBatches | None:
+        """Mini-batches of the cells the last :meth:`train` held out, read densely; None
+        without data or a validation split."""
+        val = self.validation_indices
+        if self.adata is None or val is None or not len(val):
+            return None
+        counts = CountMatrix(in_model_order(self.adata, self.var_names), self.config.data.layer)
+        cov = self.covariate_encoder.transform(self.adata.obs)
+        return CellBatches(counts, cov, val, self.config.train.batch_size,
+                           device=self.device if device is None else device)
 
     def attach(self, adata) -> "ZiPo":
         """Use ``adata`` (the same genes, any order) as the data that :meth:`train` fits, e.g. to
         fine-tune a loaded model on new cells. The model keeps ``adata`` itself (not a reordered
         copy), so ``denoise()`` without an argument writes into it."""
-        batches, _ = self._batches(adata, None)  # checks genes, counts and covariates
+        batches = self.cell_batches(adata)  # checks genes, counts and covariates
         self.adata = adata
         self._summary = check_counts(
             batches.counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer
         )
+        self.train_indices = self.validation_indices = None  # they indexed the former data
         return self
 
     def _require_trained(self) -> None:
         if not self.is_trained:
             raise ValueError("the model is not trained yet; call model.train() first")
 
+    # ----------------------------------------------------------------- inference
     @torch.no_grad()
     def get_latent(self, adata=None, batch_size: int | None = None) -> np.ndarray:
         """Latents U (cells x latent size) of ``adata`` (default: the training data)."""
         self._require_trained()
-        batches, _ = self._batches(adata if adata is not None else self.adata, batch_size)
+        batches = self.cell_batches(adata if adata is not None else self.adata, batch_size)
         self.network.eval()
         return np.concatenate([self.network.encode(x).cpu().numpy() for x, _, _ in batches])
 
-    @torch.no_grad()
-    def denoise(
-        self,
-        adata=None,
-        expectation: Expectation = "rate",
-        zero_inflation: bool = False,
-        key_added: str = "zipo",
-        batch_size: int | None = None,
-        copy: bool = False,
-        covariate_values: dict[str, Any] | None = None,
-        genes: Sequence[str] | None = None,
-        out: str | Path | None = None,
-        denoised: bool = True,
-        overwrite: bool = False,
-    ):
+    def denoise(self, adata=None, expectation: Expectation = "rate", zero_inflation: bool = False,
+                key_added: str = "zipo", batch_size: int | None = None, copy: bool = False,
+                covariate_values: dict[str, Any] | None = None,
+                genes: Sequence[str] | None = None, out: str | Path | None = None,
+                denoised: bool = True, overwrite: bool = False):
         """Denoised counts, latents and library sizes of ``adata``'s cells.
 
         By default they are written into ``adata``: ``layers[f"{key_added}_denoised"]`` (cells x
@@ -388,108 +289,45 @@ class ZiPo:
         None (the input is modified).
         """
         self._require_trained()
-        if expectation not in ("rate", "mixture"):
-            raise ValueError(f"expectation must be 'rate' or 'mixture', got {expectation!r}")
         adata = self.adata if adata is None else adata
-        if adata is None:
-            raise ValueError("pass the AnnData to denoise")
-        if adata.isbacked and not copy and out is None:
-            raise ValueError("adata is backed (read-only on disk); pass out='denoised.h5ad' to "
-                             "stream the results to a file, or use copy=True or adata.to_memory()")
-        if out is not None and copy:
-            raise ValueError("out= writes a new file and copy=True a new AnnData in memory: pass one")
-        if out is not None and not denoised:
-            raise ValueError("out= streams the denoised counts to a file; with denoised=False "
-                             "there is nothing large to stream: drop out= (latents and library "
-                             "sizes go into adata, or a copy with copy=True)")
-        keep = self._output_genes(adata, genes)
-        batches, positions = self._batches(adata, batch_size, covariate_values)
-        # Model columns to emit, in output order: adata's own order, or the requested genes.
-        model_names = list(self.var_names)
-        if keep is not None:
-            cols = self.var_names.get_indexer(keep)
-        elif positions is not None:
-            cols, keep = positions, list(pd.Index(adata.var_names.astype(str)))
-        else:
-            cols, keep = None, model_names
-        n, n_latent = adata.n_obs, self.config.model.encoder_dims[-1]
+        check_denoise_request(adata, expectation, copy, out, denoised)
+        keep = output_genes(self.var_names, genes)
+        batches = self.cell_batches(adata, batch_size, covariate_values)
+        cols, keep = output_columns(self.var_names, adata, keep)
+        n_latent = self.config.model.encoder_dims[-1]
         sink = (
             StreamedOutput(out, adata.obs, keep, n_latent, key_added, denoised, zero_inflation,
-                           var=_var_frame(adata, keep), overwrite=overwrite)
+                           var=var_frame(adata, keep), overwrite=overwrite)
             if out is not None else
-            MemoryOutput(n, len(keep), n_latent, denoised, zero_inflation)
+            MemoryOutput(adata.n_obs, len(keep), n_latent, denoised, zero_inflation)
         )
-        columns = None if cols is None else torch.as_tensor(cols, device=self.device)
-        self.network.eval()
         with sink:
-            for x, c, idx in batches:
-                o = self.network(x, c)
-                latent = o.latent.cpu().numpy()
-                library = torch.exp(o.log_library).cpu().numpy()
-                mean = zprob = None
-                if denoised or zero_inflation:
-                    log_m = o.log_mean if columns is None else o.log_mean[:, columns]
-                    z = (torch.sigmoid(o.logit_z if columns is None else o.logit_z[:, columns])
-                         if o.logit_z is not None else None)
-                    if denoised:
-                        m = torch.exp(log_m)
-                        mean = (m if expectation == "rate" or z is None else (1 - z) * m).cpu().numpy()
-                    if zero_inflation:
-                        zprob = (z if z is not None else torch.zeros_like(log_m)).cpu().numpy()
-                sink.write(idx, latent, library, mean, zprob)
+            write_predictions(self.network, batches, sink, cols, expectation, denoised,
+                              zero_inflation)
         if out is not None:
             return sink.result()
-        target = self._output_target(adata, copy)
+        target = output_target(adata, copy)
         sink.store(target, key_added, keep, subset=genes is not None)
         return target if copy else None
-
-    def _output_genes(self, adata, genes: Sequence[str] | None) -> list[str] | None:
-        if genes is None:
-            return None
-        genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
-        unknown = [g for g in genes if g not in set(self.var_names)]
-        if unknown:
-            raise ValueError(f"genes={_examples(unknown)} are not genes of the model; choose from "
-                             f"model.var_names ({len(self.var_names)} genes)")
-        if len(set(genes)) != len(genes):
-            raise ValueError("genes lists a gene more than once")
-        return genes
-
-    @staticmethod
-    def _output_target(adata, copy: bool):
-        if copy and adata.isbacked:
-            # Only after the batches are read: to_memory() closes the backing file, which the
-            # batches read from. Reopen it so the caller's backed AnnData stays usable.
-            target = adata.to_memory()
-            if not adata.file.is_open:
-                adata.file.open()
-            return target
-        return adata.copy() if copy else adata
 
     def evaluate(self, adata=None, batch_size: int | None = None) -> dict[str, float]:
         """Mean NLL per matrix entry and total loss of ``adata`` under the trained model."""
         self._require_trained()
-        batches, _ = self._batches(adata if adata is not None else self.adata, batch_size)
+        batches = self.cell_batches(adata if adata is not None else self.adata, batch_size)
         loss, nll = evaluate(self.network, batches, self.config.model)
         return {"nll": nll, "loss": loss}
 
     def baseline_nll(self) -> float:
         """Validation NLL per entry of the baseline that predicts each gene's mean proportion in
         the training cells times each validation cell's library size (Poisson)."""
-        if getattr(self, "validation_indices", None) is None or not len(self.validation_indices):
+        batches = self.validation_batches(device="cpu")
+        if batches is None:
             raise ValueError("no validation split: train with validation_fraction > 0 first")
-        counts = CountMatrix(self._ordered(self.adata), self.config.data.layer)
-        genes = gene_totals(counts, self.train_indices)
+        genes = gene_totals(batches.counts, self.train_indices)
         genes = np.where(genes > 0, genes, 0.5)  # a gene unseen in training still gets a rate
-        cov = np.zeros((self.adata.n_obs, 0), dtype=np.float32)
-        batches = CellBatches(counts, cov, self.validation_indices, self.config.train.batch_size)
         return baseline_nll(batches, torch.tensor(genes / genes.sum()))
 
     # ----------------------------------------------------------------- pruning and gene programs
-    #: ``{delta, pruned_fraction, weights_pruned, weights_total}`` once :meth:`prune` ran (saved
-    #: with the model), else None.
-    pruning: dict | None = None
-
     def prune(self, delta: float = 1e-4, adata=None) -> dict:
         """Prune the first encoder layer: per neuron i, weights with
         ``|W_ig| / max_g |W_ig| < delta`` become zero, and stay zero through later training
@@ -503,9 +341,28 @@ class ZiPo:
         of the training data (all its cells without a validation split); they are None for a
         model loaded without data. Pruning again at a larger delta prunes more; pruned weights
         are never restored."""
-        from .programs import prune
+        self._require_trained()
+        if adata is not None:
+            batches = self.cell_batches(adata)
+        elif self.adata is not None:
+            batches = self.validation_batches() or self.cell_batches(self.adata)
+        else:
+            batches = None
+        self._prune_mask, report = programs.prune_first_layer(
+            self.network, delta, self._prune_mask, batches, self.config.model,
+            verbose=self.config.train.verbose)
+        self.pruning = {k: report[k] for k in programs.PRUNING_RECORD}
+        return report
 
-        return prune(self, delta, adata)
+    def _program_weights(self, min_weight: float) -> np.ndarray:
+        self._require_trained()
+        self._enforce_pruning()
+        return programs.program_weights(self.network, min_weight)
+
+    def _enforce_pruning(self) -> None:
+        """Zero the pruned first-layer weights (no-op for an unpruned model)."""
+        if self._prune_mask is not None:
+            self._prune_mask.apply(self.network)
 
     def gene_programs(self, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
         """Each first-layer neuron as a signed gene set ("program_0007" = neuron 7).
@@ -520,16 +377,16 @@ class ZiPo:
         CSR when more than half are zero) and ``uns[f"{key_added}_programs"]`` (``programs``
         names, ``n_genes`` per program, ``min_weight``, and ``delta``/``pruned_fraction`` when
         pruned)."""
-        from .programs import gene_programs
-
-        return gene_programs(self, adata, min_weight, key_added)
+        w = self._program_weights(min_weight)
+        adata = self.adata if adata is None else adata
+        positions = None if adata is None else gene_positions(self.var_names, adata)
+        return programs.gene_programs(w, self.var_names, adata, positions, min_weight,
+                                      key_added, self.pruning)
 
     def write_gmt(self, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
         """Write the non-empty programs as a GMT file (name, description, genes by |weight|
         descending; at most ``top_n`` genes each), atomically. Returns the path."""
-        from .programs import write_gmt
-
-        return write_gmt(self, path, top_n, min_weight)
+        return programs.write_gmt(self._program_weights(min_weight), self.var_names, path, top_n)
 
     def program_activity(self, adata=None, key_added: str = "zipo",
                          batch_size: int | None = None) -> np.ndarray:
@@ -539,15 +396,26 @@ class ZiPo:
         (default adata: the training data). Pre-activation, because it is linear in the
         program's genes (a signed weighted sum of their log counts) before the sigmoid
         saturates and batch norm rescales it."""
-        from .programs import program_activity
-
-        return program_activity(self, adata, key_added, batch_size)
+        self._require_trained()
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise ValueError("pass the AnnData whose cells to score")
+        self._enforce_pruning()
+        activity = programs.program_activity(self.network, self.cell_batches(adata, batch_size),
+                                             adata.n_obs)
+        adata.obsm[f"X_{key_added}_programs"] = activity
+        return activity
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, overwrite: bool = False) -> None:
         """Write the model (weights, config, genes, covariate encoding, history) to a directory,
         atomically: a crash never leaves a half-written model at ``path``."""
-        save_model(self, path, overwrite=overwrite)
+        self._enforce_pruning()
+        write_model(SavedModel(config=self.config, var_names=list(self.var_names),
+                               covariates=self.covariate_encoder.specs,
+                               weights=self.network.state_dict(), history=self.history,
+                               is_trained=self.is_trained, pruning=self.pruning),
+                    path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, adata=None, device: str = "cpu") -> "ZiPo":
@@ -556,7 +424,31 @@ class ZiPo:
         ``device`` is where the loaded model runs: denoising, and any further ``train()``
         (its ``config.train.device`` is set to it, so a model saved on a GPU machine trains on
         the CPU it was loaded to)."""
-        return load_model(path, adata=adata, device=device)
+        model = cls._from_saved(read_model(path), device, source=str(path))
+        if adata is not None:
+            model.attach(adata)
+        return model
+
+    @classmethod
+    def _from_saved(cls, saved: SavedModel, device: str, source: str) -> "ZiPo":
+        """A model holding what :func:`zipo.io.read_model` read, without data."""
+        encoder = CovariateEncoder(saved.covariates)
+        network = ZiPoNetwork(len(saved.var_names), encoder.width, saved.config.model)
+        try:
+            network.load_state_dict(saved.weights)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ValueError(f"the weights in {source!r} do not fit the saved config: {e}") from None
+        model = cls.__new__(cls)
+        model._init_state(saved.config, pd.Index(saved.var_names), encoder, network)
+        model.history, model.is_trained = saved.history, saved.is_trained
+        model.device = resolve_device(device)
+        # train() reads the device from the config: keep it where the model was loaded to
+        model.config.train.device = device
+        model.network.to(model.device).eval()
+        if saved.pruning:  # the mask is re-derived from the weights that are exactly zero
+            model._prune_mask = programs.PruneMask.from_zero_weights(model.network)
+            model.pruning = dict(saved.pruning)
+        return model
 
     def plot_history(self, ax=None, path: str | Path | None = None):
         """Plot train/validation loss and learning rate per epoch; return the figure."""
@@ -583,8 +475,8 @@ def denoise(adata, layer: str | None = None, covariates: list[str] | None = None
 
     ``options`` are any config options (``max_epochs``, ``seed``, ``encoder_dims``,
     ``alpha_mmd``, ...). ``covariate_values`` (e.g. ``{"batch": "A"}``) predicts every cell at
-    these covariate values. See :meth:`ZiPo.denoise` for what is written. Returns the AnnData when ``copy=True``, the
-    model when ``return_model=True`` (both: a tuple), else None.
+    these covariate values. See :meth:`ZiPo.denoise` for what is written. Returns the AnnData
+    when ``copy=True``, the model when ``return_model=True`` (both: a tuple), else None.
     """
     model = ZiPo(adata, layer=layer, covariates=covariates, likelihood=likelihood, **options)
     model.train()

@@ -1,18 +1,108 @@
-"""Where ``ZiPo.denoise`` puts its results: arrays in memory, or an ``.h5ad`` file written a
-batch at a time, so that a million cells never need their cells x genes matrix in memory."""
+"""``ZiPo.denoise``'s predictions and where they go: arrays in memory, or an ``.h5ad`` file
+written a batch at a time, so that a million cells never need their cells x genes matrix in
+memory."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+
+from .data.counts import examples
+from .data.genes import gene_positions
+from .data.loader import CellBatches
+from .files import atomic_path, check_target
+from .nn.network import ZiPoNetwork
+
+Expectation = Literal["rate", "mixture"]
+EXPECTATIONS = ("rate", "mixture")
 
 
-def _var_frame(adata, genes: Sequence[str]) -> pd.DataFrame:
+@torch.no_grad()
+def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns: np.ndarray | None,
+                      expectation: Expectation, denoised: bool, zero_inflation: bool) -> None:
+    """Run ``network`` over ``batches`` and write each batch's latents, library sizes, and
+    (for the model genes ``columns``, all when None) expected counts and zero probabilities
+    into ``sink``."""
+    device = next(network.parameters()).device
+    columns = None if columns is None else torch.as_tensor(columns, device=device)
+    network.eval()
+    for x, c, idx in batches:
+        o = network(x, c)
+        latent = o.latent.cpu().numpy()
+        library = torch.exp(o.log_library).cpu().numpy()
+        mean = zprob = None
+        if denoised or zero_inflation:
+            log_m = o.log_mean if columns is None else o.log_mean[:, columns]
+            z = (torch.sigmoid(o.logit_z if columns is None else o.logit_z[:, columns])
+                 if o.logit_z is not None else None)
+            if denoised:
+                m = torch.exp(log_m)
+                mean = (m if expectation == "rate" or z is None else (1 - z) * m).cpu().numpy()
+            if zero_inflation:
+                zprob = (z if z is not None else torch.zeros_like(log_m)).cpu().numpy()
+        sink.write(idx, latent, library, mean, zprob)
+
+
+def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bool) -> None:
+    """Refuse a combination of :meth:`zipo.ZiPo.denoise` arguments that cannot be served."""
+    if expectation not in EXPECTATIONS:
+        raise ValueError(f"expectation must be 'rate' or 'mixture', got {expectation!r}")
+    if adata is None:
+        raise ValueError("pass the AnnData to denoise")
+    if adata.isbacked and not copy and out is None:
+        raise ValueError("adata is backed (read-only on disk); pass out='denoised.h5ad' to "
+                         "stream the results to a file, or use copy=True or adata.to_memory()")
+    if out is not None and copy:
+        raise ValueError("out= writes a new file and copy=True a new AnnData in memory: pass one")
+    if out is not None and not denoised:
+        raise ValueError("out= streams the denoised counts to a file; with denoised=False "
+                         "there is nothing large to stream: drop out= (latents and library "
+                         "sizes go into adata, or a copy with copy=True)")
+
+
+def output_columns(model_genes: pd.Index, adata,
+                   genes: list[str] | None) -> tuple[np.ndarray | None, list[str]]:
+    """The model columns to emit (None: all, in the model's order) and their gene names, in
+    output order: the requested ``genes``, else ``adata``'s own order."""
+    if genes is not None:
+        return model_genes.get_indexer(genes), genes
+    positions = gene_positions(model_genes, adata)
+    if positions is not None:
+        return positions, list(pd.Index(adata.var_names.astype(str)))
+    return None, list(model_genes)
+
+
+def output_genes(model_genes: pd.Index, genes: Sequence[str] | None) -> list[str] | None:
+    """``genes`` (one name or several) checked against the model's genes; None for all."""
+    if genes is None:
+        return None
+    genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
+    unknown = [g for g in genes if g not in set(model_genes)]
+    if unknown:
+        raise ValueError(f"genes={examples(unknown)} are not genes of the model; choose from "
+                         f"model.var_names ({len(model_genes)} genes)")
+    if len(set(genes)) != len(genes):
+        raise ValueError("genes lists a gene more than once")
+    return genes
+
+
+def output_target(adata, copy: bool):
+    """The AnnData the in-memory results go into: ``adata`` itself, or a copy."""
+    if copy and adata.isbacked:
+        # Only after the batches are read: to_memory() closes the backing file, which the
+        # batches read from. Reopen it so the caller's backed AnnData stays usable.
+        target = adata.to_memory()
+        if not adata.file.is_open:
+            adata.file.open()
+        return target
+    return adata.copy() if copy else adata
+
+
+def var_frame(adata, genes: Sequence[str]) -> pd.DataFrame:
     """``adata.var`` rows of ``genes`` (string index), for the output file."""
     var = adata.var.copy()
     var.index = var.index.astype(str)
@@ -82,18 +172,13 @@ class StreamedOutput:
         self.path = Path(path)
         if self.path.suffix != ".h5ad":
             raise ValueError(f"out={str(path)!r}: the output file name must end in .h5ad")
-        if self.path.exists() and not overwrite:
-            raise ValueError(f"{str(path)!r} already exists; choose another out= or pass "
-                             "overwrite=True")
-        if not self.path.parent.is_dir():
-            raise ValueError(f"cannot write {str(path)!r}: the folder "
-                             f"{str(self.path.parent)!r} does not exist")
+        check_target(self.path, overwrite)  # at once, not after the first batch
         self.obs, self.var, self.genes, self.key = obs, var, list(genes), key
         self.n_cells, self.n_latent = len(obs), n_latent
         self.want = {"denoised": denoised, "zero_prob": zero_inflation}
         self.library = np.empty(self.n_cells, dtype=np.float32)
         self.file = None
-        self.tmp: str | None = None
+        self._target = atomic_path(self.path, overwrite=overwrite)
 
     def _dataset(self, group, name: str, width: int):
         rows = max(1, min(self.n_cells, self.CHUNK_BYTES // (4 * max(width, 1))))
@@ -105,10 +190,8 @@ class StreamedOutput:
     def __enter__(self) -> "StreamedOutput":
         import h5py
 
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", suffix=".h5ad",
-                                        dir=self.path.parent)
-        os.close(fd)
-        self.file = h5py.File(self.tmp, "w")
+        tmp = self._target.__enter__()
+        self.file = h5py.File(tmp, "w")
         self.file.attrs["encoding-type"], self.file.attrs["encoding-version"] = "anndata", "0.1.0"
         write_elem = _write_elem()
         for group in ("layers", "obsm", "varm", "obsp", "varp", "uns"):
@@ -142,12 +225,13 @@ class StreamedOutput:
                 write_elem = _write_elem()
                 write_elem(self.file, "obs", obs)
                 write_elem(self.file, "var", self.var)
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
+        except BaseException as e:
+            exc_type, exc, tb = type(e), e, e.__traceback__
+            raise
         finally:
-            if self.tmp and os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+            self.file.close()
+            # renamed into place when every batch was written, else removed
+            self._target.__exit__(exc_type, exc, tb)
 
     def result(self):
         """The written file, opened backed (read-only): nothing large is loaded."""

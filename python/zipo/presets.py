@@ -1,6 +1,6 @@
 """Named starting configurations: ``ZiPo(adata, preset="dca")``, ``zipo train --preset dca``.
 
-A preset only sets options; anything passed explicitly (or in a config file given beside it)
+A preset only sets options (:func:`zipo.config.resolve_config` applies it); anything passed explicitly (or in a config file given beside it)
 overrides it. The DCA-like presets are the paper's way of comparing with DCA inside one
 framework, since DCA itself needs TensorFlow < 2.5 and no longer installs.
 """
@@ -8,8 +8,6 @@ framework, since DCA itself needs TensorFlow < 2.5 and no longer installs.
 from __future__ import annotations
 
 from typing import Any
-
-from .config import ZiPoConfig
 
 _DCA_SHAPE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 
@@ -31,10 +29,3 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                            "residuals": True, "input_transform": "log1p",
                            "alpha_z": 0.1, "alpha_w": 0.1}},
 }
-
-
-def preset_config(name: str) -> ZiPoConfig:
-    """A fresh :class:`ZiPoConfig` holding the preset ``name``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return ZiPoConfig.from_dict(PRESETS[name], source=f"preset {name!r}")

@@ -14,14 +14,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .likelihoods import likelihood_flags
+from ..distributions import likelihood_flags
+from .sparse import csr_rows, sparse_linear
 
-_ACTIVATIONS = {
+if TYPE_CHECKING:  # pragma: no cover - the config names its choices from this module
+    from ..config import ModelConfig
+
+ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -52,51 +56,9 @@ class NetworkOutput:
         return self.log_library[:, None] + self.log_mu
 
 
-def _csr_rows(crow: torch.Tensor) -> torch.Tensor:
-    """Row index of every stored value of a sparse CSR tensor, from its row pointers."""
-    return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
-
-
-class _SparseLinear(torch.autograd.Function):
-    """y = X W^T + b for a sparse CSR X (cells x genes) and a dense W (out x genes).
-
-    Forward gathers the rows of W^T that each cell's non-zeros touch (``embedding_bag``, the
-    kernel recommender models use for sparse inputs); backward forms dL/dW^T = X^T dL/dy as a
-    sparse (genes x cells) times dense product. X itself gets no gradient (it is data)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        crow, col, values = x.crow_indices(), x.col_indices(), x.values()
-        y = torch.nn.functional.embedding_bag(
-            col, weight.t().contiguous(), crow[:-1], mode="sum", per_sample_weights=values,
-        )
-        if bias is not None:
-            y = y + bias
-        ctx.save_for_backward(crow, col, values)
-        ctx.shape, ctx.has_bias = x.shape, bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        crow, col, values = ctx.saved_tensors
-        n_cells, n_genes = ctx.shape
-        xt = torch.sparse_coo_tensor(torch.stack([col, _csr_rows(crow)]), values, (n_genes, n_cells))
-        grad_w = torch.sparse.mm(xt.to_sparse_csr(), grad).t()
-        return None, grad_w, grad.sum(0) if ctx.has_bias else None
-
-
-def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _SparseLinear.apply(x, weight, bias)
-
-
-def as_dense(x: torch.Tensor) -> torch.Tensor:
-    """Counts as a dense tensor (the likelihood needs every entry, zeros included)."""
-    return x.to_dense() if x.layout == torch.sparse_csr else x
-
-
 def _block(n_in: int, n_out: int, activation: str, batch_norm: bool) -> nn.Sequential:
     """linear -> activation -> batch norm, the unit of every hidden layer."""
-    layers: list[nn.Module] = [nn.Linear(n_in, n_out), _ACTIVATIONS[activation]()]
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
     if batch_norm:
         layers.append(nn.BatchNorm1d(n_out))
     return nn.Sequential(*layers)
@@ -138,6 +100,12 @@ class ZiPoNetwork(nn.Module):
         # Cells' median library size, used by the normalize_log1p input transform.
         self.register_buffer("target_library", torch.tensor(1.0))
 
+    @classmethod
+    def seeded(cls, n_genes: int, n_covariates: int, config: ModelConfig, seed: int) -> "ZiPoNetwork":
+        """A network whose initial weights are set by ``seed`` (it seeds torch's generator)."""
+        torch.manual_seed(seed)
+        return cls(n_genes, n_covariates, config)
+
     @property
     def first_layer(self) -> nn.Linear:
         """The genes -> first-encoder-layer map whose weights are regularised and pruned."""
@@ -165,7 +133,7 @@ class ZiPoNetwork(nn.Module):
         """The same transform on the non-zeros of a sparse CSR batch (both keep zeros zero)."""
         values = x.values()
         if self.input_transform == "normalize_log1p":
-            rows = _csr_rows(x.crow_indices())
+            rows = csr_rows(x.crow_indices())
             lib = torch.zeros(x.shape[0], dtype=values.dtype, device=values.device)
             lib = lib.index_add_(0, rows, values).clamp_min(1.0)
             values = values * (self.target_library / lib)[rows]

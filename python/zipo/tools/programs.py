@@ -7,7 +7,7 @@ are tiny. :func:`prune` sets, per first-layer neuron i, every weight with
 and :func:`program_activity` scores cells on them.
 
 Keeping pruned weights at zero. The pruned positions are kept as a boolean mask on the model
-(not a buffer, so the weights file keeps its layout) and enforced by two hooks, so fine-tuning
+(:class:`PruneMask`, not a buffer, so the weights file keeps its layout) and enforced by two hooks, so fine-tuning
 with ``model.train()`` never revives them:
 
 * a gradient hook on the first-layer weight zeroes the gradient of pruned weights. ``train()``
@@ -26,8 +26,6 @@ is exactly zero has normalised magnitude 0 < delta, so the two sets are the same
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +33,18 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .data import CellBatches, CountMatrix, _examples
-from .training import evaluate
+from ..config import ModelConfig
+from ..data.loader import CellBatches
+from ..files import write_text_atomic
+from ..nn.sparse import as_dense
+from ..train.evaluate import evaluate, rate_mse
+
+#: The keys of ``ZiPo.pruning``, the record saved with a pruned model.
+PRUNING_RECORD = ("delta", "pruned_fraction", "weights_pruned", "weights_total")
 
 
 # --------------------------------------------------------------------------- the mask
-class _PruneMask:
+class PruneMask:
     """The pruned positions of the first layer (True = pruned) and the hooks enforcing them.
 
     The forward pre-hook sits on the whole network, not on the first ``nn.Linear``: the sparse
@@ -79,6 +83,22 @@ class _PruneMask:
         network.register_forward_pre_hook(self)
         self(network, ())  # zero the pruned weights now, and add the gradient hook
 
+    @classmethod
+    def from_zero_weights(cls, network: torch.nn.Module) -> "PruneMask":
+        """After loading: the weights that are exactly zero are the pruned ones (see the module
+        docstring), installed on ``network``."""
+        mask = cls(network.first_layer.weight.detach() == 0)
+        mask.install(network)
+        return mask
+
+    def apply(self, network: torch.nn.Module) -> None:
+        """Write zeros into the pruned weights of ``network``, installing the hooks first if
+        the network was replaced since."""
+        if self.network is not network:
+            self.install(network)
+        else:
+            self(network, ())
+
     def remove(self) -> None:
         """Take this mask's hooks off its network. Found by value rather than through handles,
         which would still point into the original module after a deep copy."""
@@ -94,32 +114,9 @@ def _drop(hooks: dict, match) -> None:
         del hooks[key]
 
 
-def _mask_state(model) -> _PruneMask | None:
-    """The model's mask, re-installed if the network was replaced since."""
-    state = getattr(model, "_prune_mask", None)
-    if state is None:
-        return None
-    if state.network is not model.network:
-        state.install(model.network)
-    else:
-        state(model.network, ())
-    return state
-
-
-def restore_pruning(model, record: dict | None) -> None:
-    """After loading: mark the weights that are exactly zero as pruned (see module docstring)."""
-    if not record:
-        return
-    weight = model.network.first_layer.weight
-    state = _PruneMask(weight.detach() == 0)
-    state.install(model.network)
-    model._prune_mask = state
-    model.pruning = dict(record)
-
-
-def enforce_pruning(model) -> None:
-    """Write zeros into the pruned first-layer weights (no-op for an unpruned model)."""
-    _mask_state(model)
+def _drop(hooks: dict, match) -> None:
+    for key in [k for k, h in hooks.items() if match(h)]:
+        del hooks[key]
 
 
 # --------------------------------------------------------------------------- pruning
@@ -131,70 +128,36 @@ def pruning_mask(weight: torch.Tensor, delta: float) -> torch.Tensor:
     return (a < delta * top) | (top == 0)
 
 
-def _report_batches(model, adata, batch_size: int | None) -> CellBatches | None:
-    """Validation cells of the training data when there is a split (and no adata is given),
-    else all cells of adata (or of the training data); None when there is no data."""
-    if adata is not None:
-        return model._batches(adata, batch_size)[0]
-    data = model.adata
-    if data is None:
-        return None
-    val = getattr(model, "validation_indices", None)
-    if val is not None and len(val) and int(np.max(val)) < data.n_obs:
-        counts = CountMatrix(model._ordered(data), model.config.data.layer)
-        cov = model.covariate_encoder.transform(data.obs)
-        bs = batch_size or model.config.train.batch_size
-        return CellBatches(counts, cov, np.asarray(val), bs, device=model.device)
-    return model._batches(data, batch_size)[0]
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    """A batch as a dense tensor (batches may come as sparse CSR for the sparse first layer)."""
-    return x.to_dense() if x.layout != torch.strided else x
-
-
-@torch.no_grad()
-def rate_mse(net, batches: CellBatches) -> float:
-    """Mean over all entries of (x - l mu)^2, streamed over the mini-batches."""
-    net.eval()
-    total, n = 0.0, 0
-    for x, c, _ in batches:
-        out = net(x, c)
-        x = _dense(x)
-        total += (torch.exp(out.log_mean) - x).pow(2).sum(dtype=torch.float64).item()
-        n += x.numel()
-    return total / n
-
-
-def _nll_mse(model, batches: CellBatches | None) -> tuple[float | None, float | None]:
+def _nll_mse(network, batches: CellBatches | None,
+             config: ModelConfig) -> tuple[float | None, float | None]:
     if batches is None:
         return None, None
-    _, nll = evaluate(model.network, batches, model.config.model)
-    return float(nll), rate_mse(model.network, batches)
+    _, nll = evaluate(network, batches, config)
+    return float(nll), rate_mse(network, batches)
 
 
-def prune(model, delta: float = 1e-4, adata=None, batch_size: int | None = None) -> dict:
-    """Prune the first layer at ``delta``; see :meth:`zipo.ZiPo.prune`."""
-    model._require_trained()
+def prune_first_layer(network, delta: float, previous: PruneMask | None,
+                      batches: CellBatches | None, config: ModelConfig,
+                      verbose: bool = False) -> tuple[PruneMask, dict]:
+    """Prune ``network``'s first layer at ``delta``, keeping the weights ``previous`` pruned;
+    returns the new mask and the report of :meth:`zipo.ZiPo.prune` (NLL and MSE on
+    ``batches`` before and after, None without batches)."""
     delta = float(delta)
     if not (math.isfinite(delta) and 0 <= delta <= 1):
         raise ValueError(f"delta must be in [0, 1] (a fraction of each neuron's largest weight), "
                          f"got {delta}")
-    enforce_pruning(model)  # earlier pruning, if any
-    batches = _report_batches(model, adata, batch_size)
-    nll_before, mse_before = _nll_mse(model, batches)
+    if previous is not None:
+        previous.apply(network)
+    nll_before, mse_before = _nll_mse(network, batches, config)
 
-    layer = model.network.first_layer
-    pruned = pruning_mask(layer.weight, delta)
-    old = getattr(model, "_prune_mask", None)
-    if old is not None:
-        pruned |= old._on(pruned.device)  # pruned weights stay pruned
-        old.remove()
-    state = _PruneMask(pruned)
-    state.install(model.network)
-    model._prune_mask = state
+    pruned = pruning_mask(network.first_layer.weight, delta)
+    if previous is not None:
+        pruned |= previous._on(pruned.device)  # pruned weights stay pruned
+        previous.remove()
+    mask = PruneMask(pruned)
+    mask.install(network)
 
-    nll_after, mse_after = _nll_mse(model, batches)
+    nll_after, mse_after = _nll_mse(network, batches, config)
     n_pruned, n_total = int(pruned.sum().item()), pruned.numel()
     report = {
         "pruned_fraction": n_pruned / n_total,
@@ -206,14 +169,12 @@ def prune(model, delta: float = 1e-4, adata=None, batch_size: int | None = None)
         "mse_before": mse_before,
         "mse_after": mse_after,
     }
-    model.pruning = {k: report[k] for k in ("delta", "pruned_fraction", "weights_pruned",
-                                             "weights_total")}
-    if model.config.train.verbose:
+    if verbose:
         fmt = lambda v: "n/a" if v is None else f"{v:.5g}"  # noqa: E731
         print(f"ZiPo pruning at delta={delta:g}: {n_pruned:,} of {n_total:,} first-layer weights "
               f"({report['pruned_fraction']:.1%}) set to zero; NLL {fmt(nll_before)} -> "
               f"{fmt(nll_after)}, MSE {fmt(mse_before)} -> {fmt(mse_after)}")
-    return report
+    return mask, report
 
 
 # --------------------------------------------------------------------------- programs
@@ -222,16 +183,14 @@ def program_names(n: int) -> list[str]:
     return [f"program_{i:0{width}d}" for i in range(n)]
 
 
-def _weights(model, min_weight: float) -> np.ndarray:
+def program_weights(network, min_weight: float) -> np.ndarray:
     """First-layer weights (neurons x genes, float32), with those below ``min_weight`` times
     their neuron's largest |weight| set to zero."""
-    model._require_trained()
     min_weight = float(min_weight)
     if not (math.isfinite(min_weight) and 0 <= min_weight <= 1):
         raise ValueError(f"min_weight must be in [0, 1] (a fraction of each program's largest "
                          f"|weight|), got {min_weight}")
-    enforce_pruning(model)
-    w = model.network.first_layer.weight.detach().cpu().numpy().astype(np.float32, copy=True)
+    w = network.first_layer.weight.detach().cpu().numpy().astype(np.float32, copy=True)
     if min_weight > 0:
         a = np.abs(w)
         w[a < min_weight * a.max(axis=1, keepdims=True)] = 0.0
@@ -257,29 +216,15 @@ def _long_table(w: np.ndarray, genes: pd.Index) -> pd.DataFrame:
     })
 
 
-def _adata_gene_positions(model, adata) -> np.ndarray:
-    """For each gene of ``adata`` (in its order), its column in the model."""
-    names = pd.Index(adata.var_names.astype(str))
-    pos = model.var_names.get_indexer(names)
-    if (pos < 0).any() or len(names) != len(model.var_names):
-        missing = model.var_names.difference(names, sort=False)
-        extra = names.difference(model.var_names, sort=False)
-        raise ValueError(
-            "the genes of adata do not match the model's: "
-            f"{len(missing)} missing ({_examples(list(missing))}), {len(extra)} not in the model "
-            f"({_examples(list(extra))}); subset or reorder with adata[:, model.var_names]"
-        )
-    return pos
-
-
-def gene_programs(model, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
-    """See :meth:`zipo.ZiPo.gene_programs`."""
-    w = _weights(model, min_weight)
-    table = _long_table(w, model.var_names)
-    adata = model.adata if adata is None else adata
+def gene_programs(w: np.ndarray, genes: pd.Index, adata=None, positions: np.ndarray | None = None,
+                  min_weight: float = 0.0, key_added: str = "zipo",
+                  pruning: dict | None = None) -> pd.DataFrame:
+    """The programs of the weights ``w`` as a long table; with ``adata`` (whose gene ``j`` is
+    model gene ``positions[j]``; None: the model's order) also stored in its varm and uns. See
+    :meth:`zipo.ZiPo.gene_programs`."""
+    table = _long_table(w, genes)
     if adata is not None:
-        pos = _adata_gene_positions(model, adata)
-        loadings = w[:, pos].T  # genes of adata x programs
+        loadings = (w if positions is None else w[:, positions]).T  # genes of adata x programs
         n_zero = loadings.size - np.count_nonzero(loadings)
         adata.varm[f"{key_added}_programs"] = (
             sp.csr_matrix(loadings, dtype=np.float32) if n_zero > loadings.size / 2
@@ -292,10 +237,9 @@ def gene_programs(model, adata=None, min_weight: float = 0.0, key_added: str = "
             "description": "first-layer neurons of the ZiPo encoder; varm holds their weights "
                            "(genes x programs, on log1p counts)",
         }
-        record = getattr(model, "pruning", None)
-        if record:
-            info["delta"] = float(record["delta"])
-            info["pruned_fraction"] = float(record["pruned_fraction"])
+        if pruning:
+            info["delta"] = float(pruning["delta"])
+            info["pruned_fraction"] = float(pruning["pruned_fraction"])
         adata.uns[f"{key_added}_programs"] = info
     return table
 
@@ -304,12 +248,12 @@ def _clean(text: str) -> str:
     return str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
-def write_gmt(model, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
-    """See :meth:`zipo.ZiPo.write_gmt`."""
+def write_gmt(w: np.ndarray, genes: pd.Index, path: str | Path,
+              top_n: int | None = None) -> Path:
+    """The programs of the weights ``w`` as a GMT file; see :meth:`zipo.ZiPo.write_gmt`."""
     if top_n is not None and (int(top_n) != top_n or top_n < 1):
         raise ValueError(f"top_n must be a positive whole number or None, got {top_n!r}")
-    w = _weights(model, min_weight)
-    genes = np.asarray(model.var_names, dtype=object)
+    genes = np.asarray(genes, dtype=object)
     names = program_names(w.shape[0])
     lines = []
     for i, row in enumerate(w):
@@ -324,21 +268,7 @@ def write_gmt(model, path: str | Path, top_n: int | None = None, min_weight: flo
                 + (f" (top {len(nz)} listed)" if len(nz) < n_all else "")
                 + f"; top weight {_clean(genes[nz[0]])} {row[nz[0]]:+.4g}")
         lines.append("\t".join([names[i], desc, *(_clean(g) for g in genes[nz])]))
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("".join(line + "\n" for line in lines))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def read_gmt(path: str | Path) -> dict[str, list[str]]:
@@ -352,20 +282,12 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def program_activity(model, adata=None, key_added: str = "zipo",
-                     batch_size: int | None = None) -> np.ndarray:
-    """See :meth:`zipo.ZiPo.program_activity`."""
-    model._require_trained()
-    adata = model.adata if adata is None else adata
-    if adata is None:
-        raise ValueError("pass the AnnData whose cells to score")
-    enforce_pruning(model)
-    batches, _ = model._batches(adata, batch_size)
-    net = model.network
-    net.eval()
-    layer = net.first_layer
-    out = np.empty((adata.n_obs, layer.out_features), dtype=np.float32)
+def program_activity(network, batches: CellBatches, n_cells: int) -> np.ndarray:
+    """The first layer's pre-activation for every cell of ``batches``, cells x neurons float32;
+    see :meth:`zipo.ZiPo.program_activity`."""
+    network.eval()
+    layer = network.first_layer
+    out = np.empty((n_cells, layer.out_features), dtype=np.float32)
     for x, _, idx in batches:
-        out[idx] = layer(_dense(net.transform_input(x))).float().cpu().numpy()
-    adata.obsm[f"X_{key_added}_programs"] = out
+        out[idx] = layer(as_dense(network.transform_input(x))).float().cpu().numpy()
     return out

@@ -18,38 +18,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ZiPoConfig, find_option, read_config_file
-from .presets import preset_config
+from ..config import ZiPoConfig, find_option, resolve_config
+from ..files import check_target, write_text_atomic
+from .search_space import (
+    ENCODER_SHAPES, PAPER_SEARCH_SPACE, normalise_space, option_value, suggest,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import ZiPo
-
-ENCODER_SHAPES = (
-    "2048-1024-512-256-128",
-    "1024-512-256-128",
-    "1024-512-256-128-64",
-    "512-256-128",
-    "512-256-128-64",
-)
-"""The encoder shapes the paper searched, as stored in an Optuna study."""
-
-PAPER_SEARCH_SPACE: dict[str, Any] = {
-    "encoder_dims": list(ENCODER_SHAPES),
-    "alpha_z": (0.01, 1.0, "log"),
-    "alpha_w": (0.01, 1.0, "log"),
-}
-"""The paper's search space, in the ``search_space`` format of :func:`tune`."""
+    from ..model import ZiPo
 
 METRICS = ("validation_nll", "validation_loss")
 INSTALL_HINT = "hyperparameter search needs Optuna: pip install 'zipo[tune]'"
 # Options that change how a trial runs, not what it computes: a resumed study may differ in them.
 _RUNTIME_OPTIONS = {"device", "num_threads", "verbose", "checkpoint_every"}
-_LIST_OPTIONS = {"encoder_dims", "decoder_dims", "library_dims"}
 
 
 def _import_optuna():
@@ -128,7 +112,7 @@ def tune(
     optuna = _import_optuna()
     from optuna.trial import TrialState
 
-    from .model import ZiPo
+    from ..model import ZiPo
 
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
@@ -136,8 +120,10 @@ def tune(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    space = _normalise_space(PAPER_SEARCH_SPACE if search_space is None else search_space, optuna)
-    base = _base_config(config, preset, layer, covariates, likelihood, max_epochs, seed, options)
+    space = normalise_space(PAPER_SEARCH_SPACE if search_space is None else search_space, optuna)
+    base, user_verbose = _base_config(config, preset, {
+        "layer": layer, "covariates": covariates, "likelihood": likelihood,
+        "max_epochs": max_epochs, **options, "train.seed": seed})
     for section, name in space:
         if name in options or f"{section}.{name}" in options:
             raise ValueError(f"{name} is searched, so it cannot also be given as an option; "
@@ -164,8 +150,8 @@ def tune(
         def objective(trial) -> float:
             cfg = ZiPoConfig.from_dict(base.to_dict())
             for (section, name), dist in space.items():
-                value = _suggest(trial, name, dist, optuna)
-                cfg.update({section: {name: _option_value(name, value)}}, source="search space")
+                value = suggest(trial, name, dist, optuna)
+                cfg.update({section: {name: option_value(name, value)}}, source="search space")
             model = ZiPo(adata, config=cfg)
             state = {"best_loss": math.inf, "score": math.inf}
 
@@ -208,130 +194,27 @@ def tune(
             cfg = ZiPoConfig.from_dict(base.to_dict())
             for name, value in best_trial.params.items():  # its own space, whatever ours is now
                 section, name = find_option(name, source=f"trial {best_trial.number}")
-                cfg.update({section: {name: _option_value(name, value)}}, source="best trial")
+                cfg.update({section: {name: option_value(name, value)}}, source="best trial")
             model = ZiPo(adata, config=cfg).train()
     finally:
         optuna.logging.set_verbosity(verbosity)
-    model.config.train.verbose = _verbose_of(config, options)
+    model.config.train.verbose = user_verbose
     model.study = study
     if out is not None:
-        _write_toml_atomic(model.config, out)
+        import tomli_w
+
+        write_text_atomic(out, tomli_w.dumps(model.config.to_dict()), overwrite=overwrite)
     return model
 
 
 # --------------------------------------------------------------------------- helpers
-def _base_config(config, preset, layer, covariates, likelihood, max_epochs, seed,
-                 options) -> ZiPoConfig:
-    """The config every trial starts from, resolved like ``ZiPo(...)`` does, and checked now."""
-    if isinstance(config, ZiPoConfig):
-        if preset:
-            raise ValueError("pass either a ZiPoConfig object or a preset, not both")
-        cfg = ZiPoConfig.from_dict(config.to_dict())
-    else:
-        cfg = preset_config(preset) if preset else ZiPoConfig()
-        if config is not None:
-            cfg.update(read_config_file(config), source=str(config))
-    given = {"layer": layer, "covariates": covariates, "likelihood": likelihood,
-             "max_epochs": max_epochs, **options}
-    for key, value in given.items():
-        if value is not None:
-            cfg.set_option(key, value)
-    cfg.set_option("train.seed", seed, source="seed")
+def _base_config(config, preset, options) -> tuple[ZiPoConfig, bool]:
+    """The config every trial starts from, resolved like ``ZiPo(...)`` does and checked now,
+    and the ``verbose`` it asks for (restored on the returned model)."""
+    cfg = resolve_config(config, preset, options)
+    verbose = cfg.train.verbose
     cfg.set_option("train.verbose", False)  # one bar per trial would drown the output
-    return cfg
-
-
-def _verbose_of(config, options) -> bool:
-    """The ``verbose`` the user's own config asks for, restored on the returned model."""
-    if "verbose" in options:
-        return bool(options["verbose"])
-    if isinstance(config, ZiPoConfig):
-        return config.train.verbose
-    if config is not None:
-        return read_config_file(config).get("train", {}).get("verbose", True)
-    return True
-
-
-def _normalise_space(space: dict[str, Any], optuna) -> dict[tuple[str, str], Any]:
-    """``{(section, name): optuna distribution}``, every option name and choice checked."""
-    from optuna.distributions import (
-        BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
-    )
-
-    if not isinstance(space, dict) or not space:
-        raise ValueError("search_space must be a non-empty dict {option: distribution}")
-    out: dict[tuple[str, str], Any] = {}
-    for key, spec in space.items():
-        section, name = find_option(key, source="search_space")
-        where = f"search_space[{key!r}]"
-        if isinstance(spec, BaseDistribution):
-            dist = spec
-        elif isinstance(spec, list):
-            if not spec:
-                raise ValueError(f"{where} has no choices")
-            choices = [_choice(name, c, where) for c in spec]
-            dist = CategoricalDistribution(choices)
-        elif isinstance(spec, tuple) and len(spec) in (2, 3):
-            low, high = spec[0], spec[1]
-            log = len(spec) == 3
-            if log and spec[2] != "log":
-                raise ValueError(f"{where}: the third item may only be 'log', got {spec[2]!r}")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       for v in (low, high)):
-                raise ValueError(f"{where}: bounds must be numbers, got {spec!r}")
-            if not low < high or (log and low <= 0):
-                raise ValueError(f"{where}: need low < high (and low > 0 on a log scale), "
-                                 f"got {spec!r}")
-            if isinstance(low, int) and isinstance(high, int):
-                dist = IntDistribution(low, high, log=log)
-            else:
-                dist = FloatDistribution(float(low), float(high), log=log)
-        else:
-            raise ValueError(
-                f"{where} must be a list of choices, (low, high), (low, high, 'log') or an "
-                f"optuna distribution, got {spec!r}"
-            )
-        # Every value the distribution can give must be a valid option value.
-        probes = (dist.choices if isinstance(dist, CategoricalDistribution)
-                  else [dist.low, dist.high])
-        for probe in probes:
-            ZiPoConfig().update({section: {name: _option_value(name, probe)}}, source=where)
-        out[(section, name)] = dist
-    if len({name for _, name in out}) < len(out):
-        raise ValueError("search_space names one option twice")
-    return out
-
-
-def _choice(name: str, value: Any, where: str):
-    """A categorical choice as Optuna can store it: list options become ``"512-128"``."""
-    if name in _LIST_OPTIONS and isinstance(value, (list, tuple)):
-        return "-".join(str(int(v)) for v in value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise ValueError(f"{where}: choice {value!r} is not a number, string, bool or list of widths")
-
-
-def _option_value(name: str, value: Any) -> Any:
-    """A sampled value as the config wants it (``"512-128"`` -> ``[512, 128]``)."""
-    if name in _LIST_OPTIONS and isinstance(value, str):
-        try:
-            return [int(v) for v in value.split("-")] if value else []
-        except ValueError:
-            raise ValueError(
-                f"{name}: {value!r} is not a list of widths like '512-256-128'"
-            ) from None
-    return value
-
-
-def _suggest(trial, name: str, dist, optuna):
-    d = optuna.distributions
-    if isinstance(dist, d.CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    if isinstance(dist, d.IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    if isinstance(dist, d.FloatDistribution):
-        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    raise ValueError(f"unsupported distribution for {name}: {dist!r}")
+    return cfg, verbose
 
 
 def _comparable(cfg: ZiPoConfig) -> str:
@@ -389,28 +272,7 @@ def _check_out(out, overwrite: bool) -> Path | None:
     out = Path(out)
     if out.suffix != ".toml":
         raise ValueError(f"out must be a .toml file, got {str(out)!r}")
-    if out.exists() and not overwrite:
-        raise ValueError(f"{str(out)!r} already exists; choose another out or pass overwrite=True "
-                         "(--overwrite)")
-    if not out.parent.is_dir():
-        raise ValueError(
-            f"cannot write {str(out)!r}: the folder {str(out.parent)!r} does not exist"
-        )
-    return out
-
-
-def _write_toml_atomic(cfg: ZiPoConfig, path: Path) -> None:
-    import tomli_w
-
-    text = tomli_w.dumps(cfg.to_dict())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return check_target(out, overwrite, hint="overwrite=True (--overwrite)")
 
 
 def trials_table(study) -> "Any":

@@ -1,4 +1,4 @@
-"""Data-parallel training on ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
+"""Devices, and data-parallel training on ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
 
 Each process reads its own share of every global mini-batch (see ``CellBatches.shard``), the
 gradients are averaged by ``DistributedDataParallel``, and batch-norm statistics are pooled
@@ -18,6 +18,17 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..nn.batchnorm import convert_batchnorm
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; refuses CUDA where there is none."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
 
 
 def world() -> tuple[int, int]:
@@ -56,46 +67,6 @@ def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> l
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-class SyncBatchNorm1d(nn.BatchNorm1d):
-    """Batch norm whose training statistics are pooled over every process's share of the
-    batch. torch's own SyncBatchNorm runs on GPUs only; this one also runs on CPU (gloo).
-    Outside distributed training it is exactly ``BatchNorm1d`` (same state dict)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or world()[1] == 1:
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # autograd-aware
-
-        c = x.shape[1]
-        count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
-                self.num_batches_tracked.add_(1)
-        out = (x - mean) / torch.sqrt(var + self.eps)
-        return out * self.weight + self.bias if self.affine else out
-
-
-def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Swap every BatchNorm1d of ``module`` for :class:`SyncBatchNorm1d`, in place."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm1d:
-            sync = SyncBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats)
-            sync.load_state_dict(child.state_dict())
-            sync.to(next(child.buffers()).device)
-            setattr(module, name, sync)
-        else:
-            convert_batchnorm(child)
-    return module
 
 
 def wrap(net: nn.Module, device: torch.device) -> nn.Module:

@@ -1,8 +1,4 @@
-"""Loss, learning-rate schedule, early stopping and the epoch loop.
-
-The NLL is the mean over cells and genes of -log P(x_cg) ("per matrix entry"), so the
-regularisers, which are means too, carry the weights the paper tuned (alpha_z = alpha_w = 0.1).
-"""
+"""The epoch loop: learning-rate schedule, early stopping, and the state a checkpoint holds."""
 
 from __future__ import annotations
 
@@ -13,82 +9,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import ModelConfig, TrainConfig
-from .data import CellBatches
+from ..config import ModelConfig, TrainConfig
+from ..data.loader import CellBatches
+from ..nn.network import ZiPoNetwork
 from .distributed import all_reduce_sum, world
-from .likelihoods import log_prob
-from .network import NetworkOutput, ZiPoNetwork, as_dense
-from .network import sparse_linear as _sparse_linear
-
-
-@dataclass
-class LossTerms:
-    total: torch.Tensor
-    nll: torch.Tensor
-
-
-def first_layer_l1_l2(weight: torch.Tensor) -> torch.Tensor:
-    """mean_i( mean_g |W_ig| / sqrt(mean_g W_ig^2) ): scale-invariant, so batch norm after the
-    activation cannot undo it by rescaling. Neurons whose weights are all zero add 0."""
-    l1 = weight.abs().mean(dim=1)
-    l2 = weight.pow(2).mean(dim=1).sqrt()
-    ratio = torch.where(l2 > 0, l1 / torch.where(l2 > 0, l2, torch.ones_like(l2)), l2)
-    return ratio.mean()
-
-
-MMD_SCALES = (0.25, 1.0, 4.0)  # RBF bandwidths, times the median squared distance
-
-
-def mmd2(latent: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """Sum over the columns (categories) of ``onehot`` of the squared MMD between the latents of
-    that category's cells and those of the other cells, with a sum of RBF kernels at
-    ``MMD_SCALES`` x the median squared distance in the batch (not differentiated, so the
-    penalty cannot shrink by inflating the latents' scale). Categories with fewer than 2 cells
-    (or fewer than 2 others) in the batch add 0."""
-    d = torch.cdist(latent, latent).pow(2)
-    scale = d.detach().median().clamp_min(1e-6)
-    k = sum(torch.exp(-d / (scale * s)) for s in MMD_SCALES)
-    total = latent.new_zeros(())
-    for j in range(onehot.shape[1]):
-        a = onehot[:, j] > 0.5
-        if a.sum() >= 2 and (~a).sum() >= 2:
-            total = total + k[a][:, a].mean() + k[~a][:, ~a].mean() - 2 * k[a][:, ~a].mean()
-    return total
-
-
-def loss_terms(
-    net: ZiPoNetwork, out: NetworkOutput, x: torch.Tensor, config: ModelConfig,
-    covariates: torch.Tensor | None = None, mmd_groups: list[tuple[int, int]] | None = None,
-) -> LossTerms:
-    """NLL + alpha_z E[z^2] + alpha_w L1/L2(W1) [+ (alpha_theta E[theta^2] + w E[(l mu - x)^2]) / genes]
-    [+ alpha_mmd sum_groups MMD^2(latents by category)].
-
-    The MMD term is added only in training mode and when ``covariates`` (the batch's encoded
-    covariates) and ``mmd_groups`` (column ranges [start, stop) of the categorical covariates
-    to mix over) are given. Computed in float32 whatever precision the network ran in."""
-    x = as_dense(x)
-    out = out.float()
-    log_m = out.log_mean
-    nll = -log_prob(x, log_m, out.logit_z, out.log_theta).mean()
-    total = nll + config.alpha_w * first_layer_l1_l2(net.first_layer.weight)
-    if out.logit_z is not None:
-        total = total + config.alpha_z * torch.sigmoid(out.logit_z).pow(2).mean()
-    if out.log_theta is not None:
-        # method.md weighs these two NB-only terms against the NLL of a whole cell (a sum over
-        # genes); ours is a mean per entry, so they are divided by the number of genes. At full
-        # weight they swamped it: on PBMC 4k (2,000 genes) ZINB reached a validation NLL of
-        # 1.12, barely below the no-model 1.19, against 0.96 when scaled (ZIP: 0.98).
-        per_cell_scale = 1.0 / x.shape[1]
-        theta_penalty = config.alpha_theta * torch.exp(2 * out.log_theta).mean()
-        rate_mse = config.mse_weight * (torch.exp(log_m) - x).pow(2).mean()
-        total = total + per_cell_scale * (theta_penalty + rate_mse)
-    if config.alpha_mmd > 0 and mmd_groups and covariates is not None and net.training:
-        penalty = sum(mmd2(out.latent, covariates[:, a:b]) for a, b in mmd_groups)
-        total = total + config.alpha_mmd * penalty
-    return LossTerms(total=total, nll=nll)
+from .evaluate import evaluate
+from .loss import loss_terms
 
 
 class LearningRateSchedule:
@@ -145,69 +75,6 @@ class EarlyStopping:
         return epoch - self.best_epoch >= self.patience
 
 
-def evaluate(net: ZiPoNetwork, batches: CellBatches, config: ModelConfig,
-             autocast: Callable[[], Any] | None = None) -> tuple[float, float]:
-    """Cell-weighted mean (loss, NLL) over the batches, in eval mode (running BN stats),
-    pooled over all processes when training is distributed."""
-    net.eval()
-    total = nll = 0.0
-    n = 0
-    with torch.no_grad():
-        for x, c, idx, _ in batches.batches():
-            if not len(idx):
-                continue
-            with (autocast or contextlib.nullcontext)():
-                out = net(x, c)
-            # No covariates passed, so no alpha_mmd penalty (and the net is in eval mode
-            # anyway): validation losses stay comparable across alpha_mmd settings.
-            terms = loss_terms(getattr(net, "module", net), out, x, config)
-            total += terms.total.item() * len(idx)
-            nll += terms.nll.item() * len(idx)
-            n += len(idx)
-    total, nll, n = all_reduce_sum([total, nll, float(n)])
-    return total / n, nll / n
-
-
-def baseline_nll(batches: CellBatches, gene_proportions: torch.Tensor) -> float:
-    """Poisson NLL per entry of the no-model baseline m_cg = L_c p_g (each cell's observed
-    library size times the genes' mean proportions): what training has to beat."""
-    log_p = torch.log(gene_proportions)
-    total, n = 0.0, 0
-    for x, _, idx in batches:
-        log_m = torch.log(x.sum(dim=1, keepdim=True)) + log_p.to(x.device)
-        total += -log_prob(x, log_m).mean().item() * len(idx)
-        n += len(idx)
-    return total / n
-
-
-def choose_first_layer(net: ZiPoNetwork, batch: torch.Tensor, repeats: int = 3) -> tuple[str, dict]:
-    """Time the first layer (forward + weight gradient) on one real sparse CSR batch read
-    densely and sparsely; return the faster mode and the seconds per pass of each. Every
-    process gets the same answer (the times are summed over processes)."""
-    layer = net.first_layer
-    x_sparse = net.transform_input(batch)
-    x_dense = x_sparse.to_dense()
-
-    def one_pass(x: torch.Tensor) -> None:
-        if x.layout == torch.sparse_csr:
-            y = _sparse_linear(x, layer.weight, layer.bias)
-        else:
-            y = torch.nn.functional.linear(x, layer.weight, layer.bias)
-        (weight_grad,) = torch.autograd.grad(y.sum(), [layer.weight])
-        if weight_grad.is_cuda:
-            torch.cuda.synchronize()
-
-    seconds = {}
-    for mode, x in (("dense", x_dense), ("sparse", x_sparse)):
-        one_pass(x)  # warm-up
-        started = time.perf_counter()
-        for _ in range(repeats):
-            one_pass(x)
-        seconds[mode] = (time.perf_counter() - started) / repeats
-    dense, sparse = all_reduce_sum([seconds["dense"], seconds["sparse"]])
-    return ("sparse" if sparse < dense else "dense"), seconds
-
-
 class Trainer:
     """The epoch loop and everything it carries between epochs (weights, Adam state, schedule,
     early-stopping record, history, shuffling RNG), so a run can be checkpointed and resumed
@@ -261,6 +128,12 @@ class Trainer:
         self.history = list(state["history"])
         self.train_batches.rng.bit_generator.state = state["shuffle_rng"]
         torch.set_rng_state(state["torch_rng"])
+
+    def history_after(self, earlier: pd.DataFrame) -> pd.DataFrame:
+        """This run's history appended to an ``earlier`` one, epochs counted on from it."""
+        new = pd.DataFrame(self.history)
+        new["epoch"] += len(earlier)
+        return pd.concat([earlier, new], ignore_index=True)
 
     def _epoch(self, epoch: int, lr: float) -> dict:
         net, config = self.net, self.model_config
@@ -341,17 +214,6 @@ class Trainer:
         bar.close()
         _restore(self.net, self.stopper)
         return self.history
-
-
-def train_network(
-    net: ZiPoNetwork,
-    train_batches: CellBatches,
-    val_batches: CellBatches | None,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-) -> list[dict]:
-    """Run the epoch loop without checkpoints; return the per-epoch history."""
-    return Trainer(net, train_batches, val_batches, model_config, train_config).run()
 
 
 def _restore(net: torch.nn.Module, stopper: EarlyStopping) -> None:

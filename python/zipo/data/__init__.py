@@ -1,0 +1,1 @@
+"""Data: count checks, gene names, covariates, and mini-batches of cells."""

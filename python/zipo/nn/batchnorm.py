@@ -1,0 +1,51 @@
+"""Batch norm pooled over the processes of data-parallel training."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class SyncBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm whose training statistics are pooled over every process's share of the
+    batch. torch's own SyncBatchNorm runs on GPUs only; this one also runs on CPU (gloo).
+    Outside distributed training it is exactly ``BatchNorm1d`` (same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not _distributed():
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware
+
+        c = x.shape[1]
+        count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+                self.num_batches_tracked.add_(1)
+        out = (x - mean) / torch.sqrt(var + self.eps)
+        return out * self.weight + self.bias if self.affine else out
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm1d of ``module`` for :class:`SyncBatchNorm1d`, in place."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm1d:
+            sync = SyncBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            sync.to(next(child.buffers()).device)
+            setattr(module, name, sync)
+        else:
+            convert_batchnorm(child)
+    return module

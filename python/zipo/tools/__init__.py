@@ -1,0 +1,1 @@
+"""Tools on top of a model: gene programs of the pruned first layer, hyperparameter search."""

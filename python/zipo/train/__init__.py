@@ -1,0 +1,1 @@
+"""Training: the loss, the epoch loop, evaluation, checkpoints, devices and processes."""

@@ -1,0 +1,65 @@
+"""Scores of a network on mini-batches of cells: loss and NLL, the no-model baseline, the
+rate MSE."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+
+from ..config import ModelConfig
+from ..data.loader import CellBatches
+from ..distributions import log_prob
+from ..nn.network import ZiPoNetwork
+from ..nn.sparse import as_dense
+from .distributed import all_reduce_sum
+from .loss import loss_terms
+
+
+def evaluate(net: ZiPoNetwork, batches: CellBatches, config: ModelConfig,
+             autocast: Callable[[], Any] | None = None) -> tuple[float, float]:
+    """Cell-weighted mean (loss, NLL) over the batches, in eval mode (running BN stats),
+    pooled over all processes when training is distributed."""
+    net.eval()
+    total = nll = 0.0
+    n = 0
+    with torch.no_grad():
+        for x, c, idx, _ in batches.batches():
+            if not len(idx):
+                continue
+            with (autocast or contextlib.nullcontext)():
+                out = net(x, c)
+            # No covariates passed, so no alpha_mmd penalty (and the net is in eval mode
+            # anyway): validation losses stay comparable across alpha_mmd settings.
+            terms = loss_terms(getattr(net, "module", net), out, x, config)
+            total += terms.total.item() * len(idx)
+            nll += terms.nll.item() * len(idx)
+            n += len(idx)
+    total, nll, n = all_reduce_sum([total, nll, float(n)])
+    return total / n, nll / n
+
+
+def baseline_nll(batches: CellBatches, gene_proportions: torch.Tensor) -> float:
+    """Poisson NLL per entry of the no-model baseline m_cg = L_c p_g (each cell's observed
+    library size times the genes' mean proportions): what training has to beat."""
+    log_p = torch.log(gene_proportions)
+    total, n = 0.0, 0
+    for x, _, idx in batches:
+        log_m = torch.log(x.sum(dim=1, keepdim=True)) + log_p.to(x.device)
+        total += -log_prob(x, log_m).mean().item() * len(idx)
+        n += len(idx)
+    return total / n
+
+
+@torch.no_grad()
+def rate_mse(net: ZiPoNetwork, batches: CellBatches) -> float:
+    """Mean over all entries of (x - l mu)^2, streamed over the mini-batches."""
+    net.eval()
+    total, n = 0.0, 0
+    for x, c, _ in batches:
+        out = net(x, c)
+        x = as_dense(x)
+        total += (torch.exp(out.log_mean) - x).pow(2).sum(dtype=torch.float64).item()
+        n += x.numel()
+    return total / n
