@@ -20,12 +20,12 @@ from .config import ZiPoConfig, resolve_config
 from .data.counts import CountMatrix, check_counts, gene_totals
 from .data.covariates import CovariateEncoder
 from .data.genes import check_gene_names, gene_positions, in_model_order
-from .data.loader import CellBatches, split_cells, training_batches
+from .data.loader import CellBatches, inference_batches, split_cells, training_batches
 from .io import SavedModel, read_model, write_model
 from .nn.network import ZiPoNetwork
 from .outputs import (
-    Expectation, MemoryOutput, StreamedOutput, check_denoise_request, output_columns,
-    output_genes, output_target, var_frame, write_predictions,
+    Expectation, check_denoise_request, output_columns, output_genes, output_sink, output_target,
+    write_predictions,
 )
 from .tools import programs
 from .train.checkpoint import read_checkpoint, write_checkpoint
@@ -208,12 +208,7 @@ class ZiPo:
         check_counts(counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer)
         cov = self.covariate_encoder.transform(
             self.covariate_encoder.fixed(adata.obs, covariate_values))
-        # Inference reads densely unless first_layer="sparse" is set, so that numbers never
-        # depend on how "auto" was settled for training.
-        return CellBatches(counts, cov, np.arange(adata.n_obs),
-                           batch_size or self.config.train.batch_size, device=self.device,
-                           sparse=self.config.train.first_layer == "sparse",
-                           prefetch=self.config.train.prefetch)
+        return inference_batches(counts, cov, self.config.train, self.device, batch_size)
 
     def validation_batches(self, device: str | torch.device | None = None) -> CellBatches | None:
         """Mini-batches of the cells the last :meth:`train` held out, read densely; None
@@ -294,13 +289,8 @@ class ZiPo:
         keep = output_genes(self.var_names, genes)
         batches = self.cell_batches(adata, batch_size, covariate_values)
         cols, keep = output_columns(self.var_names, adata, keep)
-        n_latent = self.config.model.encoder_dims[-1]
-        sink = (
-            StreamedOutput(out, adata.obs, keep, n_latent, key_added, denoised, zero_inflation,
-                           var=var_frame(adata, keep), overwrite=overwrite)
-            if out is not None else
-            MemoryOutput(adata.n_obs, len(keep), n_latent, denoised, zero_inflation)
-        )
+        sink = output_sink(adata, keep, self.config.model.encoder_dims[-1], out, key_added,
+                           denoised, zero_inflation, overwrite)
         with sink:
             write_predictions(self.network, batches, sink, cols, expectation, denoised,
                               zero_inflation)
@@ -323,88 +313,42 @@ class ZiPo:
         batches = self.validation_batches(device="cpu")
         if batches is None:
             raise ValueError("no validation split: train with validation_fraction > 0 first")
-        genes = gene_totals(batches.counts, self.train_indices)
-        genes = np.where(genes > 0, genes, 0.5)  # a gene unseen in training still gets a rate
-        return baseline_nll(batches, torch.tensor(genes / genes.sum()))
+        return baseline_nll(batches, gene_totals(batches.counts, self.train_indices))
 
     # ----------------------------------------------------------------- pruning and gene programs
     def prune(self, delta: float = 1e-4, adata=None) -> dict:
-        """Prune the first encoder layer: per neuron i, weights with
-        ``|W_ig| / max_g |W_ig| < delta`` become zero, and stay zero through later training
-        (:meth:`train` again fine-tunes only the kept weights) and :meth:`save`/:meth:`load`.
-
-        Returns (and, with ``verbose``, prints) ``pruned_fraction`` (of all first-layer weights),
-        ``weights_pruned``, ``weights_total``, ``delta`` and NLL/MSE before and after pruning:
-        ``nll_*`` is the mean NLL per matrix entry (as :meth:`evaluate`), ``mse_*`` the mean over
-        entries of ``(x - l * mu)^2``, the rate expectation (``denoise(expectation="rate")``).
-        Both are computed on ``adata`` (all its cells) when given, else on the validation cells
-        of the training data (all its cells without a validation split); they are None for a
-        model loaded without data. Pruning again at a larger delta prunes more; pruned weights
-        are never restored."""
-        self._require_trained()
-        if adata is not None:
-            batches = self.cell_batches(adata)
-        elif self.adata is not None:
-            batches = self.validation_batches() or self.cell_batches(self.adata)
-        else:
-            batches = None
-        self._prune_mask, report = programs.prune_first_layer(
-            self.network, delta, self._prune_mask, batches, self.config.model,
-            verbose=self.config.train.verbose)
+        """Prune the first encoder layer at ``delta``; pruned weights stay zero through later
+        training and save/load. Returns the report of :func:`zipo.tools.programs.prune`."""
+        self._prune_mask, report = programs.prune(self, delta, adata, self._prune_mask)
         self.pruning = {k: report[k] for k in programs.PRUNING_RECORD}
         return report
 
-    def _program_weights(self, min_weight: float) -> np.ndarray:
+    def gene_programs(self, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
+        """Each first-layer neuron as a signed gene set, as a table, also written into
+        ``adata``; see :func:`zipo.tools.programs.gene_programs`."""
+        return programs.gene_programs(self, adata, min_weight, key_added)
+
+    def write_gmt(self, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
+        """The programs as a GMT file; see :func:`zipo.tools.programs.write_gmt`."""
+        return programs.write_gmt(self, path, top_n, min_weight)
+
+    def program_activity(self, adata=None, key_added: str = "zipo",
+                         batch_size: int | None = None) -> np.ndarray:
+        """Per-cell activity of each program, written into ``adata.obsm``; see
+        :func:`zipo.tools.programs.program_activity`."""
+        return programs.program_activity(self, adata, key_added, batch_size)
+
+    def trained_network(self) -> ZiPoNetwork:
+        """The network, after checking the model is trained, with pruned weights at zero (what
+        the tools read)."""
         self._require_trained()
         self._enforce_pruning()
-        return programs.program_weights(self.network, min_weight)
+        return self.network
 
     def _enforce_pruning(self) -> None:
         """Zero the pruned first-layer weights (no-op for an unpruned model)."""
         if self._prune_mask is not None:
             self._prune_mask.apply(self.network)
-
-    def gene_programs(self, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
-        """Each first-layer neuron as a signed gene set ("program_0007" = neuron 7).
-
-        Returns a long DataFrame with columns ``program``, ``gene``, ``weight`` (signed),
-        ``abs_weight`` and ``rank`` (1 = largest |weight| in its program), non-zero weights only,
-        sorted by program then |weight| descending. ``min_weight`` in [0, 1] keeps only weights
-        with ``|W_ig| >= min_weight * max_g |W_ig|`` (relative, like the pruning delta).
-
-        Also writes into ``adata`` (default: the training data, if the model has it; genes in
-        any order) ``varm[f"{key_added}_programs"]`` (genes x programs weights, float32; scipy
-        CSR when more than half are zero) and ``uns[f"{key_added}_programs"]`` (``programs``
-        names, ``n_genes`` per program, ``min_weight``, and ``delta``/``pruned_fraction`` when
-        pruned)."""
-        w = self._program_weights(min_weight)
-        adata = self.adata if adata is None else adata
-        positions = None if adata is None else gene_positions(self.var_names, adata)
-        return programs.gene_programs(w, self.var_names, adata, positions, min_weight,
-                                      key_added, self.pruning)
-
-    def write_gmt(self, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
-        """Write the non-empty programs as a GMT file (name, description, genes by |weight|
-        descending; at most ``top_n`` genes each), atomically. Returns the path."""
-        return programs.write_gmt(self._program_weights(min_weight), self.var_names, path, top_n)
-
-    def program_activity(self, adata=None, key_added: str = "zipo",
-                         batch_size: int | None = None) -> np.ndarray:
-        """Per-cell activity of each program: the first layer's pre-activation
-        ``W1 T(x) + b1`` (T the input transform, log1p by default), cells x neurons float32,
-        computed in mini-batches and written to ``adata.obsm[f"X_{key_added}_programs"]``
-        (default adata: the training data). Pre-activation, because it is linear in the
-        program's genes (a signed weighted sum of their log counts) before the sigmoid
-        saturates and batch norm rescales it."""
-        self._require_trained()
-        adata = self.adata if adata is None else adata
-        if adata is None:
-            raise ValueError("pass the AnnData whose cells to score")
-        self._enforce_pruning()
-        activity = programs.program_activity(self.network, self.cell_batches(adata, batch_size),
-                                             adata.n_obs)
-        adata.obsm[f"X_{key_added}_programs"] = activity
-        return activity
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, overwrite: bool = False) -> None:

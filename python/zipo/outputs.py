@@ -90,6 +90,16 @@ def output_genes(model_genes: pd.Index, genes: Sequence[str] | None) -> list[str
     return genes
 
 
+def output_sink(adata, genes: list[str], n_latent: int, out, key: str, denoised: bool,
+                zero_inflation: bool, overwrite: bool):
+    """Where the results for ``genes`` go: a :class:`StreamedOutput` file at ``out``, or a
+    :class:`MemoryOutput`."""
+    if out is None:
+        return MemoryOutput(adata.n_obs, len(genes), n_latent, denoised, zero_inflation)
+    return StreamedOutput(out, adata.obs, genes, n_latent, key, denoised, zero_inflation,
+                          var=var_frame(adata, genes), overwrite=overwrite)
+
+
 def output_target(adata, copy: bool):
     """The AnnData the in-memory results go into: ``adata`` itself, or a copy."""
     if copy and adata.isbacked:

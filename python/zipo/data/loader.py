@@ -148,6 +148,16 @@ def training_batches(counts: CountMatrix, covariates: np.ndarray, train_idx: np.
     return train, val
 
 
+def inference_batches(counts: CountMatrix, covariates: np.ndarray, config, device: torch.device,
+                      batch_size: int | None = None) -> CellBatches:
+    """Batches of all cells in order, as ``config`` (the [train] options) asks. They are read
+    densely unless first_layer="sparse" is set, so that numbers never depend on how "auto" was
+    settled for training."""
+    return CellBatches(counts, covariates, np.arange(counts.n_obs), batch_size or config.batch_size,
+                       device=device, sparse=config.first_layer == "sparse",
+                       prefetch=config.prefetch)
+
+
 def _timed(items: Iterator, owner: CellBatches) -> Iterator:
     while True:
         started = time.perf_counter()

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from ..config import ModelConfig
+from ..data.genes import gene_positions
 from ..data.loader import CellBatches
 from ..files import write_text_atomic
 from ..nn.sparse import as_dense
@@ -177,6 +178,32 @@ def prune_first_layer(network, delta: float, previous: PruneMask | None,
     return mask, report
 
 
+def prune(model, delta: float, adata=None,
+          previous: PruneMask | None = None) -> tuple[PruneMask, dict]:
+    """Prune the first encoder layer of a trained ``model``: per neuron i, weights with
+    ``|W_ig| / max_g |W_ig| < delta`` become zero, and stay zero through later training
+    (:meth:`ZiPo.train` again fine-tunes only the kept weights) and
+    :meth:`ZiPo.save`/:meth:`ZiPo.load`.
+
+    Returns (and, with ``verbose``, prints) ``pruned_fraction`` (of all first-layer weights),
+    ``weights_pruned``, ``weights_total``, ``delta`` and NLL/MSE before and after pruning:
+    ``nll_*`` is the mean NLL per matrix entry (as :meth:`ZiPo.evaluate`), ``mse_*`` the mean
+    over entries of ``(x - l * mu)^2``, the rate expectation (``denoise(expectation="rate")``).
+    Both are computed on ``adata`` (all its cells) when given, else on the validation cells
+    of the training data (all its cells without a validation split); they are None for a
+    model loaded without data. Pruning again at a larger delta prunes more; pruned weights
+    are never restored. Returns the new mask, which the model keeps, and the report."""
+    network = model.trained_network()
+    if adata is not None:
+        batches = model.cell_batches(adata)
+    elif model.adata is not None:
+        batches = model.validation_batches() or model.cell_batches(model.adata)
+    else:
+        batches = None
+    return prune_first_layer(network, delta, previous, batches, model.config.model,
+                             verbose=model.config.train.verbose)
+
+
 # --------------------------------------------------------------------------- programs
 def program_names(n: int) -> list[str]:
     width = max(4, len(str(n - 1)))
@@ -216,14 +243,24 @@ def _long_table(w: np.ndarray, genes: pd.Index) -> pd.DataFrame:
     })
 
 
-def gene_programs(w: np.ndarray, genes: pd.Index, adata=None, positions: np.ndarray | None = None,
-                  min_weight: float = 0.0, key_added: str = "zipo",
-                  pruning: dict | None = None) -> pd.DataFrame:
-    """The programs of the weights ``w`` as a long table; with ``adata`` (whose gene ``j`` is
-    model gene ``positions[j]``; None: the model's order) also stored in its varm and uns. See
-    :meth:`zipo.ZiPo.gene_programs`."""
-    table = _long_table(w, genes)
+def gene_programs(model, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
+    """Each first-layer neuron as a signed gene set ("program_0007" = neuron 7).
+
+    Returns a long DataFrame with columns ``program``, ``gene``, ``weight`` (signed),
+    ``abs_weight`` and ``rank`` (1 = largest |weight| in its program), non-zero weights only,
+    sorted by program then |weight| descending. ``min_weight`` in [0, 1] keeps only weights
+    with ``|W_ig| >= min_weight * max_g |W_ig|`` (relative, like the pruning delta).
+
+    Also writes into ``adata`` (default: the training data, if the model has it; genes in
+    any order) ``varm[f"{key_added}_programs"]`` (genes x programs weights, float32; scipy
+    CSR when more than half are zero) and ``uns[f"{key_added}_programs"]`` (``programs``
+    names, ``n_genes`` per program, ``min_weight``, and ``delta``/``pruned_fraction`` when
+    pruned)."""
+    w = program_weights(model.trained_network(), min_weight)
+    table = _long_table(w, model.var_names)
+    adata = model.adata if adata is None else adata
     if adata is not None:
+        positions = gene_positions(model.var_names, adata)  # model column of each adata gene
         loadings = (w if positions is None else w[:, positions]).T  # genes of adata x programs
         n_zero = loadings.size - np.count_nonzero(loadings)
         adata.varm[f"{key_added}_programs"] = (
@@ -237,9 +274,9 @@ def gene_programs(w: np.ndarray, genes: pd.Index, adata=None, positions: np.ndar
             "description": "first-layer neurons of the ZiPo encoder; varm holds their weights "
                            "(genes x programs, on log1p counts)",
         }
-        if pruning:
-            info["delta"] = float(pruning["delta"])
-            info["pruned_fraction"] = float(pruning["pruned_fraction"])
+        if model.pruning:
+            info["delta"] = float(model.pruning["delta"])
+            info["pruned_fraction"] = float(model.pruning["pruned_fraction"])
         adata.uns[f"{key_added}_programs"] = info
     return table
 
@@ -248,12 +285,13 @@ def _clean(text: str) -> str:
     return str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
-def write_gmt(w: np.ndarray, genes: pd.Index, path: str | Path,
-              top_n: int | None = None) -> Path:
-    """The programs of the weights ``w`` as a GMT file; see :meth:`zipo.ZiPo.write_gmt`."""
+def write_gmt(model, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
+    """Write the non-empty programs as a GMT file (name, description, genes by |weight|
+    descending; at most ``top_n`` genes each), atomically. Returns the path."""
     if top_n is not None and (int(top_n) != top_n or top_n < 1):
         raise ValueError(f"top_n must be a positive whole number or None, got {top_n!r}")
-    genes = np.asarray(genes, dtype=object)
+    w = program_weights(model.trained_network(), min_weight)
+    genes = np.asarray(model.var_names, dtype=object)
     names = program_names(w.shape[0])
     lines = []
     for i, row in enumerate(w):
@@ -282,12 +320,22 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def program_activity(network, batches: CellBatches, n_cells: int) -> np.ndarray:
-    """The first layer's pre-activation for every cell of ``batches``, cells x neurons float32;
-    see :meth:`zipo.ZiPo.program_activity`."""
+def program_activity(model, adata=None, key_added: str = "zipo",
+                     batch_size: int | None = None) -> np.ndarray:
+    """Per-cell activity of each program: the first layer's pre-activation
+    ``W1 T(x) + b1`` (T the input transform, log1p by default), cells x neurons float32,
+    computed in mini-batches and written to ``adata.obsm[f"X_{key_added}_programs"]``
+    (default adata: the training data). Pre-activation, because it is linear in the
+    program's genes (a signed weighted sum of their log counts) before the sigmoid
+    saturates and batch norm rescales it."""
+    network = model.trained_network()
+    adata = model.adata if adata is None else adata
+    if adata is None:
+        raise ValueError("pass the AnnData whose cells to score")
     network.eval()
     layer = network.first_layer
-    out = np.empty((n_cells, layer.out_features), dtype=np.float32)
-    for x, _, idx in batches:
+    out = np.empty((adata.n_obs, layer.out_features), dtype=np.float32)
+    for x, _, idx in model.cell_batches(adata, batch_size):
         out[idx] = layer(as_dense(network.transform_input(x))).float().cpu().numpy()
+    adata.obsm[f"X_{key_added}_programs"] = out
     return out

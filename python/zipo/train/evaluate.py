@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..config import ModelConfig
@@ -40,9 +41,12 @@ def evaluate(net: ZiPoNetwork, batches: CellBatches, config: ModelConfig,
     return total / n, nll / n
 
 
-def baseline_nll(batches: CellBatches, gene_proportions: torch.Tensor) -> float:
+def baseline_nll(batches: CellBatches, train_gene_totals: np.ndarray) -> float:
     """Poisson NLL per entry of the no-model baseline m_cg = L_c p_g (each cell's observed
-    library size times the genes' mean proportions): what training has to beat."""
+    library size times the genes' proportions in the training cells): what training has to
+    beat."""
+    genes = np.where(train_gene_totals > 0, train_gene_totals, 0.5)  # unseen genes get a rate
+    gene_proportions = torch.tensor(genes / genes.sum())
     log_p = torch.log(gene_proportions)
     total, n = 0.0, 0
     for x, _, idx in batches:
