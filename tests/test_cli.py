@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+import zipo
 from zipo.cli import main
 from zipo.config import load_config
 from zipo.datasets import pbmc4k_demo
@@ -24,6 +25,20 @@ def tiny_h5ad(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "tiny.h5ad"
     adata.write_h5ad(path)
     return path
+
+
+def _assert_same_outputs(got, want, key, zero_inflation):
+    """Everything denoise writes, equal in ``got`` (read back from the command's file) and
+    ``want`` (the API's AnnData)."""
+    assert list(got.obs_names) == list(want.obs_names)
+    assert list(got.var_names) == list(want.var_names)
+    np.testing.assert_array_equal(got.layers[f"{key}_denoised"], want.layers[f"{key}_denoised"])
+    assert (f"{key}_zero_prob" in got.layers) == zero_inflation
+    if zero_inflation:
+        np.testing.assert_array_equal(got.layers[f"{key}_zero_prob"],
+                                      want.layers[f"{key}_zero_prob"])
+    np.testing.assert_array_equal(got.obsm[f"X_{key}"], want.obsm[f"X_{key}"])
+    np.testing.assert_array_equal(got.obs[f"{key}_library_size"], want.obs[f"{key}_library_size"])
 
 
 def test_config_then_train_then_denoise(tiny_h5ad, tmp_path, capsys):
@@ -50,16 +65,27 @@ def test_config_then_train_then_denoise(tiny_h5ad, tmp_path, capsys):
     assert main(["denoise", str(out), str(tiny_h5ad), "--out", str(result), "--zero-inflation"]) == 0
     den = ad.read_h5ad(result)
     assert den.layers["zipo_denoised"].shape == den.shape
-    assert np.isfinite(den.layers["zipo_denoised"]).all()
     assert ((den.layers["zipo_zero_prob"] >= 0) & (den.layers["zipo_zero_prob"] <= 1)).all()
     assert den.obsm["X_zipo"].shape == (den.n_obs, 8)
+    # The command's output is the API's: the saved model's denoise on the same file, exactly.
+    model = zipo.ZiPo.load(out)
+    api = model.denoise(ad.read_h5ad(tiny_h5ad), zero_inflation=True, copy=True)
+    _assert_same_outputs(den, api, "zipo", zero_inflation=True)
+    np.testing.assert_array_equal(den.X.toarray(), ad.read_h5ad(tiny_h5ad).X.toarray())
 
     # An existing output is refused unless --overwrite, and left untouched.
     before = result.stat().st_mtime_ns
     assert main(["denoise", str(out), str(tiny_h5ad), "--out", str(result)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert result.stat().st_mtime_ns == before
-    assert main(["denoise", str(out), str(tiny_h5ad), "--out", str(result), "--overwrite"]) == 0
+    # ... and the options reach the API: the mixture expectation under another key.
+    assert main(["denoise", str(out), str(tiny_h5ad), "--out", str(result), "--overwrite",
+                 "--expectation", "mixture", "--key-added", "zp"]) == 0
+    den = ad.read_h5ad(result)
+    api = model.denoise(ad.read_h5ad(tiny_h5ad), expectation="mixture", key_added="zp", copy=True)
+    _assert_same_outputs(den, api, "zp", zero_inflation=False)
+    rate = model.denoise(ad.read_h5ad(tiny_h5ad), copy=True).layers["zipo_denoised"]
+    assert not np.array_equal(den.layers["zp_denoised"], rate)  # mixture < rate: not ignored
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.toml", "denoised.h5ad", "model"]
 
 
