@@ -55,16 +55,18 @@ def test_train_on_gpu_and_match_cpu_inference(pbmc_small, tmp_path, mixed_precis
     for name, w in model.network.state_dict().items():  # the weights moved over unchanged
         torch.testing.assert_close(cpu.network.state_dict()[name], w.cpu(), rtol=0, atol=0)
     on_cpu = cpu.denoise(pbmc_small, zero_inflation=True, copy=True)
-    # Inference runs in float32 on both devices; a bf16 encoder would still agree to ~1e-2.
-    rtol = 2e-2 if mixed_precision else 1e-4
-    atol = 1e-4 if mixed_precision else 1e-6
+    # Mixed precision is a training setting only: inference (denoise, get_latent) never
+    # autocasts, so both devices run the same float32 network on the same weights and agree to
+    # float32 rounding, whichever precision trained them. (float32 here is full float32: TF32
+    # matmuls would be ~1e-3.)
+    assert torch.get_float32_matmul_precision() == "highest"
     for key in LAYERS:
-        np.testing.assert_allclose(on_gpu.layers[key], on_cpu.layers[key], rtol=rtol, atol=atol,
+        np.testing.assert_allclose(on_gpu.layers[key], on_cpu.layers[key], rtol=1e-4, atol=1e-6,
                                    err_msg=key)
-    np.testing.assert_allclose(on_gpu.obsm["X_zipo"], on_cpu.obsm["X_zipo"], rtol=rtol,
-                               atol=10 * atol)
+    np.testing.assert_allclose(on_gpu.obsm["X_zipo"], on_cpu.obsm["X_zipo"], rtol=1e-4,
+                               atol=1e-5)
     np.testing.assert_allclose(on_gpu.obs["zipo_library_size"], on_cpu.obs["zipo_library_size"],
-                               rtol=rtol)
+                               rtol=1e-4)
 
     # and a model loaded onto the GPU gives the GPU numbers
     again = zipo.ZiPo.load(tmp_path / "m", device=DEVICE).denoise(pbmc_small, copy=True)
@@ -76,6 +78,9 @@ def test_mixed_precision_changes_only_rounding(pbmc_small):
     """bf16 and float32 encoders train to nearly the same losses over a few epochs."""
     full = _gpu_model(pbmc_small.copy(), mixed_precision=False, prefetch=0).train()
     half = _gpu_model(pbmc_small.copy(), mixed_precision=True, prefetch=0).train()
+    # Mixed precision really is in play here: the encoder's forward and backward run in
+    # bfloat16 (8 bits of mantissa, ~4e-3 relative per operation) for every training step, and
+    # the differences compound over the epochs, so only a loose agreement is expected.
     np.testing.assert_allclose(half.history[LOSSES], full.history[LOSSES], rtol=5e-2)
 
 
@@ -100,11 +105,13 @@ def test_sparse_first_layer_equals_dense_on_gpu(transform):
         results[name] = (u.detach(), {k: p.grad.detach().clone()
                                       for k, p in net.named_parameters() if p.grad is not None})
     (u_d, g_d), (u_s, g_s) = results["dense"], results["sparse"]
+    # One float32 forward and backward on both sides (the same test on CPU differs by at most
+    # 2e-6 in u, of size ~4, and 2e-5 x the largest gradient of a tensor).
     torch.testing.assert_close(u_s, u_d, rtol=1e-4, atol=1e-4)
     assert g_s.keys() == g_d.keys() and "encoder.0.0.weight" in g_s
     for k in g_d:
         scale = float(g_d[k].abs().max())
-        torch.testing.assert_close(g_s[k], g_d[k], rtol=1e-3, atol=1e-4 * scale, msg=k)
+        torch.testing.assert_close(g_s[k], g_d[k], rtol=1e-4, atol=1e-4 * scale, msg=k)
 
     mode, seconds = choose_first_layer(net, sparse, repeats=2)
     assert mode in {"sparse", "dense"} and all(s > 0 for s in seconds.values())
@@ -118,8 +125,11 @@ def test_sparse_training_on_gpu_equals_dense(pbmc_small):
         assert model.first_layer_mode == mode
         runs[mode] = (model.history, model.denoise(adata, copy=True).layers["zipo_denoised"])
     (hs, ds), (hd, dd) = runs["sparse"], runs["dense"]
-    np.testing.assert_allclose(hs[LOSSES], hd[LOSSES], rtol=1e-3)
-    np.testing.assert_allclose(ds, dd, rtol=1e-2, atol=1e-4)
+    # float32 on both sides, but 3 epochs of Adam steps carry the first layer's rounding
+    # differences forward (on CPU the same comparison differs by 1e-6 in the losses and 2e-5 in
+    # the denoised values); GPU sparse products also sum in a non-deterministic order.
+    np.testing.assert_allclose(hs[LOSSES], hd[LOSSES], rtol=1e-4)
+    np.testing.assert_allclose(ds, dd, rtol=1e-3, atol=1e-5)
 
     # the sparse path also trains under bf16 autocast
     mixed = _gpu_model(pbmc_small.copy(), first_layer="sparse", mixed_precision=True).train()
