@@ -166,9 +166,9 @@ def test_decoder_learns_the_batch_effect(batch_data, batch_model):
                   / _normalised(at_a.layers["zipo_denoised"], ~hit).mean(axis=0))
     r = np.corrcoef(est[hit], log2f[hit])[0, 1]
     sign = (np.sign(est[hit]) == np.sign(log2f[hit])).mean()
-    assert r > 0.8, r  # 0.91 here
-    assert sign > 0.9, sign  # 0.97 here
-    assert np.abs(est[hit]).mean() > 2 * np.abs(est[~hit]).mean()  # 0.35 vs 0.10
+    assert r > 0.8, r  # 0.94 here
+    assert sign > 0.9, sign  # 0.99 here
+    assert np.abs(est[hit]).mean() > 2 * np.abs(est[~hit]).mean()  # 0.37 vs 0.11
 
 
 def test_reference_batch_shrinks_the_between_batch_difference(batch_data, batch_model):
@@ -180,8 +180,8 @@ def test_reference_batch_shrinks_the_between_batch_difference(batch_data, batch_
     before = _between_batch_lfc(own.layers["zipo_denoised"], is_b, hit, ~hit).mean()
     after = _between_batch_lfc(ref.layers["zipo_denoised"], is_b, hit, ~hit).mean()
     raw = _between_batch_lfc(adata.X.toarray().astype(float), is_b, hit, ~hit).mean()
-    assert before > 0.7 * raw  # at its own batch each cell keeps the effect (1.25 vs 1.49)
-    assert after < 0.9 * before, (before, after)  # 1.25 -> 0.91 here
+    assert before > 0.7 * raw  # at its own batch each cell keeps the effect (1.36 vs 1.51)
+    assert after < 0.9 * before, (before, after)  # 1.36 -> 0.99 here
 
 
 def test_alpha_mmd_mixes_the_batches_in_the_latents(batch_data, batch_model, mmd_model):
@@ -191,8 +191,8 @@ def test_alpha_mmd_mixes_the_batches_in_the_latents(batch_data, batch_model, mmd
     batch = adata.obs["batch"].astype(str).to_numpy()
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     plain, mixed = batch_model.get_latent(adata), mmd_model.get_latent(adata)
-    assert _knn_mixing(plain, batch) < 0.2  # 0.02 here
-    assert _knn_mixing(mixed, batch) > 0.8  # 0.99 here
+    assert _knn_mixing(plain, batch) < 0.2  # 0.01 here
+    assert _knn_mixing(mixed, batch) > 0.8  # 0.95 here
     assert _label_purity(mixed, labels) > _label_purity(plain, labels) - 0.1
     # The penalty is a training term only: validation losses stay comparable.
     assert "validation_loss" in mmd_model.history
@@ -210,8 +210,8 @@ def test_reference_batch_removes_most_of_the_batch_effect(batch_data, batch_mode
     ref = mmd_model.denoise(adata, copy=True, covariate_values={"batch": "A"})
     before = _between_batch_lfc(own.layers["zipo_denoised"], is_b, hit, ~hit).mean()
     after = _between_batch_lfc(ref.layers["zipo_denoised"], is_b, hit, ~hit).mean()
-    assert before > 0.5 * raw  # at its own batch each cell keeps the effect (1.10 vs 1.49)
-    assert after < 0.2 * before, (before, after)  # 1.10 -> 0.06 here (seeds 0-3: <= 0.08)
+    assert before > 0.5 * raw  # at its own batch each cell keeps the effect (1.13 vs 1.51)
+    assert after < 0.2 * before, (before, after)  # 1.13 -> 0.10 here
     plain = batch_model.denoise(adata, copy=True, covariate_values={"batch": "A"})
     assert after < 0.5 * _between_batch_lfc(plain.layers["zipo_denoised"], is_b, hit, ~hit).mean()
     # The effect the decoder learned still matches the simulated one.
