@@ -282,6 +282,8 @@ def test_counts_from_a_layer(pbmc_small, trained_model, reference):
 # --------------------------------------------------------------------------- likelihoods
 @pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
 def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
+    """Outputs of every likelihood: ranges, zero probabilities, expectations, heads (whether
+    each one learns is checked against the no-model baseline below)."""
     model = _small_model(pbmc_small, likelihood=likelihood).train()
     assert len(model.history) == 2
     assert np.all(np.isfinite(model.history.drop(columns=["seconds", "data_wait_seconds"]).to_numpy()))
@@ -304,9 +306,10 @@ def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
 # no-model baseline (each cell's library size x the genes' mean proportions, Poisson;
 # ZiPo.baseline_nll, what `zipo demo` prints) by at least 5%, and the overdispersed likelihoods
 # beat their Poisson counterparts. Seen over seeds 0-3: 8-13% below the baseline (ZIP), 15-17%
-# (Poisson), 18-23% (NB, ZINB); NB 0.06-0.18 below Poisson, ZINB 0.2-0.5 below ZIP. With the NB
-# terms (theta penalty, rate MSE) weighed per cell instead of per entry (the old ZINB bug,
-# ~500x too strong here), ZINB ended 2-4% below the baseline and above ZIP, NB above Poisson.
+# (Poisson), 18-23% (NB, ZINB); NB 0.06-0.18 below Poisson, ZINB 0.2-0.4 below ZIP. With the NB
+# terms (theta penalty, rate MSE) weighed per cell instead of per entry (the old ZINB bug, 500x
+# too strong here), seeds 0 and 1 gave ZINB 2-4% below the baseline and above ZIP, NB above
+# Poisson.
 LEARNING_GENES = 500
 
 
@@ -321,8 +324,8 @@ def learning_data(pbmc4k_demo_data):
 def test_every_likelihood_beats_the_no_model_baseline(learning_data):
     nll, baselines = {}, set()
     for likelihood in ("zip", "zinb", "poisson", "nb"):
-        # learning_rate 0.003 (decaying to the 0.001 floor): the default flat 0.001 leaves ZIP
-        # above the baseline after 8 epochs; 0.01 makes the Poisson model unstable.
+        # learning_rate 0.003 (decaying to the 0.001 floor): with the default flat 0.001 ZIP
+        # was still above the baseline after 5 epochs; with 0.01 Poisson's validation NLL jumped.
         model = zipo.ZiPo(learning_data, likelihood=likelihood, encoder_dims=SMALL_ENCODER,
                           learning_rate=0.003, max_epochs=8, batch_size=128, seed=0,
                           verbose=False).train()
