@@ -108,6 +108,11 @@ class TrainConfig:
     """Relative improvement in validation loss that counts as progress (0.1%)."""
     plateau_factor: float = 0.1
     early_stopping_patience: int = 30
+    heldout_molecules: float = 0.0
+    """Fraction of each validation cell's molecules held out by binomial thinning; above 0 the
+    history gains ``validation_heldout_nll`` (the Poisson NLL of those molecules given the rate
+    predicted from the rest) and the schedule and early stopping watch it instead of the
+    validation loss, which rewards copying a cell's noise (``zipo/train/heldout.py``)."""
     seed: int = 0
     checkpoint_every: int = 10
     """Epochs between checkpoints when training with a checkpoint directory."""
@@ -199,6 +204,8 @@ class ZiPoConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(m, name)}")
         if not 0 <= t.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {t.validation_fraction}")
+        if not 0 <= t.heldout_molecules < 1:
+            raise ValueError(f"heldout_molecules must be in [0, 1), got {t.heldout_molecules}")
         if t.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 cells), got {t.batch_size}")
         if t.checkpoint_every < 1:

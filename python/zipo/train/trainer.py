@@ -18,6 +18,7 @@ from ..data.loader import CellBatches
 from ..nn.network import ZiPoNetwork
 from .distributed import all_reduce_sum, world
 from .evaluate import evaluate
+from .heldout import heldout_molecule_nll
 from .loss import loss_terms
 
 
@@ -189,12 +190,16 @@ class Trainer:
                 row["validation_loss"], row["validation_nll"] = evaluate(
                     self.forward, self.val_batches, self.model_config, self.autocast
                 )
+                if tc.heldout_molecules > 0:
+                    row["validation_heldout_nll"] = heldout_molecule_nll(
+                        self.forward, self.val_batches, tc.heldout_molecules, tc.seed)
             row["learning_rate"] = lr
             row["seconds"] = time.perf_counter() - started
             # Time the training step sat waiting for the loader (0 when it keeps up).
             row["data_wait_seconds"] = self.train_batches.wait_seconds
             self.history.append(row)
-            monitored = row.get("validation_loss", row["train_loss"])
+            monitored = row.get("validation_heldout_nll",
+                                row.get("validation_loss", row["train_loss"]))
             self.schedule.step(monitored)
             self.stopped = self.stopper.update(epoch, monitored, self.net)
             self.epoch = epoch + 1
