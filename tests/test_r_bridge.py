@@ -37,7 +37,7 @@ from conftest import R_READ_PBMC_SMALL_SCE  # noqa: E402
 from rpy2.robjects import globalenv  # noqa: E402
 
 import zipo  # noqa: E402
-from zipo.rbridge import anndata_from_csc_parts, csr_parts  # noqa: E402
+from zipo.rbridge import ResultReader, anndata_from_csc_parts, csr_parts, drop_results  # noqa: E402
 
 FAST = dict(max_epochs=4, seed=11, encoder_dims=[64, 16], batch_size=32, verbose=False)
 FAST_R = "epochs = 4, seed = 11, encoder_dims = c(64, 16), batch_size = 32, verbose = FALSE"
@@ -128,9 +128,9 @@ def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
         so <- SeuratObject::CreateSeuratObject(counts = counts(sce),
                                               meta.data = as.data.frame(colData(sce))[, 1:3])
         so <- zipo::denoise(so, {FAST_R})
-        stopifnot("ZIPO" %in% SeuratObject::Assays(so))
-        put(as.matrix(SeuratObject::GetAssayData(so, slot = "data", assay = "ZIPO")), "seurat_denoised.bin")
-        put(SeuratObject::Embeddings(so, "zipo"), "seurat_latent.bin")
+        stopifnot("denoised" %in% SeuratObject::Assays(so))
+        put(as.matrix(SeuratObject::GetAssayData(so, slot = "data", assay = "denoised")), "seurat_denoised.bin")
+        put(SeuratObject::Embeddings(so, "ZIPO"), "seurat_latent.bin")
     """, tmp_path)
 
     import anndata as ad
@@ -152,6 +152,33 @@ def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
         np.testing.assert_allclose(latent, adata.obsm["X_zipo"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(load("sce_library.bin", (n,)), adata.obs["zipo_library_size"],
                                rtol=1e-5)
+
+
+def test_result_reader_blocks_rebuild_each_result_in_r_layout():
+    """R fills its genes x cells matrix from these blocks: Fortran-ordered float64, every value,
+    from a layer (all genes) or an obsm table (genes=), and the results can then be dropped."""
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(sp.csr_matrix((50, 7), dtype=np.float32))
+    layer = rng.random((50, 7), dtype=np.float32)
+    adata.layers["zipo_denoised"] = layer
+    adata.obsm["zipo_zero_prob"] = pd.DataFrame(layer[:, [4, 1]], index=adata.obs_names,
+                                                columns=["4", "1"])
+    for what, expected in (("denoised", layer), ("zero_prob", layer[:, [4, 1]])):
+        reader = ResultReader(adata, what, block_values=3 * expected.shape[1])
+        assert (reader.n_cells, reader.n_genes, reader.block_cells) == (50, expected.shape[1], 3)
+        blocks = []
+        for start in range(0, 50, 3):
+            block = reader.block(start, min(50, start + 3))["block"]
+            assert block.dtype == np.float64 and block.flags.f_contiguous
+            blocks.append(block.copy())  # the next block reuses the buffer
+        np.testing.assert_array_equal(np.hstack(blocks), expected.T.astype(np.float64))
+        with pytest.raises(ValueError, match="not a block of at most 3"):
+            reader.block(0, 4)
+    drop_results(adata)
+    assert "zipo_denoised" not in adata.layers and "zipo_zero_prob" not in adata.obsm
 
 
 from hypothesis import given, settings  # noqa: E402

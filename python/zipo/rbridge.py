@@ -61,20 +61,59 @@ def csr_parts(matrix, layer: str | None = None) -> dict[str, Any]:
             "p": m.indptr.astype(np.int32), "n_cells": m.shape[0], "n_genes": m.shape[1]}
 
 
-def denoise_result(adata, key_added: str = "zipo") -> dict[str, Any]:
-    """What :meth:`ZiPo.denoise` wrote into ``adata``, as numpy arrays for R: ``denoised`` and
-    ``zero_prob`` genes x cells, ``latent`` cells x latents, ``library_size`` per cell."""
-    # Transposed views are Fortran-ordered genes x cells: reticulate hands them to R as its
-    # column-major genes x cells matrix without a transpose on the R side.
-    out = {
-        "denoised": np.asarray(adata.layers[f"{key_added}_denoised"]).T,
-        "latent": np.asarray(adata.obsm[f"X_{key_added}"]),
+class ResultReader:
+    """One result of :meth:`ZiPo.denoise` in ``adata`` (``what="denoised"`` or ``"zero_prob"``:
+    a layer for all genes, an ``obsm`` table for a subset of genes, ``genes=``), read by R a
+    block of cells at a time into its one genes x cells double matrix.
+
+    Each block is cast into the same float64 buffer, genes x cells in Fortran order (R's
+    column-major layout, so reticulate copies it into R as it is). Python thus never holds a
+    float64 copy of the whole float32 result, which converting it whole would make, and no
+    block outlives the next one even while R has not yet collected its wrappers."""
+
+    def __init__(self, adata, what: str = "denoised", key_added: str = "zipo",
+                 block_values: int = 1 << 20):
+        self.values = _result(adata, what, key_added)
+        self.n_cells, self.n_genes = (int(v) for v in self.values.shape)
+        self.block_cells = max(1, int(block_values) // max(1, self.n_genes))
+        self._buffer = np.empty((self.n_genes, min(self.block_cells, self.n_cells)),
+                                dtype=np.float64, order="F")
+
+    def block(self, start: int, stop: int) -> dict[str, Any]:
+        """Cells ``start:stop`` (at most ``block_cells``) as ``{"block": genes x cells}``; inside
+        a dict reticulate 1.28 allocates the R matrix once (a bare array result twice)."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start < stop <= min(self.n_cells, start + self.block_cells):
+            raise ValueError(f"cells {start}:{stop} is not a block of at most "
+                             f"{self.block_cells} of {self.n_cells} cells")
+        out = self._buffer[:, :stop - start]
+        np.copyto(out, self.values[start:stop].T)
+        return {"block": out}
+
+
+def result_cells(adata, key_added: str = "zipo") -> dict[str, Any]:
+    """The per-cell results: ``latent`` (cells x latents) and ``library_size``."""
+    return {
+        "latent": np.asarray(adata.obsm[f"X_{key_added}"], dtype=np.float64),
         "library_size": adata.obs[f"{key_added}_library_size"].to_numpy(dtype=np.float64),
     }
-    zp = adata.layers.get(f"{key_added}_zero_prob") if f"{key_added}_zero_prob" in adata.layers else None
-    if zp is not None:
-        out["zero_prob"] = np.asarray(zp).T
-    return out
+
+
+def drop_results(adata, key_added: str = "zipo") -> None:
+    """Remove what :meth:`ZiPo.denoise` wrote into ``adata`` once R has copied it, so the float32
+    cells x genes matrices are freed now rather than when R collects the AnnData."""
+    for what in ("denoised", "zero_prob"):
+        adata.layers.pop(f"{key_added}_{what}", None)
+        adata.obsm.pop(f"{key_added}_{what}", None)
+
+
+def _result(adata, what: str, key_added: str):
+    key = f"{key_added}_{what}"
+    if key in adata.layers:
+        return adata.layers[key]
+    if key in adata.obsm:
+        return np.asarray(adata.obsm[key])  # a DataFrame (cells x the genes asked for)
+    raise KeyError(f"no {what!r} result in the AnnData (layers or obsm {key!r})")
 
 
 def _names(names: Any, n: int, what: str) -> list[str]:

@@ -22,8 +22,9 @@
          if (length(x) > k) paste0(", ... (", length(x), " in all)") else "")
 }
 
-# Refuses what the likelihoods cannot model, naming the problem and the fix.
-.check_counts <- function(m, what, allow_non_integer = FALSE) {
+# Refuses what the likelihoods cannot model, naming the problem and the fix; `arg` is the
+# argument that names the counts assay (assay.type for a SingleCellExperiment, assay for Seurat).
+.check_counts <- function(m, what, allow_non_integer = FALSE, arg = "assay.type") {
   if (nrow(m) == 0 || ncol(m) == 0) {
     stop(what, " is empty (", nrow(m), " genes x ", ncol(m), " cells)", call. = FALSE)
   }
@@ -35,11 +36,11 @@
   if (any(is.infinite(v))) stop(what, " contains infinite values; ZiPo needs raw counts", call. = FALSE)
   if (any(v < 0)) {
     stop(what, " contains negative values; ZiPo needs raw counts (non-negative integers), ",
-         "not centred or scaled data: name the raw counts assay with assay = ...", call. = FALSE)
+         "not centred or scaled data: name the raw counts assay with ", arg, " = ...", call. = FALSE)
   }
   if (!allow_non_integer && any(v != round(v))) {
     stop(what, " contains non-integer values, which usually means normalised or ",
-         "log-transformed data; use the raw counts assay (assay = \"counts\"), or set ",
+         "log-transformed data; use the raw counts assay (", arg, " = \"counts\"), or set ",
          "allow_non_integer = TRUE if the values are counts on purpose", call. = FALSE)
   }
   empty <- which(diff(m@p) == 0L)  # columns (cells) with no stored values
@@ -78,8 +79,8 @@
 }
 
 # AnnData (a Python object) from a genes x cells count matrix and a cell data.frame.
-.counts_to_anndata <- function(counts, cells, what, allow_non_integer = FALSE) {
-  m <- .check_counts(.as_dgc(counts, what), what, allow_non_integer)
+.counts_to_anndata <- function(counts, cells, what, allow_non_integer = FALSE, arg = "assay.type") {
+  m <- .check_counts(.as_dgc(counts, what), what, allow_non_integer, arg)
   obs <- if (is.null(cells) || ncol(cells) == 0) NULL else cells
   .bridge()$anndata_from_csc_parts(
     reticulate::np_array(m@x), reticulate::np_array(m@i), reticulate::np_array(m@p),
@@ -94,13 +95,17 @@
 #' nothing is densified.
 #'
 #' @param sce A SingleCellExperiment (or SummarizedExperiment).
-#' @param assay Name of the assay holding raw counts.
+#' @param assay.type Name of the assay holding raw counts.
 #' @param columns colData columns to carry into `obs` (default: all atomic ones).
 #' @param allow_non_integer Accept non-integer values.
+#' @param assay Deprecated: the old name of `assay.type`.
 #' @return A Python `anndata.AnnData` (a reticulate object).
 #' @export
-sce_to_anndata <- function(sce, assay = "counts", columns = NULL, allow_non_integer = FALSE) {
-  counts <- .get_assay(sce, assay)
+sce_to_anndata <- function(sce, assay.type = "counts", columns = NULL, allow_non_integer = FALSE,
+                           assay = NULL) {
+  assay.type <- .renamed(assay, "assay", if (!missing(assay.type)) assay.type, "assay.type",
+                         "sce_to_anndata") %||% assay.type
+  counts <- .get_assay(sce, assay.type)
   cd <- SummarizedExperiment::colData(sce)
   if (is.null(columns)) {
     columns <- colnames(cd)[vapply(colnames(cd), function(n) {
@@ -109,20 +114,22 @@ sce_to_anndata <- function(sce, assay = "counts", columns = NULL, allow_non_inte
     }, logical(1))]
   }
   .counts_to_anndata(counts, .cell_frame(cd, columns, "colData(sce)"),
-                     paste0("assay '", assay, "'"), allow_non_integer)
+                     paste0("assay '", assay.type, "'"), allow_non_integer)
 }
 
 #' Convert an AnnData object to a SingleCellExperiment
 #'
-#' The inverse of [sce_to_anndata()]: `X` becomes the assay `assay` as a
+#' The inverse of [sce_to_anndata()]: `X` becomes the assay `name` as a
 #' genes x cells dgCMatrix, `obs` becomes colData, `obsm` entries become
 #' reducedDims.
 #'
 #' @param adata A Python `anndata.AnnData` (reticulate object).
-#' @param assay Name of the assay to hold `X`.
+#' @param name Name of the assay to hold `X`.
+#' @param assay Deprecated: the old name of `name`.
 #' @return A SingleCellExperiment.
 #' @export
-anndata_to_sce <- function(adata, assay = "counts") {
+anndata_to_sce <- function(adata, name = "counts", assay = NULL) {
+  name <- .renamed(assay, "assay", if (!missing(name)) name, "name", "anndata_to_sce") %||% name
   parts <- .bridge()$csr_parts(adata)
   genes <- as.character(.r(adata$var_names$to_list()))
   cells <- as.character(.r(adata$obs_names$to_list()))
@@ -133,7 +140,7 @@ anndata_to_sce <- function(adata, assay = "counts") {
   attr(obs, "pandas.index") <- NULL
   rownames(obs) <- cells
   sce <- SingleCellExperiment::SingleCellExperiment(
-    assays = stats::setNames(list(m), assay),
+    assays = stats::setNames(list(m), name),
     colData = S4Vectors::DataFrame(obs, check.names = FALSE)
   )
   for (key in .r(reticulate::import_builtins()$list(adata$obsm$keys()))) {
@@ -144,6 +151,19 @@ anndata_to_sce <- function(adata, assay = "counts") {
   sce
 }
 
+# An argument renamed to follow scater/scuttle: the old name still works for one release, with a
+# deprecation warning naming the new one. Returns the value to use (NULL when neither was given).
+.renamed <- function(old_value, old, new_value, new, fun) {
+  if (is.null(old_value)) return(new_value)
+  if (!is.null(new_value)) {
+    stop(fun, "() got both ", new, " and ", old, ", its old name; pass only ", new, " = ...",
+         call. = FALSE)
+  }
+  .Deprecated(msg = paste0("the '", old, "' argument of ", fun, "() is deprecated; use ", new,
+                           " = ", deparse(old_value), " instead (as scater and scuttle name it)"))
+  old_value
+}
+
 .get_assay <- function(sce, assay) {
   if (!methods::is(sce, "SummarizedExperiment")) {
     stop("expected a SingleCellExperiment, got a ", class(sce)[1], call. = FALSE)
@@ -152,7 +172,7 @@ anndata_to_sce <- function(adata, assay = "counts") {
   if (!assay %in% available) {
     stop("assay '", assay, "' is not in the object (assays: ",
          if (length(available)) .examples(available) else "none",
-         "); name the assay holding raw counts with assay = ...", call. = FALSE)
+         "); name the assay holding raw counts with assay.type = ...", call. = FALSE)
   }
   SummarizedExperiment::assay(sce, assay, withDimnames = TRUE)
 }

@@ -1,101 +1,174 @@
 #' Denoise single-cell counts with ZiPo
 #'
 #' Trains a ZiPo model on the raw counts (or uses `model`) and adds the denoised
-#' expected counts, the latent embedding and the predicted library size.
+#' expected counts, the latent embedding and the predicted library size. The
+#' counts are converted to Python once per call, for training and denoising.
 #'
-#' For a SingleCellExperiment: assay `name` (genes x cells, dimnames kept),
-#' `reducedDim(x, dimred)` (latents) and `colData(x)$zipo_library_size`; with
-#' `zero_inflation = TRUE` also assay `"zipo_zero_prob"`.
+#' For a SingleCellExperiment: assay `name` (default `"denoised"`; genes x cells,
+#' dimnames kept), `reducedDim(x, dimred)` (default `"ZIPO"`; latents) and
+#' `colData(x)$zipo_library_size`; with `zero_inflation = TRUE` also assay
+#' `"zipo_zero_prob"`. With `subset.row`, the model is still trained on all
+#' genes, only the chosen genes are denoised, and `x[subset.row, ]` is returned
+#' (as `scuttle::logNormCounts()` does).
 #'
-#' For a Seurat object: an assay `"ZIPO"` whose data slot holds the denoised
-#' values, a DimReduc `"zipo"`, and `zipo_library_size` in the meta.data.
+#' For a Seurat object: an assay `name` (default `"denoised"`) whose counts and
+#' data slots both hold the denoised values (one matrix, shared), a DimReduc
+#' `dimred` (default `"ZIPO"`, key `"ZIPO_"`) and `zipo_library_size` in the
+#' meta.data. With `subset.row` the new assay holds only those genes.
+#'
+#' The default names survive conversions between the two classes with
+#' `Seurat::as.Seurat()` and `Seurat::as.SingleCellExperiment()`, denoised on
+#' either side: a reducedDim `"ZIPO"` becomes a DimReduc `"ZIPO"` and back
+#' (`as.SingleCellExperiment()` upper-cases reduction names, so a lower-case
+#' name would not come back), a denoising on the other side replaces it, and no
+#' assay shares its name (Seurat refuses an assay named like a DimReduc). The
+#' Seurat assay `"denoised"` becomes the altExp `"denoised"` and back; it has a
+#' counts slot because `as.Seurat()` needs one in every altExp.
 #'
 #' `expectation = "rate"` (default) gives `l * mu`, the expected count with
 #' technical zeros removed; `"mixture"` gives `(1 - z) * l * mu`, the mean of the
 #' whole zero-inflated distribution.
 #'
 #' @param x A SingleCellExperiment or a Seurat object.
-#' @param ... Training options when no `model` is given: `epochs`, `seed`,
-#'   `likelihood`, `verbose` and any ZiPo option (see [train()]).
-#' @return `x` with the results added.
+#' @param ... Training options when no `model` is given: `verbose` and any ZiPo
+#'   option (see [train()]).
+#' @return `x` with the results added (for a SingleCellExperiment with
+#'   `subset.row`, `x[subset.row, ]`).
 #' @examples
 #' \dontrun{
-#' sce <- zipo::denoise(sce, assay = "counts", epochs = 100, seed = 1)
+#' sce <- zipo::denoise(sce, assay.type = "counts", epochs = 100, seed = 1)
 #' assay(sce, "denoised"); reducedDim(sce, "ZIPO")
+#' seu <- zipo::denoise(seu, epochs = 100)
+#' Seurat::DimPlot(seu, reduction = "ZIPO")
 #' }
 #' @export
 setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 
 #' @rdname denoise
-#' @param assay Assay with raw counts (`"counts"`; for Seurat, the default assay).
+#' @param assay.type For a SingleCellExperiment, the assay with raw counts
+#'   (default `"counts"`); for a Seurat object, the same as `assay`.
+#' @param subset.row Genes to denoise (names, indices or a logical vector over
+#'   the rows); `NULL` (default) for all genes.
 #' @param covariates colData (meta.data) columns used as known covariates.
 #' @param likelihood `"zip"`, `"zinb"`, `"poisson"` or `"nb"`.
 #' @param epochs Maximum number of training epochs.
 #' @param seed Random seed.
 #' @param model A trained `zipo_model` to apply instead of training one.
 #' @param expectation `"rate"` or `"mixture"` (see Details).
-#' @param zero_inflation Also add the zero-inflation probabilities.
+#' @param zero_inflation Also add the zero-inflation probabilities
+#'   (SingleCellExperiment).
 #' @param name Name of the new assay.
-#' @param dimred Name of the new reducedDim (SingleCellExperiment) or DimReduc (Seurat).
+#' @param dimred Name of the new reducedDim (SingleCellExperiment) or DimReduc
+#'   (Seurat).
 #' @param allow_non_integer Accept non-integer counts.
+#' @param assay For a Seurat object, the Seurat assay whose counts slot is used
+#'   (default: the default assay). For a SingleCellExperiment, the deprecated
+#'   old name of `assay.type` (a warning says so).
 #' @export
 setMethod("denoise", "SingleCellExperiment", function(
-    x, assay = "counts", covariates = NULL, likelihood = "zip", epochs = NULL, seed = 0L,
-    model = NULL, expectation = "rate", zero_inflation = FALSE, name = "denoised",
-    dimred = "ZIPO", allow_non_integer = FALSE, ...) {
-  if (is.null(model)) {
-    model <- train(x, assay = assay, covariates = covariates, likelihood = likelihood,
-                   epochs = epochs, seed = seed, allow_non_integer = allow_non_integer, ...)
-  }
-  cov <- .model_covariates(model)
-  adata <- .as_anndata(x, assay, cov, allow_non_integer)
-  res <- .apply_model(model, adata, expectation, zero_inflation)
+    x, assay.type = "counts", subset.row = NULL, covariates = NULL, likelihood = "zip",
+    epochs = NULL, seed = 0L, model = NULL, expectation = "rate", zero_inflation = FALSE,
+    name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE, ..., assay = NULL) {
+  assay.type <- .counts_assay(x, if (!missing(assay.type)) assay.type, assay, "denoise")
+  rows <- .subset_rows(rownames(x), nrow(x), subset.row)
+  adata <- .denoise_anndata(x, assay.type, covariates, model, names(rows), expectation,
+                            zero_inflation, allow_non_integer,
+                            list(likelihood = likelihood, epochs = epochs, seed = seed, ...))
+  if (!is.null(rows)) x <- x[unname(rows), ]
   dn <- dimnames(x)
-  SummarizedExperiment::assay(x, name, withDimnames = FALSE) <- .with_dimnames(res$denoised, dn)
+  SummarizedExperiment::assay(x, name, withDimnames = FALSE) <- .result_matrix(adata, "denoised", dn)
   if (zero_inflation) {
     SummarizedExperiment::assay(x, "zipo_zero_prob", withDimnames = FALSE) <-
-      .with_dimnames(res$zero_prob, dn)
+      .result_matrix(adata, "zero_prob", dn)
   }
-  latent <- res$latent
-  dimnames(latent) <- list(colnames(x), paste0("ZIPO_", seq_len(ncol(latent))))
-  SingleCellExperiment::reducedDim(x, dimred) <- latent
-  SummarizedExperiment::colData(x)$zipo_library_size <- as.numeric(res$library_size)
+  cells <- .result_cells(adata)
+  SingleCellExperiment::reducedDim(x, dimred) <- .latent(cells$latent, colnames(x), dimred)
+  SummarizedExperiment::colData(x)$zipo_library_size <- as.numeric(cells$library_size)
   x
 })
 
 #' @rdname denoise
 #' @export
-setMethod("denoise", "ANY", function(x, assay = NULL, covariates = NULL, likelihood = "zip",
-                                     epochs = NULL, seed = 0L, model = NULL,
+setMethod("denoise", "ANY", function(x, assay = NULL, subset.row = NULL, covariates = NULL,
+                                     likelihood = "zip", epochs = NULL, seed = 0L, model = NULL,
                                      expectation = "rate", zero_inflation = FALSE,
-                                     name = "ZIPO", dimred = "zipo",
-                                     allow_non_integer = FALSE, ...) {
+                                     name = "denoised", dimred = "ZIPO",
+                                     allow_non_integer = FALSE, ..., assay.type = NULL) {
   if (!inherits(x, "Seurat")) {
     stop("denoise() needs a SingleCellExperiment or a Seurat object, not a ", class(x)[1],
          "; for a plain count matrix use SingleCellExperiment(assays = list(counts = m))",
          call. = FALSE)
   }
-  .need_seurat()
-  assay <- assay %||% SeuratObject::DefaultAssay(x)
-  if (is.null(model)) {
-    model <- train(x, assay = assay, covariates = covariates, likelihood = likelihood,
-                   epochs = epochs, seed = seed, allow_non_integer = allow_non_integer, ...)
-  }
-  adata <- .as_anndata(x, assay, .model_covariates(model), allow_non_integer)
-  res <- .apply_model(model, adata, expectation, zero_inflation)
-  counts <- SeuratObject::GetAssayData(x, slot = "counts", assay = assay)
-  x[[name]] <- SeuratObject::CreateAssayObject(data = .with_dimnames(res$denoised, dimnames(counts)))
-  latent <- res$latent
-  dimnames(latent) <- list(colnames(x), paste0("ZIPO_", seq_len(ncol(latent))))
-  x[[dimred]] <- SeuratObject::CreateDimReducObject(embeddings = latent, key = "ZIPO_",
-                                                    assay = assay)
-  x$zipo_library_size <- as.numeric(res$library_size)
+  assay <- .counts_assay(x, assay.type, assay, "denoise")
+  features <- rownames(SeuratObject::GetAssayData(x, slot = "counts", assay = assay))
+  rows <- .subset_rows(features, length(features), subset.row)
+  adata <- .denoise_anndata(x, assay, covariates, model, names(rows), expectation,
+                            zero_inflation, allow_non_integer,
+                            list(likelihood = likelihood, epochs = epochs, seed = seed, ...))
+  if (!is.null(rows)) features <- names(rows)
+  den <- .result_matrix(adata, "denoised", list(features, colnames(x)))
+  denoised <- SeuratObject::CreateAssayObject(data = den)
+  # The same matrix in counts (shared, not copied): as.Seurat() needs counts in every altExp,
+  # so the assay survives Seurat -> SingleCellExperiment -> Seurat.
+  methods::slot(denoised, "counts") <- den
+  x[[name]] <- denoised
+  cells <- .result_cells(adata)
+  key <- .dimred_key(dimred)
+  x[[dimred]] <- SeuratObject::CreateDimReducObject(
+    embeddings = .latent(cells$latent, colnames(x), dimred), key = key, assay = assay)
+  x$zipo_library_size <- as.numeric(cells$library_size)
   x
 })
 
-.with_dimnames <- function(m, dn) {
-  dimnames(m) <- dn
-  m
+# Latents with cell names and columns named like a Seurat key ("ZIPO_1", ...), which
+# as.Seurat() turns back into the same key.
+.latent <- function(latent, cells, dimred) {
+  dimnames(latent) <- list(cells, paste0(.dimred_key(dimred), seq_len(ncol(latent))))
+  latent
+}
+
+.dimred_key <- function(dimred) {
+  key <- gsub("[^[:alnum:]]", "", dimred)
+  if (!nzchar(key) || !grepl("^[[:alpha:]]", key)) key <- paste0("ZIPO", key)
+  paste0(key, "_")
+}
+
+# The rows `subset.row` chooses (names, indices or logicals) as positions named by gene; NULL for
+# all genes. Rows without names are named as the AnnData names them ("gene1", ...).
+.subset_rows <- function(genes, n, subset.row) {
+  if (is.null(subset.row)) return(NULL)
+  if (is.null(genes)) genes <- paste0("gene", seq_len(n))
+  pos <- seq_len(n)
+  names(pos) <- genes
+  if (is.character(subset.row)) {
+    unknown <- setdiff(subset.row, genes)
+    if (length(unknown)) {
+      stop("subset.row names genes that are not rows of the object (", .examples(unknown),
+           "); choose from rownames(x)", call. = FALSE)
+    }
+    rows <- pos[match(subset.row, genes)]
+  } else if (is.logical(subset.row)) {
+    if (length(subset.row) != n || anyNA(subset.row)) {
+      stop("subset.row is a logical vector of length ", length(subset.row), " for ", n,
+           " genes; give one TRUE/FALSE per row", call. = FALSE)
+    }
+    rows <- pos[subset.row]
+  } else if (is.numeric(subset.row)) {
+    if (anyNA(subset.row) || any(subset.row < 1 | subset.row > n | subset.row != round(subset.row))) {
+      stop("subset.row has row numbers outside 1..", n, "; use row numbers, rownames or a ",
+           "logical vector", call. = FALSE)
+    }
+    rows <- pos[subset.row]
+  } else {
+    stop("subset.row is a ", class(subset.row)[1], "; use rownames, row numbers or a logical ",
+         "vector", call. = FALSE)
+  }
+  if (!length(rows)) stop("subset.row selects no genes; choose at least one", call. = FALSE)
+  if (anyDuplicated(rows)) {
+    stop("subset.row lists ", .examples(unique(names(rows)[duplicated(rows)])),
+         " more than once; give each gene once", call. = FALSE)
+  }
+  rows
 }
 
 .model_covariates <- function(model) {

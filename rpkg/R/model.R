@@ -19,17 +19,26 @@
   opts
 }
 
-# AnnData of the counts and covariates of a SingleCellExperiment or a Seurat object.
-.as_anndata <- function(x, assay, covariates, allow_non_integer) {
+# The assay holding the counts: for a SingleCellExperiment `assay.type` (default "counts"; `assay`
+# is its deprecated old name), for a Seurat object `assay` (Seurat's own name for it; default the
+# default assay), with `assay.type` accepted there too.
+.counts_assay <- function(x, assay.type, assay, fun) {
   if (inherits(x, "Seurat")) {
     .need_seurat()
-    assay <- assay %||% SeuratObject::DefaultAssay(x)
+    return(assay %||% assay.type %||% SeuratObject::DefaultAssay(x))
+  }
+  .renamed(assay, "assay", assay.type, "assay.type", fun) %||% "counts"
+}
+
+# AnnData of the counts and covariates of a SingleCellExperiment or a Seurat object, `assay`
+# resolved by .counts_assay().
+.as_anndata <- function(x, assay, covariates, allow_non_integer) {
+  if (inherits(x, "Seurat")) {
     counts <- SeuratObject::GetAssayData(x, slot = "counts", assay = assay)
     cells <- .cell_frame(x[[]], covariates, "the Seurat object's meta.data")
     return(.counts_to_anndata(counts, cells, paste0("the counts of Seurat assay '", assay, "'"),
-                              allow_non_integer))
+                              allow_non_integer, arg = "assay"))
   }
-  assay <- assay %||% "counts"
   counts <- .get_assay(x, assay)
   cells <- .cell_frame(SummarizedExperiment::colData(x), covariates, "colData(sce)")
   .counts_to_anndata(counts, cells, paste0("assay '", assay, "'"), allow_non_integer)
@@ -42,9 +51,8 @@
 #' shows a progress bar per epoch.
 #'
 #' @param x A SingleCellExperiment or a Seurat object.
-#' @param assay Assay with raw counts: an assay name for a SingleCellExperiment
-#'   (default `"counts"`), a Seurat assay (default: the default assay, its
-#'   counts slot).
+#' @param assay.type For a SingleCellExperiment, the assay with raw counts
+#'   (default `"counts"`); for a Seurat object, the same as `assay`.
 #' @param covariates colData (or meta.data) columns used as known covariates.
 #' @param likelihood `"zip"` (default), `"zinb"`, `"poisson"` or `"nb"`.
 #' @param epochs Maximum number of epochs (early stopping may end sooner).
@@ -53,12 +61,23 @@
 #' @param allow_non_integer Accept non-integer counts.
 #' @param ... Any other ZiPo option, e.g. `encoder_dims = c(512, 128)`,
 #'   `batch_size = 128`, `alpha_z = 0.1`, `preset = "dca"`, `device = "cuda"`.
+#' @param assay For a Seurat object, the Seurat assay whose counts slot is used
+#'   (default: the default assay). For a SingleCellExperiment, the deprecated
+#'   old name of `assay.type` (a warning says so).
 #' @return A `zipo_model`.
 #' @seealso [denoise()], [save_model()], [load_model()]
 #' @export
-train <- function(x, assay = NULL, covariates = NULL, likelihood = "zip", epochs = NULL,
-                  seed = 0L, verbose = TRUE, allow_non_integer = FALSE, ...) {
+train <- function(x, assay.type = NULL, covariates = NULL, likelihood = "zip", epochs = NULL,
+                  seed = 0L, verbose = TRUE, allow_non_integer = FALSE, ..., assay = NULL) {
+  assay <- .counts_assay(x, assay.type, assay, "train")
   adata <- .as_anndata(x, assay, covariates, allow_non_integer)
+  .train_anndata(adata, covariates = covariates, likelihood = likelihood, epochs = epochs,
+                 seed = seed, verbose = verbose, allow_non_integer = allow_non_integer, ...)
+}
+
+# A model trained on an AnnData already built from the counts.
+.train_anndata <- function(adata, covariates = NULL, likelihood = "zip", epochs = NULL, seed = 0L,
+                           verbose = TRUE, allow_non_integer = FALSE, ...) {
   opts <- .py_options(list(covariates = covariates, likelihood = likelihood,
                            max_epochs = epochs, seed = seed, verbose = verbose,
                            allow_non_integer = allow_non_integer, ...))
@@ -69,11 +88,49 @@ train <- function(x, assay = NULL, covariates = NULL, likelihood = "zip", epochs
 
 .new_model <- function(py) structure(list(py = py), class = "zipo_model")
 
-# Denoise an AnnData with a trained model; plain R values back.
-.apply_model <- function(model, adata, expectation, zero_inflation) {
-  if (!inherits(model, "zipo_model")) stop("model must be a zipo_model (from train() or load_model())", call. = FALSE)
-  model$py$denoise(adata, expectation = expectation, zero_inflation = zero_inflation)
-  .bridge()$denoise_result(adata)
+# What denoise() does for both classes: converts the counts to AnnData once, trains on that
+# AnnData when no model is given, and denoises the same AnnData (results stay in it, in Python,
+# until .result_matrix() and .result_cells() copy them into R).
+.denoise_anndata <- function(x, assay, covariates, model, genes, expectation, zero_inflation,
+                             allow_non_integer, training) {
+  if (!is.null(model)) {
+    if (!inherits(model, "zipo_model")) {
+      stop("model must be a zipo_model (from train() or load_model())", call. = FALSE)
+    }
+    covariates <- .model_covariates(model)
+  }
+  adata <- .as_anndata(x, assay, covariates, allow_non_integer)
+  if (is.null(model)) {
+    model <- do.call(.train_anndata, c(list(adata, covariates = covariates,
+                                            allow_non_integer = allow_non_integer), training))
+  }
+  model$py$denoise(adata, expectation = expectation, zero_inflation = zero_inflation,
+                   genes = if (is.null(genes)) NULL else as.list(genes))
+  adata
+}
+
+# One genes x cells result ("denoised" or "zero_prob") as an R double matrix with dimnames `dn`.
+# R allocates it once and fills it a block of cells at a time, in place (nothing else refers to
+# `m`); Python casts each block into one reused buffer (rbridge.ResultReader).
+.result_matrix <- function(adata, what, dn) {
+  reader <- .bridge()$ResultReader(adata, what)
+  n_cells <- as.integer(.r(reader$n_cells))
+  step <- as.integer(.r(reader$block_cells))
+  m <- matrix(0, as.integer(.r(reader$n_genes)), n_cells)
+  for (start in seq(1L, n_cells, by = step)) {
+    end <- min(n_cells, start + step - 1L)
+    m[, start:end] <- reader$block(start - 1L, end)$block
+  }
+  dimnames(m) <- dn
+  m
+}
+
+# Latents and library sizes; frees the Python copies of the cells x genes results.
+.result_cells <- function(adata) {
+  bridge <- .bridge()
+  out <- .r(bridge$result_cells(adata))
+  bridge$drop_results(adata)
+  out
 }
 
 #' @export

@@ -38,3 +38,23 @@ test_that("covariates from colData reach the model", {
   out <- denoise(sce, model = model)
   expect_identical(dim(SummarizedExperiment::assay(out, "denoised")), dim(sce))
 })
+
+test_that("subset.row denoises only those genes and returns x[subset.row, ], as logNormCounts does", {
+  skip_without_core()
+  sce <- simulated_sce()
+  model <- do.call(train, c(list(sce, epochs = 2, seed = 5), fast))
+  full <- SummarizedExperiment::assay(denoise(sce, model = model), "denoised")
+  for (rows in list(c("gene7", "gene2", "gene30"), c(7L, 2L, 30L),
+                    seq_len(nrow(sce)) %in% c(2, 7, 30))) {
+    out <- denoise(sce, model = model, subset.row = rows, zero_inflation = TRUE)
+    genes <- if (is.logical(rows)) c("gene2", "gene7", "gene30") else c("gene7", "gene2", "gene30")
+    expect_identical(rownames(out), genes)
+    expect_equal(SummarizedExperiment::assay(out, "denoised"), full[genes, ], tolerance = 1e-6)
+    expect_identical(dim(SummarizedExperiment::assay(out, "zipo_zero_prob")), c(3L, ncol(sce)))
+    expect_identical(SummarizedExperiment::assay(out, "counts"),
+                     SummarizedExperiment::assay(sce, "counts")[genes, ])
+  }
+  # Training with subset.row still fits all genes.
+  out <- do.call(denoise, c(list(sce, epochs = 1, subset.row = "gene1"), fast))
+  expect_identical(dim(out), c(1L, ncol(sce)))
+})

@@ -7,9 +7,10 @@ test_that("bad input gets an error naming the problem", {
     SummarizedExperiment::assay(s, "counts") <- f(m)
     s
   }
-  expect_error(denoise(sce, assay = "raw"), "assay 'raw' is not in the object \\(assays: counts\\)")
+  expect_error(denoise(sce, assay.type = "raw"),
+               "assay 'raw' is not in the object \\(assays: counts\\); name the assay holding raw counts with assay.type")
   expect_error(denoise(set_counts(function(m) { m[2, 3] <- -1; m })), "negative values")
-  expect_error(denoise(set_counts(function(m) m / 3)), "non-integer values")
+  expect_error(denoise(set_counts(function(m) m / 3)), "non-integer values.*assay.type = \"counts\"")
   expect_error(denoise(set_counts(function(m) { m[2, 3] <- NA; m })), "NA/NaN values")
   expect_error(denoise(set_counts(function(m) { m[, 5] <- 0; m })), "1 cells have zero counts .*cell5")
   expect_error(denoise(sce, covariates = "batch"), "covariate 'batch' is not a column of colData")
@@ -26,4 +27,37 @@ test_that("allow_non_integer lets non-integer counts through", {
   SummarizedExperiment::assay(sce, "counts") <- SummarizedExperiment::assay(sce, "counts") * 1.5
   out <- do.call(denoise, c(list(sce, epochs = 1, allow_non_integer = TRUE), fast))
   expect_true("denoised" %in% SummarizedExperiment::assayNames(out))
+})
+
+test_that("the old assay= argument works with a deprecation warning naming assay.type", {
+  skip_without_core()
+  sce <- simulated_sce()
+  model <- do.call(train, c(list(sce, epochs = 1, seed = 4), fast))
+  expect_warning(old <- denoise(sce, assay = "counts", model = model),
+                 "'assay' argument of denoise\\(\\) is deprecated; use assay.type = \"counts\"",
+                 class = "deprecatedWarning")
+  new <- expect_silent(denoise(sce, assay.type = "counts", model = model))
+  expect_identical(SummarizedExperiment::assay(old, "denoised"), SummarizedExperiment::assay(new, "denoised"))
+  expect_error(denoise(sce, assay.type = "counts", assay = "counts", model = model),
+               "got both assay.type and assay, its old name; pass only assay.type")
+  expect_warning(do.call(train, c(list(sce, assay = "counts", epochs = 1), fast)),
+                 "'assay' argument of train\\(\\) is deprecated; use assay.type", class = "deprecatedWarning")
+  expect_warning(sce_to_anndata(sce, assay = "counts"),
+                 "'assay' argument of sce_to_anndata\\(\\) is deprecated; use assay.type", class = "deprecatedWarning")
+  expect_warning(back <- anndata_to_sce(sce_to_anndata(sce), assay = "raw"),
+                 "'assay' argument of anndata_to_sce\\(\\) is deprecated; use name", class = "deprecatedWarning")
+  expect_identical(SummarizedExperiment::assayNames(back), "raw")
+})
+
+test_that("subset.row that names no rows, repeats one or has the wrong length is refused", {
+  skip_without_core()
+  sce <- simulated_sce()
+  model <- do.call(train, c(list(sce, epochs = 1), fast))
+  expect_error(denoise(sce, model = model, subset.row = c("gene1", "CD3E")),
+               "subset.row names genes that are not rows of the object \\(CD3E\\)")
+  expect_error(denoise(sce, model = model, subset.row = c(2, 2)), "subset.row lists gene2 more than once")
+  expect_error(denoise(sce, model = model, subset.row = c(TRUE, FALSE)),
+               "subset.row is a logical vector of length 2 for 40 genes")
+  expect_error(denoise(sce, model = model, subset.row = 41), "row numbers outside 1..40")
+  expect_error(denoise(sce, model = model, subset.row = character()), "subset.row selects no genes")
 })
