@@ -113,6 +113,11 @@ class TrainConfig:
     history gains ``validation_heldout_nll`` (the Poisson NLL of those molecules given the rate
     predicted from the rest) and the schedule and early stopping watch it instead of the
     validation loss, which rewards copying a cell's noise (``zipo/train/heldout.py``)."""
+    objective_heldout: float = 0.0
+    """Above 0, each training step holds out this fraction of every cell's molecules by
+    binomial thinning, feeds the network the rest and scores it on predicting the held-out
+    ones (Noise2Self / molecular cross-validation as the objective: copying the input cannot
+    pay). 0 is the paper's objective: reconstruct all counts."""
     seed: int = 0
     checkpoint_every: int = 10
     """Epochs between checkpoints when training with a checkpoint directory."""
@@ -204,8 +209,9 @@ class ZiPoConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(m, name)}")
         if not 0 <= t.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {t.validation_fraction}")
-        if not 0 <= t.heldout_molecules < 1:
-            raise ValueError(f"heldout_molecules must be in [0, 1), got {t.heldout_molecules}")
+        for name in ("heldout_molecules", "objective_heldout"):
+            if not 0 <= getattr(t, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(t, name)}")
         if t.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 cells), got {t.batch_size}")
         if t.checkpoint_every < 1:

@@ -6,6 +6,7 @@ regularisers, which are means too, carry the weights the paper tuned (alpha_z = 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,16 +55,19 @@ def mmd2(latent: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
 def loss_terms(
     net: ZiPoNetwork, out: NetworkOutput, x: torch.Tensor, config: ModelConfig,
     covariates: torch.Tensor | None = None, mmd_groups: list[tuple[int, int]] | None = None,
+    rate_scale: float = 1.0,
 ) -> LossTerms:
     """NLL + alpha_z E[z^2] + alpha_w L1/L2(W1) [+ (alpha_theta E[theta^2] + w E[(l mu - x)^2]) / genes]
     [+ alpha_mmd sum_groups MMD^2(latents by category)].
 
     The MMD term is added only in training mode and when ``covariates`` (the batch's encoded
     covariates) and ``mmd_groups`` (column ranges [start, stop) of the categorical covariates
-    to mix over) are given. Computed in float32 whatever precision the network ran in."""
+    to mix over) are given. ``rate_scale`` multiplies the rate: ``x`` are then molecules held
+    out from what the network saw (``train.objective_heldout``). Computed in float32 whatever
+    precision the network ran in."""
     x = as_dense(x)
     out = out.float()
-    log_m = out.log_mean
+    log_m = out.log_mean + math.log(rate_scale) if rate_scale != 1.0 else out.log_mean
     nll = -log_prob(x, log_m, out.logit_z, out.log_theta).mean()
     total = nll + config.alpha_w * first_layer_l1_l2(net.first_layer.weight)
     if out.logit_z is not None:

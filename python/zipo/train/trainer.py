@@ -18,7 +18,7 @@ from ..data.loader import CellBatches
 from ..nn.network import ZiPoNetwork
 from .distributed import all_reduce_sum, world
 from .evaluate import evaluate
-from .heldout import heldout_molecule_nll
+from .heldout import binomial_split, heldout_molecule_nll
 from .loss import loss_terms
 
 
@@ -100,6 +100,9 @@ class Trainer:
         self.history: list[dict] = []
         self.first_layer = "sparse" if train_batches.sparse else "dense"
         self.epoch = 0  # epochs completed
+        # Draws the per-step molecule splits of train.objective_heldout.
+        self.split_generator = torch.Generator(device=train_batches.device).manual_seed(
+            train_config.seed)
         self.stopped = False
 
     def state_dict(self) -> dict:
@@ -116,6 +119,7 @@ class Trainer:
             "history": self.history,
             "shuffle_rng": self.train_batches.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "split_rng": self.split_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -129,6 +133,8 @@ class Trainer:
         self.history = list(state["history"])
         self.train_batches.rng.bit_generator.state = state["shuffle_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if "split_rng" in state:  # checkpoints written before objective_heldout existed
+            self.split_generator.set_state(state["split_rng"])
 
     def history_after(self, earlier: pd.DataFrame) -> pd.DataFrame:
         """This run's history appended to an ``earlier`` one, epochs counted on from it."""
@@ -143,12 +149,19 @@ class Trainer:
         total = nll = 0.0
         n = 0
         self.train_batches.wait_seconds = 0.0
+        heldout = self.train_config.objective_heldout
         for x, c, idx, n_global in self.train_batches.batches():
+            target, rate_scale = x, 1.0
+            if heldout > 0:
+                # Noise2Self: predict molecules the network did not see, a fresh split each step.
+                x, target = binomial_split(x, heldout, self.split_generator)
+                rate_scale = heldout / (1 - heldout)
             with self.autocast():
                 out = self.forward(x, c)
             # With DDP the alpha_mmd penalty compares the cells of this process's share of
             # the batch only (a smaller sample of the same distributions).
-            terms = loss_terms(net, out, x, config, covariates=c, mmd_groups=self.mmd_groups)
+            terms = loss_terms(net, out, target, config, covariates=c,
+                               mmd_groups=self.mmd_groups, rate_scale=rate_scale)
             if not torch.isfinite(terms.total):
                 _restore(net, self.stopper)
                 raise FloatingPointError(
