@@ -1,0 +1,95 @@
+"""ZiPo training variants on the harness's molecular cross-validation split (issue 15).
+
+    python -m benchmarks.mcv_variants --variant heldout heldout_molecules=0.1 --seeds 0 1 2
+    python -m benchmarks.mcv_variants --variant default --variant heldout heldout_molecules=0.1
+
+Each variant is ``zipo.ZiPo(adata, **options)`` trained to its own stopping rule (at most
+``--max-epochs``) on ``X'`` of the same split ``benchmarks.run`` makes for ``mcv{p}`` and seed
+(PBMC 4k, its ``--genes`` most-detected genes), then scored against ``X''`` exactly as the
+harness scores (Poisson NLL and deviance of the rescaled rate, sqrt MSE; genes without counts
+in ``X'`` get the no-denoising baseline). Prints one line per fit and a mean ± sd table, so
+variants can be compared with the scVI rows of RESULTS.md without re-running scVI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def parse_variant(words: list[str]) -> tuple[str, dict]:
+    name, options = words[0], {}
+    for kv in words[1:]:
+        key, value = kv.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return name, options
+
+
+def fit_and_score(options: dict, seed: int, p: float, n_genes: int, max_epochs: int) -> dict:
+    import anndata as ad
+
+    import zipo
+
+    from . import datasets as D
+    from . import protocols as P
+    from .run import PROTOCOLS
+
+    ds = D.pbmc4k(n_genes)
+    rng = np.random.default_rng([seed, PROTOCOLS.index(f"mcv{p}"), 7])  # as run.make_split
+    x1, x2 = P.mcv_split(ds.counts, p, rng)
+    expressed = P.expressed_genes(x1)
+    adata = ad.AnnData(x1[:, expressed].astype(np.float32))
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
+    started = time.perf_counter()
+    model = zipo.ZiPo(adata, seed=seed, verbose=False, device="cpu", max_epochs=max_epochs,
+                      **options).train()
+    fit_seconds = time.perf_counter() - started
+    pred = model.denoise(adata, copy=True).layers["zipo_denoised"]
+    full = P.mean_baseline(np.asarray(x1.sum(axis=1)).ravel(), P.gene_proportions(x1))
+    full[:, expressed] = pred
+    h = model.history
+    return {"epochs": len(h), "fit_s": fit_seconds, "s_per_epoch": float(h["seconds"].median()),
+            **P.score_mcv(full, x2, p)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", nargs="+", action="append", required=True,
+                    metavar="NAME [KEY=VALUE ...]", help="a name and zipo options")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--p", type=float, default=0.9, choices=[0.9, 0.5])
+    ap.add_argument("--genes", type=int, default=2000)
+    ap.add_argument("--max-epochs", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    metrics = ["poisson_nll", "poisson_deviance", "sqrt_mse", "epochs", "fit_s"]
+    rows = {}
+    for words in args.variant:
+        name, options = parse_variant(words)
+        for seed in args.seeds:
+            rec = fit_and_score(options, seed, args.p, args.genes, args.max_epochs)
+            print(json.dumps({"variant": name, "seed": seed, **rec}), flush=True)
+            rows.setdefault(name, []).append(rec)
+    print(f"\nPBMC 4k, {args.genes} genes, MCV p = {args.p}, seeds {args.seeds} (mean ± sd)")
+    print("| variant | " + " | ".join(metrics) + " |")
+    print("| --- " * (len(metrics) + 1) + "|")
+    for name, recs in rows.items():
+        cells = [f"{np.mean([r[m] for r in recs]):.5g} ± {np.std([r[m] for r in recs]):.2g}"
+                 for m in metrics]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
