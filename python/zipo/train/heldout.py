@@ -9,6 +9,8 @@ NLL of whole held-out cells, tells denoising from copying.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..data.loader import CellBatches
@@ -44,7 +46,7 @@ def heldout_molecule_nll(net: torch.nn.Module, batches: CellBatches, heldout: fl
             continue
         kept, target = binomial_split(x, heldout, generator)
         out = net(kept, c)
-        log_rate = out.log_mean.float() + torch.log(torch.tensor(heldout / (1 - heldout)))
+        log_rate = out.log_mean.float() + math.log(heldout / (1 - heldout))
         nll = torch.exp(log_rate) - target * log_rate + torch.lgamma(target + 1)
         total += nll.sum(dtype=torch.float64).item()
         n += target.numel()
