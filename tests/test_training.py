@@ -221,3 +221,28 @@ def test_loss_is_the_method_objective(likelihood):
                                + 0.7 * (torch.exp(out.log_mean) - x).pow(2).mean()) / genes
     torch.testing.assert_close(terms.nll, nll)
     torch.testing.assert_close(terms.total, expected)
+
+
+def test_first_layer_penalty_gradient_is_that_of_its_formula():
+    """The hand-written backward of the L1/L2 penalty matches autograd on the formula itself,
+    and gives pruned (all-zero) neurons a zero gradient instead of autograd's NaN."""
+    import torch
+
+    from zipo.train.loss import first_layer_l1_l2
+
+    torch.manual_seed(1)
+    weight = torch.randn(6, 9, dtype=torch.float64)
+    weight[2] = 0.0
+    weight[4, :5] = 0.0
+    weight.requires_grad_(True)
+    assert torch.autograd.gradcheck(first_layer_l1_l2, (weight,))
+    (grad,) = torch.autograd.grad(3 * first_layer_l1_l2(weight), weight)
+
+    w = weight.detach().clone().requires_grad_(True)
+    alive = [0, 1, 3, 4, 5]
+    rows = w[alive]
+    formula = (rows.abs().mean(1) / rows.pow(2).mean(1).sqrt()).sum() / w.shape[0]
+    (expected,) = torch.autograd.grad(3 * formula, w)
+    torch.testing.assert_close(first_layer_l1_l2(weight), formula)
+    torch.testing.assert_close(grad, expected)
+    assert torch.all(grad[2] == 0)

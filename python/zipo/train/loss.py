@@ -23,13 +23,38 @@ class LossTerms:
     nll: torch.Tensor
 
 
+class _L1OverL2(torch.autograd.Function):
+    """mean_i( mean_g |W_ig| / sqrt(mean_g W_ig^2) ) with its gradient written out.
+
+    Autograd's version keeps |W|, W^2 and their quotients as genes x width temporaries and
+    walks them again backwards: ~1.4 s per step at 18k genes x 2,048 on one thread, more than
+    the first layer itself. Here forward is two fused row norms and backward three passes:
+    d/dW_ig = (sign(W_ig) / l2_i - l1_i W_ig / l2_i^3) / (genes * width), with l1, l2 the
+    row means above; rows that are all zero (pruned neurons) get 0."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
+        n_genes = weight.shape[1]
+        l1 = torch.linalg.vector_norm(weight, 1, dim=1) / n_genes
+        l2 = torch.linalg.vector_norm(weight, 2, dim=1) / math.sqrt(n_genes)
+        alive = l2 > 0
+        safe_l2 = torch.where(alive, l2, torch.ones_like(l2))
+        ctx.save_for_backward(weight, l1, safe_l2, alive)
+        return torch.where(alive, l1 / safe_l2, torch.zeros_like(l2)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, l1, l2, alive = ctx.saved_tensors
+        width, n_genes = weight.shape
+        scale = grad * alive / (width * n_genes)
+        out = torch.sign(weight).mul_((scale / l2)[:, None])
+        return out.addcmul_(weight, (scale * l1 / l2.pow(3))[:, None], value=-1)
+
+
 def first_layer_l1_l2(weight: torch.Tensor) -> torch.Tensor:
     """mean_i( mean_g |W_ig| / sqrt(mean_g W_ig^2) ): scale-invariant, so batch norm after the
     activation cannot undo it by rescaling. Neurons whose weights are all zero add 0."""
-    l1 = weight.abs().mean(dim=1)
-    l2 = weight.pow(2).mean(dim=1).sqrt()
-    ratio = torch.where(l2 > 0, l1 / torch.where(l2 > 0, l2, torch.ones_like(l2)), l2)
-    return ratio.mean()
+    return _L1OverL2.apply(weight)
 
 
 MMD_SCALES = (0.25, 1.0, 4.0)  # RBF bandwidths, times the median squared distance
