@@ -205,7 +205,9 @@ def run_fit(spec: dict) -> dict:
     h = model.history
     rec["epochs"] = int(len(h))
     if len(h):
-        vl = h["validation_loss"].to_numpy(dtype=float)
+        from zipo.train.trainer import monitored_column
+
+        vl = h[monitored_column(h)].to_numpy(dtype=float)
         if not np.all(np.isfinite(h["validation_nll"].to_numpy(dtype=float))):
             status = "diverged"
             error = error or "validation NLL became NaN/inf"

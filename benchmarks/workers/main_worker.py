@@ -54,7 +54,9 @@ def run_zipo(method, task, x, t, seed, max_epochs, threads):
     fit_seconds = time.perf_counter() - started
     h = model.history
     if diverged is None:
-        monitored = h["validation_loss"] if "validation_loss" in h else h["train_loss"]
+        from zipo.train.trainer import monitored_column
+
+        monitored = h[monitored_column(h)]
         epochs = int(len(h))
         timing = {"best_epoch": int(np.argmin(monitored.to_numpy()) + 1),
                   "seconds_per_epoch": float(np.median(h["seconds"].to_numpy())),

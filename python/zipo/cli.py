@@ -166,7 +166,8 @@ def cmd_tune(args) -> None:
     best = study.best_trial
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in best.params.items())
-    print(f"Best trial {best.number}: {args.metric} {best.value:.4f} with {params}.")
+    print(f"Best trial {best.number}: {study.user_attrs['zipo_metric']} {best.value:.4f} "
+          f"with {params}.")
     if args.out:
         print(f"Best config written to {args.out}; train it with: "
               f"zipo train {args.data} --config {args.out} --out MODEL_DIR")
@@ -248,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--max-epochs", type=int, help="cap on each trial's epochs")
     u.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     u.add_argument("--metric", choices=METRICS,
-                   default="validation_nll", help="score to minimise (default validation_nll)")
+                   help="score to minimise (default: validation_heldout_nll when "
+                        "train.heldout_molecules > 0, as by default, else validation_nll)")
     u.add_argument("--seed", type=int, default=0,
                    help="seeds the sampler and every trial (default 0)")
     u.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -30,7 +30,7 @@ from .search_space import (
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import ZiPo
 
-METRICS = ("validation_nll", "validation_loss")
+METRICS = ("validation_heldout_nll", "validation_nll", "validation_loss")
 INSTALL_HINT = "hyperparameter search needs Optuna: pip install 'zipo[tune]'"
 # Options that change how a trial runs, not what it computes: a resumed study may differ in them.
 _RUNTIME_OPTIONS = {"device", "num_threads", "verbose", "checkpoint_every"}
@@ -60,7 +60,7 @@ def tune(
     likelihood: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    metric: str = "validation_nll",
+    metric: str | None = None,
     pruner=None,
     sampler=None,
     verbose: bool = False,
@@ -94,11 +94,14 @@ def tune(
         Write the best trial's config here as TOML (atomically), for ``zipo train --config``
         or ``ZiPo(adata, config=...)``. An existing file is replaced only with ``overwrite``.
     metric
-        ``"validation_nll"`` (default) or ``"validation_loss"`` (NLL plus penalties).
+        ``"validation_heldout_nll"`` (held-out molecules of the validation cells; the default
+        when ``train.heldout_molecules`` > 0, as it is by default), ``"validation_nll"`` (the
+        default otherwise) or ``"validation_loss"`` (NLL plus penalties).
     pruner, sampler
         Optuna objects replacing the defaults: ``MedianPruner(n_startup_trials=5,
         n_warmup_steps=10)`` and ``TPESampler(seed=...)``. Steps are epochs, counted from 1;
-        the value reported at each is the metric at the best validation-loss epoch so far.
+        the value reported at each is the metric at the best epoch so far (the epoch training
+        keeps: :func:`zipo.train.trainer.monitored_column`).
     verbose
         Optuna's log and a progress bar over trials (trials' own training bars stay off).
 
@@ -113,11 +116,10 @@ def tune(
     from optuna.trial import TrialState
 
     from ..model import ZiPo
+    from ..train.trainer import monitored_column
 
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     space = normalise_space(PAPER_SEARCH_SPACE if search_space is None else search_space, optuna)
@@ -130,6 +132,12 @@ def tune(
                              "drop it from the options or from search_space")
     if base.train.validation_fraction == 0:
         raise ValueError("tuning scores trials on held-out cells: validation_fraction must be > 0")
+    metric = metric or ("validation_heldout_nll" if base.train.heldout_molecules > 0
+                        else "validation_nll")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "validation_heldout_nll" and base.train.heldout_molecules <= 0:
+        raise ValueError("metric='validation_heldout_nll' needs train.heldout_molecules > 0")
     out = _check_out(out, overwrite)
 
     verbosity = optuna.logging.get_verbosity()
@@ -157,8 +165,9 @@ def tune(
 
             def report(trainer) -> None:
                 row = trainer.history[-1]
-                if row["validation_loss"] < state["best_loss"]:
-                    state["best_loss"], state["score"] = row["validation_loss"], row[metric]
+                kept = row[monitored_column(row)]
+                if kept < state["best_loss"]:
+                    state["best_loss"], state["score"] = kept, row[metric]
                 trial.report(state["score"], row["epoch"])
                 if trial.should_prune():
                     trial.set_user_attr("epochs", row["epoch"])
@@ -166,7 +175,7 @@ def tune(
 
             model.train(callback=report)
             h = model.history
-            at = int(h["validation_loss"].to_numpy().argmin())
+            at = int(h[monitored_column(h)].to_numpy().argmin())
             score = float(h[metric].iloc[at])
             trial.set_user_attr("epochs", len(h))
             trial.set_user_attr("best_epoch", int(h["epoch"].iloc[at]))

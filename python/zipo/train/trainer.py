@@ -22,6 +22,17 @@ from .heldout import binomial_split, heldout_molecule_nll
 from .loss import loss_terms
 
 
+def monitored_column(history) -> str:
+    """The figure the schedule and early stopping follow, and whose best epoch's weights a
+    trained model keeps: the held-out molecules' NLL when validation measures it, else the
+    validation loss, else (no validation cells) the training loss. ``history`` is a history
+    row or table (anything with ``in``)."""
+    for column in ("validation_heldout_nll", "validation_loss"):
+        if column in history:
+            return column
+    return "train_loss"
+
+
 class LearningRateSchedule:
     """lr = max(lr0 * decay^epoch, lr_min) * plateau_scale.
 
@@ -214,8 +225,7 @@ class Trainer:
             # Time the training step sat waiting for the loader (0 when it keeps up).
             row["data_wait_seconds"] = self.train_batches.wait_seconds
             self.history.append(row)
-            monitored = row.get("validation_heldout_nll",
-                                row.get("validation_loss", row["train_loss"]))
+            monitored = row[monitored_column(row)]
             self.schedule.step(monitored)
             self.stopped = self.stopper.update(epoch, monitored, self.net)
             self.epoch = epoch + 1
