@@ -16,7 +16,9 @@ import pytest
 import torch
 from scipy import stats
 
-from zipo.distributions import base_log_pmf, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf
+from zipo.distributions import (
+    base_log_pmf, expected_log1p, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf,
+)
 
 mpmath = pytest.importorskip("mpmath")
 mpmath.mp.dps = 50
@@ -261,3 +263,58 @@ def test_likelihood_flags():
     assert likelihood_flags("nb") == (False, True)
     with pytest.raises(ValueError, match="likelihood must be one of"):
         likelihood_flags("gaussian")
+
+
+# --------------------------------------------------------------------------- E[log1p(s X)]
+LOG1P_M = [1e-4, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3]
+LOG1P_SCALE = [0.01, 0.1, 1.0, 10.0, 100.0]
+LOG1P_THETA = [None, 0.1, 1.0, 10.0, 100.0, 1e4]  # None: Poisson
+
+
+def brute_expected_log1p(m: float, theta: float | None, scale: np.ndarray) -> np.ndarray:
+    """sum_k P(k) log1p(scale k) in float64 over k up to where the tail is below 1e-15 (for
+    NB theta=0.1, m=1e3 that is k ~ 4e5: far past the k <= 2000 that suffices for Poisson)."""
+    dist = stats.poisson(m) if theta is None else stats.nbinom(theta, theta / (theta + m))
+    k = np.arange(int(max(dist.isf(1e-15), 50)) + 10, dtype=np.float64)
+    return np.exp(dist.logpmf(k)) @ np.log1p(np.outer(k, scale))
+
+
+@pytest.fixture(scope="module")
+def log1p_reference():
+    """{theta: m x scale brute-force expectations}."""
+    scale = np.asarray(LOG1P_SCALE)
+    return {th: np.stack([brute_expected_log1p(m, th, scale) for m in LOG1P_M])
+            for th in LOG1P_THETA}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("theta", LOG1P_THETA, ids=lambda t: "poisson" if t is None else f"nb{t:g}")
+def test_expected_log1p_matches_brute_force(log1p_reference, theta, dtype):
+    """Every m x scale at once (scale broadcast as a column, as denoise passes one per cell),
+    with and without zero inflation; the tolerance is what the docstring states."""
+    ref = log1p_reference[theta]
+    log_m = torch.log(torch.tensor(LOG1P_M, dtype=dtype))[:, None].expand(-1, len(LOG1P_SCALE))
+    scale = torch.tensor(LOG1P_SCALE, dtype=torch.float64)[None, :]
+    log_theta = None if theta is None else torch.full_like(log_m, np.log(theta))
+    tol = 1e-8 + 1e-7 * ref if dtype == torch.float64 else 1e-6 * (1 + ref)
+    got = expected_log1p(log_m, None, log_theta, scale)
+    assert got.dtype == dtype and got.shape == ref.shape
+    assert np.all(np.abs(got.double().numpy() - ref) <= tol)
+    logit_z = torch.full_like(log_m, 1.5)
+    zi = expected_log1p(log_m, logit_z, log_theta, scale).double().numpy()
+    assert np.all(np.abs(zi - ref / (1 + np.exp(1.5))) <= tol)
+    # A formula that missed the spread of X would fail the check above: log1p of the mean is
+    # far off at low expression (Jensen), by much more than the tolerance.
+    plug_in = np.log1p(np.outer(LOG1P_M, LOG1P_SCALE))
+    assert np.all(plug_in >= ref - tol)
+    assert np.max(plug_in - ref) > 0.05
+
+
+def test_expected_log1p_broadcasts_a_scale_per_cell():
+    log_m = torch.log(torch.tensor([[0.5, 2.0, 40.0], [0.1, 7.0, 1.0]], dtype=torch.float64))
+    scale = torch.tensor([[10.0], [0.3]], dtype=torch.float64)
+    got = expected_log1p(log_m, scale=scale)
+    for i, j in itertools.product(range(2), range(3)):
+        want = brute_expected_log1p(float(log_m[i, j].exp()), None, scale[i].numpy())[0]
+        assert got[i, j].item() == pytest.approx(want, rel=1e-7, abs=1e-8)
+    assert torch.all(expected_log1p(torch.tensor([-torch.inf]), scale=3.0) == 0)  # m = 0

@@ -7,10 +7,16 @@ differences, which stay exact for theta from 1e-3 to 1e6 and means from 1e-8 to 
 
 Plain Poisson and NB are the zero-inflated formula with ``r -> -inf``; :func:`log_prob` takes
 ``logit_z=None`` for that case.
+
+:func:`expected_log1p` is the expectation of log-normalised expression under these
+distributions (what ``ZiPo.denoise(expectation="lognorm")`` returns).
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,3 +82,68 @@ def likelihood_flags(likelihood: str) -> tuple[bool, bool]:
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {likelihood!r}")
     return LIKELIHOODS[likelihood]
+
+
+# Trapezoid rule in u = log t for expected_log1p's integral: step 0.5 from e^-30 to e^3.5.
+# The integrand is analytic in the strip |Im u| < pi/2 and decays at both ends, so the error
+# falls like exp(-2 pi (pi/2) / step): step 0.5 already reaches the float64 brute force to 1e-8,
+# 0.6 to 2e-7 and 1.0 only to 1e-4. Below e^-30 the integrand is ~scale * m * t (left out: an
+# absolute error of scale * m * 1e-13); above e^3.5 it is below exp(-e^3.5) = 1e-14.
+_LOG_T_STEP = 0.5
+_LOG_T = -30.0 + _LOG_T_STEP * np.arange(68)
+_LOG_T_WEIGHTS = _LOG_T_STEP * np.exp(-np.exp(_LOG_T))
+
+
+@torch.no_grad()
+def expected_log1p(log_m: torch.Tensor, logit_z: torch.Tensor | None = None,
+                   log_theta: torch.Tensor | None = None,
+                   scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """E[log1p(scale * X)] for X ~ the (zero-inflated) Poisson/NB of :func:`log_prob`.
+
+    ``scale`` broadcasts against ``log_m`` (a float, or cells x 1 for one factor per cell, such
+    as ``target_sum / library``). No gradient (it is an output, not a loss).
+
+    Frullani's integral ``log(1 + a) = int_0^inf e^-t (1 - e^(-a t)) / t dt`` turns the
+    expectation into one over the probability generating function G(w) = E[w^X], known in
+    closed form, so no pmf is summed and no tail is cut off::
+
+        E[log1p(s X)] = (1 - z) int_0^inf e^-t (1 - G(e^(-s t))) / t dt,
+        1 - G(e^-y) = -expm1(-m (1 - e^-y))                       Poisson
+                    = -expm1(-theta log1p(m / theta (1 - e^-y)))  NB
+
+    (zeros contribute nothing, hence the factor 1 - z). With t = e^u the integrand is smooth and
+    decays at both ends, and the trapezoid rule on a fixed grid of 68 nodes in u (step 0.5) is
+    exponentially accurate for every m, theta and scale at once: heavy NB tails (small theta)
+    need no special case. The cost is 68 passes over the entries (3 element-wise operations
+    each for Poisson, 5 for NB), accumulated in place: no cells x genes x nodes tensor.
+
+    Accuracy, against a brute-force float64 sum of the pmf over k up to where the tail is below
+    1e-15, on m = 1e-4..1e3, theta = 1e-3..1e4 (and Poisson), scale = 1e-3..1e2: float64 inputs
+    agree to 1e-8 absolute and 5e-8 relative; float32 inputs (what the network gives) to 1.1e-6
+    absolute and 1e-6 relative on values up to 11.5, i.e. float32 rounding
+    (tests/test_likelihoods.py checks both).
+    The truncation of the integral adds at most scale * m * 1e-13 (1e-9 for scale * m = 1e4,
+    the largest that ``target_sum=1e4`` produces).
+
+    By Jensen's inequality the result is below ``log1p(scale * (1 - z) * m)``; for small m it is
+    far below (Poisson m = 0.5, scale = 10: 1.01 against log1p(5) = 1.79), which is why it is computed.
+    """
+    m = torch.exp(log_m)
+    scale = torch.as_tensor(scale, dtype=torch.float64, device=log_m.device)
+    shape = torch.broadcast_shapes(m.shape, scale.shape)
+    if log_theta is not None:
+        ratio = torch.exp(log_m - log_theta)  # m / theta, formed in log space
+        neg_theta = -torch.exp(log_theta)
+    acc = torch.zeros(shape, dtype=m.dtype, device=m.device)
+    buf = torch.empty_like(acc)
+    for u, weight in zip(_LOG_T, _LOG_T_WEIGHTS):
+        # 1 - e^(-s t) per cell, in float64: the chance that one molecule is seen at "rate" s t
+        c = (-torch.expm1(-scale * math.exp(u))).to(m.dtype)
+        if log_theta is None:
+            torch.mul(m, -c, out=buf)  # log G = -m (1 - e^(-s t))
+        else:
+            torch.mul(ratio, c, out=buf).log1p_().mul_(neg_theta)
+        acc.sub_(buf.expm1_(), alpha=float(weight))  # += weight * (1 - G)
+    if logit_z is not None:
+        acc.mul_(torch.sigmoid(-logit_z))
+    return acc
