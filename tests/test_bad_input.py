@@ -280,9 +280,16 @@ def test_unknown_option_to_train(pbmc_small):
         model.train(epochs=3)
 
 
-def test_bad_expectation(trained_model, pbmc_small):
-    with pytest.raises(ValueError, match=r"expectation must be 'rate' or 'mixture'"):
-        trained_model.denoise(pbmc_small, expectation="mean", copy=True)
+@pytest.mark.parametrize("option, match", [
+    ({"expectation": "mean"}, r"expectation must be 'rate', 'mixture' or 'lognorm'"),
+    ({"expectation": "lognorm", "target_sum": 0}, r"target_sum must be a positive number .*1e4"),
+    ({"target_sum": float("nan")}, r"target_sum must be a positive number"),
+    ({"depth": -1.0}, r"depth must be a positive number \(1 = each cell's own"),
+    ({"depth": "2"}, r"depth must be a positive number"),
+])
+def test_bad_expectation(trained_model, pbmc_small, option, match):
+    with pytest.raises(ValueError, match=match):
+        trained_model.denoise(pbmc_small, copy=True, **option)
 
 
 # --------------------------------------------------------------------------- untrained model

@@ -86,6 +86,12 @@ def test_config_then_train_then_denoise(tiny_h5ad, tmp_path, capsys):
     _assert_same_outputs(den, api, "zp", zero_inflation=False)
     rate = model.denoise(ad.read_h5ad(tiny_h5ad), copy=True).layers["zipo_denoised"]
     assert not np.array_equal(den.layers["zp_denoised"], rate)  # mixture < rate: not ignored
+    # lognorm with its normalisation target and a depth
+    assert main(["denoise", str(out), str(tiny_h5ad), "--out", str(result), "--overwrite",
+                 "--expectation", "lognorm", "--target-sum", "1000", "--depth", "2"]) == 0
+    api = model.denoise(ad.read_h5ad(tiny_h5ad), expectation="lognorm", target_sum=1000,
+                        depth=2, copy=True)
+    _assert_same_outputs(ad.read_h5ad(result), api, "zipo", zero_inflation=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.toml", "denoised.h5ad", "model"]
 
 

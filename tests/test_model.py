@@ -79,6 +79,31 @@ def test_zero_probabilities_and_mixture_expectation(trained_model, pbmc_small, r
     np.testing.assert_allclose(mixture, (1 - z) * rate, rtol=1e-5, atol=1e-7)
 
 
+def test_lognorm_expectation_and_depth(trained_model, pbmc_small, reference):
+    """E[log1p(1e4 X / l)]: below log1p of the normalised mean (Jensen), near it where
+    expression is high; depth scales rates exactly and takes lognorm towards the plug-in."""
+    rate, z = reference.layers[LAYER].astype(np.float64), reference.layers["zipo_zero_prob"]
+    lib = reference.obs["zipo_library_size"].to_numpy()[:, None]
+    lognorm = trained_model.denoise(pbmc_small, expectation="lognorm", copy=True).layers[LAYER]
+    assert lognorm.shape == rate.shape and lognorm.dtype == np.float32
+    assert np.all(np.isfinite(lognorm)) and np.all(lognorm >= 0)
+    plug_in = np.log1p(1e4 * (1 - z) * rate / lib)  # log1p(s E[X]) >= E[log1p(s X)]
+    assert np.all(lognorm <= plug_in + 1e-5) and np.all(plug_in <= np.log1p(1e4 * rate / lib))
+    assert np.max(plug_in - lognorm) > 0.1  # the bias it removes is real at low expression
+    # Where expression is high the count component's E[log1p(s X)] is log1p(s m) - 1/(2 m)
+    # + O(1/m^2) (Poisson, s m >> 1): the gap shrinks as 1/m.
+    high = rate > 5
+    assert high.sum() > 100
+    gap = (1 - z) * np.log1p(1e4 * rate / lib) - lognorm
+    assert np.all(gap[high] >= -1e-5) and np.all(gap[high] <= 0.5 / rate[high])
+
+    deeper = trained_model.denoise(pbmc_small, depth=2, copy=True).layers[LAYER]
+    np.testing.assert_array_equal(deeper, 2 * reference.layers[LAYER])
+    deeper = trained_model.denoise(pbmc_small, expectation="lognorm", depth=2,
+                                   copy=True).layers[LAYER]
+    assert np.all(deeper >= lognorm - 1e-5) and np.all(deeper <= plug_in + 1e-5)
+
+
 # --------------------------------------------------------------------------- persistence
 def test_save_load_roundtrip_is_bit_identical(trained_model, pbmc_small, reference, tmp_path):
     path = tmp_path / "model"
@@ -297,6 +322,9 @@ def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
     else:  # no zero inflation: z is 0 and both expectations agree
         assert np.all(z == 0)
         np.testing.assert_array_equal(mixture, den)
+    lognorm = model.denoise(pbmc_small, expectation="lognorm", copy=True).layers[LAYER]
+    lib = out.obs["zipo_library_size"].to_numpy()[:, None]
+    assert np.all(lognorm >= 0) and np.all(lognorm <= np.log1p(1e4 * mixture / lib) + 1e-5)
     assert (model.network.theta_head is not None) == (likelihood in ("zinb", "nb"))
     assert f"likelihood={likelihood!r}" in repr(model)
 

@@ -104,6 +104,7 @@ def cmd_denoise(args) -> None:
     model = ZiPo.load(args.model, device=args.device)
     adata = _read_h5ad(args.data, backed=args.stream)
     options = dict(expectation=args.expectation, zero_inflation=args.zero_inflation,
+                   target_sum=args.target_sum, depth=args.depth,
                    key_added=args.key_added, batch_size=args.batch_size,
                    covariate_values=covariate_values or None, genes=args.genes)
     if args.stream:
@@ -212,7 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("data", help="input .h5ad with the model's genes")
     d.add_argument("--out", required=True, help="output .h5ad")
     d.add_argument("--expectation", choices=EXPECTATIONS, default="rate",
-                   help="rate: l*mu (default); mixture: (1-z)*l*mu")
+                   help="rate: l*mu (default); mixture: (1-z)*l*mu; lognorm: E[log1p(target_sum "
+                        "* X / l)], what normalize_total + log1p (natural log) would average")
+    d.add_argument("--target-sum", type=float, default=1e4,
+                   help="counts per cell that lognorm normalises to (default 1e4)")
+    d.add_argument("--depth", type=float, default=1.0,
+                   help="predict a measurement at this multiple of each cell's library size")
     d.add_argument("--zero-inflation", action="store_true", help="also write zero probabilities")
     d.add_argument("--key-added", default="zipo")
     d.add_argument("--covariate-value", action="append", metavar="NAME=VALUE",

@@ -250,7 +250,8 @@ class ZiPo:
                 key_added: str = "zipo", batch_size: int | None = None, copy: bool = False,
                 covariate_values: dict[str, Any] | None = None,
                 genes: Sequence[str] | None = None, out: str | Path | None = None,
-                denoised: bool = True, overwrite: bool = False):
+                denoised: bool = True, overwrite: bool = False, target_sum: float = 1e4,
+                depth: float = 1.0):
         """Denoised counts, latents and library sizes of ``adata``'s cells.
 
         By default they are written into ``adata``: ``layers[f"{key_added}_denoised"]`` (cells x
@@ -261,6 +262,14 @@ class ZiPo:
         component, i.e. the denoised expression with technical zeros removed.
         ``expectation="mixture"`` is ``(1 - z) * l * mu``, the expected value of the whole
         zero-inflated distribution (what a new measurement would average).
+        ``expectation="lognorm"`` is E[log1p(target_sum * X / l)] for X drawn from the fitted
+        distribution: what scanpy's ``normalize_total(target_sum=target_sum)`` + ``log1p``
+        (natural log) of a new measurement would average; Bioconductor's ``logcounts`` is this
+        with target_sum = the mean library size, divided by log(2). log1p of the rate
+        overstates it at low expression; see
+        :func:`zipo.distributions.expected_log1p`. ``target_sum`` is used only by lognorm.
+        ``depth`` predicts a measurement at ``depth`` times each cell's predicted library size
+        (rate and mixture scale by it; lognorm's rate and normaliser both do).
 
         ``covariate_values`` predicts every cell as if its covariates had these values, e.g.
         ``{"batch": "donor1"}`` gives batch-corrected expected counts with donor1 as the
@@ -285,7 +294,7 @@ class ZiPo:
         """
         self._require_trained()
         adata = self.adata if adata is None else adata
-        check_denoise_request(adata, expectation, copy, out, denoised)
+        check_denoise_request(adata, expectation, copy, out, denoised, depth, target_sum)
         keep = output_genes(self.var_names, genes)
         batches = self.cell_batches(adata, batch_size, covariate_values)
         cols, keep = output_columns(self.var_names, adata, keep)
@@ -293,7 +302,7 @@ class ZiPo:
                            denoised, zero_inflation, overwrite)
         with sink:
             write_predictions(self.network, batches, sink, cols, expectation, denoised,
-                              zero_inflation)
+                              zero_inflation, depth, target_sum)
         if out is not None:
             return sink.result()
         target = output_target(adata, copy)

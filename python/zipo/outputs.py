@@ -4,6 +4,8 @@ memory."""
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -14,19 +16,21 @@ import torch
 from .data.counts import examples
 from .data.genes import gene_positions
 from .data.loader import CellBatches
+from .distributions import expected_log1p
 from .files import atomic_path, check_target
-from .nn.network import ZiPoNetwork
+from .nn.network import NetworkOutput, ZiPoNetwork
 
-Expectation = Literal["rate", "mixture"]
-EXPECTATIONS = ("rate", "mixture")
+Expectation = Literal["rate", "mixture", "lognorm"]
+EXPECTATIONS = ("rate", "mixture", "lognorm")
 
 
 @torch.no_grad()
 def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns: np.ndarray | None,
-                      expectation: Expectation, denoised: bool, zero_inflation: bool) -> None:
+                      expectation: Expectation, denoised: bool, zero_inflation: bool,
+                      depth: float = 1.0, target_sum: float = 1e4) -> None:
     """Run ``network`` over ``batches`` and write each batch's latents, library sizes, and
-    (for the model genes ``columns``, all when None) expected counts and zero probabilities
-    into ``sink``."""
+    (for the model genes ``columns``, all when None) expectations (see :func:`expected_values`)
+    and zero probabilities into ``sink``."""
     device = next(network.parameters()).device
     columns = None if columns is None else torch.as_tensor(columns, device=device)
     network.eval()
@@ -40,17 +44,47 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
             z = (torch.sigmoid(o.logit_z if columns is None else o.logit_z[:, columns])
                  if o.logit_z is not None else None)
             if denoised:
-                m = torch.exp(log_m)
-                mean = (m if expectation == "rate" or z is None else (1 - z) * m).cpu().numpy()
+                mean = expected_values(o, log_m, z, columns, expectation, depth,
+                                       target_sum).cpu().numpy()
             if zero_inflation:
                 zprob = (z if z is not None else torch.zeros_like(log_m)).cpu().numpy()
         sink.write(idx, latent, library, mean, zprob)
 
 
-def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bool) -> None:
+def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | None,
+                    columns: torch.Tensor | None, expectation: Expectation, depth: float,
+                    target_sum: float) -> torch.Tensor:
+    """One batch's ``expectation`` for a measurement at ``depth`` times each cell's predicted
+    library size l: rate ``depth * m``, mixture ``(1 - z) * depth * m``, lognorm
+    E[log1p(target_sum * X / (depth * l))] with X ~ the fitted distribution at rate ``depth * m``
+    (z and theta unchanged: a deeper measurement samples the same cell)."""
+    if expectation == "lognorm":
+        logit_z, log_theta = (None if t is None else t if columns is None else t[:, columns]
+                              for t in (o.logit_z, o.log_theta))
+        log_depth = math.log(depth)
+        # normalize_total divides by the cell's total, whose expectation is depth * l
+        scale = target_sum * torch.exp(-(o.log_library + log_depth))[:, None]
+        return expected_log1p(log_m + log_depth if depth != 1 else log_m, logit_z, log_theta,
+                              scale)
+    m = torch.exp(log_m)
+    if depth != 1:
+        m = m * depth
+    return m if expectation == "rate" or z is None else (1 - z) * m
+
+
+def _positive(value, name: str, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive number ({meaning}), got {value!r}")
+
+
+def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bool,
+                          depth: float = 1.0, target_sum: float = 1e4) -> None:
     """Refuse a combination of :meth:`zipo.ZiPo.denoise` arguments that cannot be served."""
     if expectation not in EXPECTATIONS:
-        raise ValueError(f"expectation must be 'rate' or 'mixture', got {expectation!r}")
+        raise ValueError("expectation must be 'rate', 'mixture' or 'lognorm' (log-normalised, "
+                         f"like scanpy's normalize_total + log1p), got {expectation!r}")
+    _positive(depth, "depth", "1 = each cell's own predicted library size, 2 = twice as deep")
+    _positive(target_sum, "target_sum", "the counts per cell of normalize_total, e.g. 1e4")
     if adata is None:
         raise ValueError("pass the AnnData to denoise")
     if adata.isbacked and not copy and out is None:
