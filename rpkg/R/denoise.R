@@ -27,7 +27,13 @@
 #'
 #' `expectation = "rate"` (default) gives `l * mu`, the expected count with
 #' technical zeros removed; `"mixture"` gives `(1 - z) * l * mu`, the mean of the
-#' whole zero-inflated distribution.
+#' whole zero-inflated distribution; `"lognorm"` gives the expectation of
+#' `log1p(target_sum * X / l)` with `X` drawn from the fitted distribution: the
+#' log-normalised expression (natural log, as Seurat's `NormalizeData()` and
+#' scanpy's `normalize_total()` + `log1p()`) that a new measurement would
+#' average. A `logcounts` assay as `scuttle::logNormCounts()` makes it is this
+#' with `target_sum` = the mean library size, divided by `log(2)`. The log of
+#' the rate would overstate it at low expression.
 #'
 #' @param x A SingleCellExperiment or a Seurat object.
 #' @param ... Training options when no `model` is given: `verbose` and any ZiPo
@@ -54,7 +60,9 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @param epochs Maximum number of training epochs.
 #' @param seed Random seed.
 #' @param model A trained `zipo_model` to apply instead of training one.
-#' @param expectation `"rate"` or `"mixture"` (see Details).
+#' @param expectation `"rate"`, `"mixture"` or `"lognorm"` (see Details).
+#' @param target_sum Counts per cell that `"lognorm"` normalises to (default
+#'   `1e4`, Seurat's `scale.factor`); ignored by the other expectations.
 #' @param zero_inflation Also add the zero-inflation probabilities
 #'   (SingleCellExperiment).
 #' @param name Name of the new assay.
@@ -67,12 +75,13 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @export
 setMethod("denoise", "SingleCellExperiment", function(
     x, assay.type = "counts", subset.row = NULL, covariates = NULL, likelihood = "zip",
-    epochs = NULL, seed = 0L, model = NULL, expectation = "rate", zero_inflation = FALSE,
-    name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE, ..., assay = NULL) {
+    epochs = NULL, seed = 0L, model = NULL, expectation = "rate", target_sum = 1e4,
+    zero_inflation = FALSE, name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE, ...,
+    assay = NULL) {
   assay.type <- .counts_assay(x, if (!missing(assay.type)) assay.type, assay, "denoise")
   rows <- .subset_rows(rownames(x), nrow(x), subset.row)
   adata <- .denoise_anndata(x, assay.type, covariates, model, names(rows), expectation,
-                            zero_inflation, allow_non_integer,
+                            target_sum, zero_inflation, allow_non_integer,
                             list(likelihood = likelihood, epochs = epochs, seed = seed, ...))
   if (!is.null(rows)) x <- x[unname(rows), ]
   dn <- dimnames(x)
@@ -91,8 +100,8 @@ setMethod("denoise", "SingleCellExperiment", function(
 #' @export
 setMethod("denoise", "ANY", function(x, assay = NULL, subset.row = NULL, covariates = NULL,
                                      likelihood = "zip", epochs = NULL, seed = 0L, model = NULL,
-                                     expectation = "rate", zero_inflation = FALSE,
-                                     name = "denoised", dimred = "ZIPO",
+                                     expectation = "rate", target_sum = 1e4,
+                                     zero_inflation = FALSE, name = "denoised", dimred = "ZIPO",
                                      allow_non_integer = FALSE, ..., assay.type = NULL) {
   if (!inherits(x, "Seurat")) {
     stop("denoise() needs a SingleCellExperiment or a Seurat object, not a ", class(x)[1],
@@ -103,7 +112,7 @@ setMethod("denoise", "ANY", function(x, assay = NULL, subset.row = NULL, covaria
   features <- rownames(SeuratObject::GetAssayData(x, slot = "counts", assay = assay))
   rows <- .subset_rows(features, length(features), subset.row)
   adata <- .denoise_anndata(x, assay, covariates, model, names(rows), expectation,
-                            zero_inflation, allow_non_integer,
+                            target_sum, zero_inflation, allow_non_integer,
                             list(likelihood = likelihood, epochs = epochs, seed = seed, ...))
   if (!is.null(rows)) features <- names(rows)
   den <- .result_matrix(adata, "denoised", list(features, colnames(x)))

@@ -91,8 +91,8 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = "zip", e
 # What denoise() does for both classes: converts the counts to AnnData once, trains on that
 # AnnData when no model is given, and denoises the same AnnData (results stay in it, in Python,
 # until .result_matrix() and .result_cells() copy them into R).
-.denoise_anndata <- function(x, assay, covariates, model, genes, expectation, zero_inflation,
-                             allow_non_integer, training) {
+.denoise_anndata <- function(x, assay, covariates, model, genes, expectation, target_sum,
+                             zero_inflation, allow_non_integer, training) {
   if (!is.null(model)) {
     if (!inherits(model, "zipo_model")) {
       stop("model must be a zipo_model (from train() or load_model())", call. = FALSE)
@@ -104,7 +104,8 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = "zip", e
     model <- do.call(.train_anndata, c(list(adata, covariates = covariates,
                                             allow_non_integer = allow_non_integer), training))
   }
-  model$py$denoise(adata, expectation = expectation, zero_inflation = zero_inflation,
+  model$py$denoise(adata, expectation = expectation, target_sum = as.numeric(target_sum),
+                   zero_inflation = zero_inflation,
                    genes = if (is.null(genes)) NULL else as.list(genes))
   adata
 }
