@@ -7,7 +7,8 @@ knows nothing about the methods; a method only ever sees the part it is allowed 
   2019). Each count is split by binomial thinning, ``X' ~ Binomial(X, p)``, ``X'' = X - X'``;
   the method is fitted on ``X'`` only and its prediction, rescaled by ``(1 - p) / p``, is scored
   against ``X''``: Poisson NLL ``mean(pred - X'' log pred)``, Poisson deviance and the MSE of
-  square roots. :func:`score_openproblems` adds OpenProblems' denoising MSE on the same split.
+  square roots. :func:`score_openproblems` adds OpenProblems' denoising MSE on the same split,
+  :func:`score_openproblems_lognorm` the same for a prediction made on the log scale.
 - :func:`mask_nonzeros` + :func:`score_masked`: the scVI 0.6.8 imputation protocol (10% of the
   non-zero entries are multiplied by Bernoulli(0.9)); median absolute error over the entries
   that changed.
@@ -136,6 +137,25 @@ def score_openproblems(pred, target) -> dict[str, float]:
     mean squared difference. (OpenProblems' own Poisson metric passes its arguments in swapped
     order; we report the correct Poisson NLL in :func:`score_mcv` instead.)"""
     return {"op_mse_log1p": float(np.mean((log_normalize(pred) - log_normalize(target)) ** 2))}
+
+
+def score_openproblems_lognorm(pred_lognorm, target, proportions: np.ndarray,
+                               expressed: np.ndarray, target_sum: float = 1e4) -> dict[str, float]:
+    """:func:`score_openproblems` for a prediction already on the log scale (ZiPo's
+    ``expectation="lognorm"`` at the target's depth, for the ``expressed`` genes).
+
+    The target, ``log1p(1e4 X'' / |X''|)``, is random; the prediction with the least expected
+    squared error is its conditional mean E[log1p(1e4 X'' / |X''|)]. :func:`score_openproblems`
+    log-normalises an expected count instead, log1p(E[...]), which Jensen's inequality puts above
+    that mean wherever expression is low. So this is the same metric on the same target, with
+    the prediction's log-normalisation skipped because the method has done it in expectation.
+    Genes the method was not fitted on get ``log1p(target_sum * p_g)``: the mean baseline that
+    :func:`mean_baseline` fills counts with (``L_c * p_g``), log-normalised by ``L_c``."""
+    full = np.repeat(np.log1p(target_sum * np.asarray(proportions, dtype=np.float64))[None, :],
+                     np.shape(pred_lognorm)[0], axis=0)
+    full[:, expressed] = pred_lognorm
+    return {"op_mse_log1p_lognorm":
+            float(np.mean((full - log_normalize(target, target_sum)) ** 2))}
 
 
 def score_mcv(pred_on_x1, x2, p: float) -> dict[str, float]:

@@ -166,6 +166,10 @@ def score(split: Split, ds: D.Dataset, method: str, arrays: dict) -> dict:
             rec.update({f"{k}_mix": v for k, v in P.score_mcv(mix, split.target, split.p).items()})
         if split.protocol == "mcv0.9":
             rec.update(P.score_openproblems(pred, split.target))
+            if "pred_lognorm" in arrays:
+                rec.update(P.score_openproblems_lognorm(
+                    arrays["pred_lognorm"], split.target, P.gene_proportions(split.train),
+                    split.expressed))
         if ds.truth:
             rate = ds.truth["rate"]
             full = pred / split.p  # the method's estimate at the full data's depth
@@ -260,7 +264,8 @@ class Runner:
             outs.append(out_path)
             spec.append({"method": m.key, "task": "heldout" if s.protocol == "heldout" else "denoise",
                          "input": str(s.input_path), "output": str(out_path), "seed": s.seed,
-                         "max_epochs": self.a.max_epochs, "threads": self.a.threads})
+                         "max_epochs": self.a.max_epochs, "threads": self.a.threads,
+                         **({"depth": (1 - s.p) / s.p} if s.p is not None else {})})
         spec_path = self.tmp / f"{tag}.json"
         spec_path.write_text(json.dumps(spec))
         log_path = self.out / "logs" / f"{tag}.log"

@@ -53,6 +53,30 @@ def test_scores_prefer_the_truth():
     assert np.allclose(np.exp(-P.zinb_nll_entries(x, m, th, pi)).sum(axis=0), 1.0, atol=1e-6)
 
 
+def test_openproblems_score_of_a_log_scale_prediction():
+    rng = np.random.default_rng(4)
+    rate = rng.gamma(0.5, 2.0, (300, 20))
+    target = rng.poisson(rate)
+    props = rate.sum(axis=0) / rate.sum()
+    every = np.ones(20, dtype=bool)
+    # The same metric: a log-normalised rate scores what score_openproblems gives the rate.
+    plug_in = P.log_normalize(rate)
+    got = P.score_openproblems_lognorm(plug_in, target, props, every)["op_mse_log1p_lognorm"]
+    assert got == pytest.approx(P.score_openproblems(rate, target)["op_mse_log1p"], rel=1e-12)
+    # The target's expected log-normalised value (Monte Carlo) beats the log of its mean.
+    mean_log = np.mean([P.log_normalize(rng.poisson(rate)) for _ in range(200)], axis=0)
+    assert (P.score_openproblems_lognorm(mean_log, target, props, every)["op_mse_log1p_lognorm"]
+            < 0.9 * got)
+    # Genes not fitted get the log-normalised mean baseline.
+    fitted = every.copy()
+    fitted[[3, 7]] = False
+    part = P.score_openproblems_lognorm(plug_in[:, fitted], target, props, fitted)
+    full = plug_in.copy()
+    full[:, ~fitted] = np.log1p(1e4 * props[~fitted])
+    assert part["op_mse_log1p_lognorm"] == pytest.approx(
+        np.mean((full - P.log_normalize(target)) ** 2), rel=1e-12)
+
+
 def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
     from benchmarks import run, venvs
 
@@ -83,6 +107,11 @@ def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
     assert -1 <= by[("latent", "pca")]["kmeans_ari"] <= 1
     assert by[("mcv0.9", "zipo_zip")]["epochs"] <= 3
     assert by[("mcv0.9", "zipo_zip")]["peak_rss_mb"] > 0
+    # ZiPo's lognorm expectation is scored on the OpenProblems split, and only there.
+    assert by[("mcv0.9", "zipo_zip")]["op_mse_log1p_lognorm"] > 0
+    assert "op_mse_log1p_lognorm" not in by[("mcv0.9", "mean")]
+    assert "op_mse_log1p_lognorm" not in by[("mcv0.5", "zipo_zip")]
     md = (out / "results.md").read_text()
     assert "ZiPo-ZIP" in md and "Where ZiPo-ZIP stands" in md
+    assert "ZiPo lognorm expectation" in md
     assert (out / "results.png").stat().st_size > 1000

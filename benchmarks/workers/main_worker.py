@@ -33,7 +33,7 @@ def _adata(x):
         var=pd.DataFrame(index=[f"g{j}" for j in range(x.shape[1])]))
 
 
-def run_zipo(method, task, x, t, seed, max_epochs, threads):
+def run_zipo(method, task, x, t, seed, max_epochs, threads, depth=None):
     import torch
     import zipo
 
@@ -78,6 +78,9 @@ def run_zipo(method, task, x, t, seed, max_epochs, threads):
         mix = model.denoise(adata, expectation="mixture", copy=True)
         out["pred"] = rate.layers["zipo_denoised"]
         out["pred_mix"] = mix.layers["zipo_denoised"]
+        if depth is not None:  # MCV: log-normalised expression at the held-out molecules' depth
+            out["pred_lognorm"] = model.denoise(adata, expectation="lognorm", depth=depth,
+                                                copy=True).layers["zipo_denoised"]
         out["latent"] = rate.obsm["X_zipo"]
     else:
         test = _adata(t)
@@ -120,7 +123,8 @@ def main():
     for a in tasks(METHODS):
         x, t = load_input(a.input)
         if a.method in ZIPO_METHODS:
-            info, out = run_zipo(a.method, a.task, x, t, a.seed, a.max_epochs, a.threads)
+            info, out = run_zipo(a.method, a.task, x, t, a.seed, a.max_epochs, a.threads,
+                                 a.depth)
         else:
             info, out = run_baseline(a.method, a.task, x, t, a.seed)
         save_output(a.output, info, **out)

@@ -4,7 +4,8 @@ peer workers run in their own virtualenvs and only need numpy and scipy).
 Input ``.npz``: the training counts as CSR parts (``X_data``, ``X_indices``, ``X_indptr``,
 ``X_shape``) and, for the held-out-cell task, the test cells the same way (``T_*``).
 Output ``.npz``: ``pred`` (rate prediction for the training cells, cells x genes, on their own
-depth), optionally ``pred_mix`` (the zero-inflated mixture mean), ``latent`` (embedding),
+depth), optionally ``pred_mix`` (the zero-inflated mixture mean), ``pred_lognorm`` (ZiPo's
+expected log-normalised expression at the task's ``depth``), ``latent`` (embedding),
 ``test_nll_sum`` (summed NLL of the test counts), and ``info`` (a JSON string: fit_seconds,
 epochs, seconds_per_epoch, ...).
 """
@@ -70,8 +71,10 @@ def load_output(path) -> tuple[dict, dict]:
 
 def tasks(methods) -> list[argparse.Namespace]:
     """The fits this process runs, in order: ``worker.py TASKS.json``, a JSON list of
-    ``{method, task, input, output, seed, max_epochs, threads}`` (one fit per process in the
-    full run, so its peak RSS is that fit's; quick mode batches to save interpreter starts)."""
+    ``{method, task, input, output, seed, max_epochs, threads[, depth]}`` (one fit per process
+    in the full run, so its peak RSS is that fit's; quick mode batches to save interpreter
+    starts). ``depth`` (MCV only) is the held-out part's depth relative to the training part's,
+    ``(1 - p) / p``."""
     p = argparse.ArgumentParser()
     p.add_argument("tasks", help="JSON file: list of fits")
     spec = json.loads(open(p.parse_args().tasks).read())
@@ -79,7 +82,7 @@ def tasks(methods) -> list[argparse.Namespace]:
     for t in spec:
         if t["method"] not in methods:
             raise SystemExit(f"unknown method {t['method']!r} for this worker")
-        out.append(argparse.Namespace(**{"seed": 0, "max_epochs": 200, "threads": 1, **t}))
+        out.append(argparse.Namespace(**{"seed": 0, "max_epochs": 200, "threads": 1, "depth": None, **t}))
     return out
 
 
