@@ -17,11 +17,13 @@ DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-12
 # method.md: "dca" (NB, 128-64-128, log input, library-size normalised input), "zipdca" (the same
 # with Poisson, zero-inflated), "tuneddca" (DCA's shape with ZiPo-like settings); "zipo" is the
 # paper's best model: 2048-1024-512-256-128, residuals, sigmoid + batch norm, linear decoder, ZIP,
-# alpha_z = alpha_w = 0.1.
+# alpha_z = alpha_w = 0.1; "paper" is that model trained as published.
+PAPER_MODEL = {"likelihood": "zip", "encoder_dims": [2048, 1024, 512, 256, 128],
+               "decoder_dims": [], "residuals": True, "activation": "sigmoid",
+               "batch_norm": True, "input_transform": "log1p", "alpha_z": 0.1, "alpha_w": 0.1}
 EXPECTED = {
-    "zipo": {"likelihood": "zip", "encoder_dims": [2048, 1024, 512, 256, 128],
-             "decoder_dims": [], "residuals": True, "activation": "sigmoid",
-             "batch_norm": True, "input_transform": "log1p", "alpha_z": 0.1, "alpha_w": 0.1},
+    "zipo": PAPER_MODEL,
+    "paper": PAPER_MODEL,
     "dca": {"likelihood": "nb", **DCA_LIKE, "residuals": False, "activation": "relu",
             "input_transform": "normalize_log1p", "alpha_w": 0.0},
     "zipdca": {"likelihood": "zip", **DCA_LIKE, "residuals": False, "activation": "relu",
@@ -30,6 +32,13 @@ EXPECTED = {
                  "batch_norm": True, "input_transform": "log1p", "alpha_z": 0.1,
                  "alpha_w": 0.1},
 }
+
+
+# The paper's and DCA's training: reconstruct all counts, stop on the validation cells' loss
+# (zipo's default trains and stops on held-out molecules).
+RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0}
+EXPECTED_TRAIN = {"zipo": {}, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
+                  "tuneddca": RECONSTRUCT}
 
 
 def test_every_preset_is_described():
@@ -41,8 +50,9 @@ def test_preset_fields(name):
     cfg = preset_config(name)
     for key, value in EXPECTED[name].items():
         assert getattr(cfg.model, key) == value, (name, key)
-    # Presets set model options only; data and training keep the defaults.
+    # Presets set the model and how it trains; everything else keeps the defaults.
     default = ZiPoConfig()
+    default.update({"train": EXPECTED_TRAIN[name]})
     assert cfg.data == default.data and cfg.train == default.train
     # A fresh object each time: changing one never leaks into the next.
     cfg.model.encoder_dims.append(1)
@@ -99,7 +109,7 @@ def test_config_file_overrides_the_preset_and_options_override_the_file(pbmc_sma
 
 
 def test_unknown_preset_errors_clearly(pbmc_small):
-    with pytest.raises(ValueError, match="unknown preset 'scvi'; choose one of zipo, dca, "
+    with pytest.raises(ValueError, match="unknown preset 'scvi'; choose one of zipo, paper, dca, "
                                          "zipdca, tuneddca"):
         zipo.ZiPo(pbmc_small, preset="scvi")
     with pytest.raises(ValueError, match="unknown preset"):

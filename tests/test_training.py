@@ -12,12 +12,13 @@ from scipy import stats
 
 import zipo
 from zipo.data.loader import split_cells
+from zipo.train.trainer import monitored_column
 
 from conftest import SMALL_ENCODER
 
 HISTORY_COLUMNS = [
-    "epoch", "train_loss", "train_nll", "validation_loss", "validation_nll", "learning_rate",
-    "seconds", "data_wait_seconds",
+    "epoch", "train_loss", "train_nll", "validation_loss", "validation_nll",
+    "validation_heldout_nll", "learning_rate", "seconds", "data_wait_seconds",
 ]
 
 
@@ -79,7 +80,7 @@ def test_validation_nll_beats_mean_proportion_baseline(pbmc_run):
 
     # The same number three ways: by hand, model.evaluate, and the best epoch of the history.
     assert model.evaluate(adata[val_idx].copy())["nll"] == pytest.approx(nll, rel=1e-4)
-    best = model.history["validation_loss"].idxmin()
+    best = model.history[monitored_column(model.history)].idxmin()
     assert model.history.loc[best, "validation_nll"] == pytest.approx(nll, rel=1e-4)
 
     assert nll < baseline - 0.03, f"validation NLL {nll:.4f} vs baseline {baseline:.4f}"
@@ -156,7 +157,7 @@ def test_early_stopping_restores_best_weights(pbmc_small):
         early_stopping_patience=3, seed=1,
     ).train()
     h = model.history
-    best = int(h["validation_loss"].idxmin())
+    best = int(h[monitored_column(h)].idxmin())
     # stopped exactly `patience` epochs after the best one (or ran out of epochs)
     assert len(h) == min(best + 1 + 3, 80)
     assert len(h) < 80, "validation loss never stopped improving; cannot test early stopping"

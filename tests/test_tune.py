@@ -15,6 +15,7 @@ import zipo  # noqa: E402
 from zipo.cli import main  # noqa: E402
 from zipo.config import load_config  # noqa: E402
 from zipo.tools.search_space import ENCODER_SHAPES, PAPER_SEARCH_SPACE  # noqa: E402
+from zipo.train.trainer import monitored_column  # noqa: E402
 
 from optuna.trial import TrialState  # noqa: E402
 
@@ -22,9 +23,10 @@ FAST = {"max_epochs": 2, "batch_size": 32}
 
 
 def kept_score(model) -> float:
-    """Validation NLL at the epoch whose weights the model kept (its best validation loss)."""
+    """The tuning score (by default the held-out molecules' NLL) at the epoch whose weights
+    the model kept."""
     h = model.history
-    return float(h["validation_nll"].iloc[int(h["validation_loss"].to_numpy().argmin())])
+    return float(h["validation_heldout_nll"].iloc[int(h[monitored_column(h)].to_numpy().argmin())])
 
 
 def test_paper_space_best_model_and_toml_that_zipo_train_reproduces(pbmc_small, pbmc_small_path,
@@ -136,8 +138,9 @@ def test_an_optuna_pruner_stops_trials_that_fall_behind(pbmc_small):
     # epochs, counted from 1).
     space = {"learning_rate": [1e-2, 1e-6], "encoder_dims": ["64-16"]}
     pruner = optuna.pruners.PercentilePruner(0.0, n_startup_trials=1, n_warmup_steps=2)
+    # The paper's training, so that "learns" means the whole-count validation NLL drops fast.
     study = zipo.tune(pbmc_small, n_trials=6, search_space=space, pruner=pruner,
-                      max_epochs=4, batch_size=32, lr_min=1e-7, seed=1).study
+                      preset="paper", max_epochs=4, batch_size=32, lr_min=1e-7, seed=1).study
     good = [t.number for t in study.trials if t.params["learning_rate"] == 1e-2]
     slow = [t for t in study.trials if t.params["learning_rate"] == 1e-6]
     assert good and any(t.number > good[0] for t in slow), [t.params for t in study.trials]
@@ -164,6 +167,8 @@ def test_an_optuna_pruner_stops_trials_that_fall_behind(pbmc_small):
         ({"storage": "sqlite:////no/such/folder/x.db"}, "cannot open the Optuna storage"),
         ({"validation_fraction": 0.0}, "validation_fraction must be > 0"),
         ({"metric": "mse"}, "metric must be one of"),
+        ({"metric": "validation_heldout_nll", "heldout_molecules": 0.0},
+         "needs train.heldout_molecules > 0"),
         ({"n_trials": 0}, "n_trials must be a positive integer"),
         ({"out": "best.json"}, "out must be a .toml file"),
     ],
@@ -182,7 +187,7 @@ def test_cli_tune_resumes_prints_the_table_and_writes_the_best_config(pbmc_small
     assert main([*args, "--trials", "1"]) == 0
     assert main([*args, "--trials", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    for word in ("trial", "state", "validation_nll", "epochs", "encoder_dims", "alpha_z",
+    for word in ("trial", "state", "validation_heldout_nll", "epochs", "encoder_dims", "alpha_z",
                  "alpha_w", "COMPLETE", "Best trial", "Best config written to"):
         assert word in text, word
     study = optuna.load_study(study_name="cli", storage=f"sqlite:///{db}")

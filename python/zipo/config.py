@@ -89,7 +89,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser, schedule and stopping rule (paper's settings by default)."""
+    """Optimiser, schedule and stopping rule (the paper's, except that training and stopping
+    score held-out molecules by default; ``preset="paper"`` restores the paper's)."""
 
     max_epochs: int = 300
     batch_size: int = 256
@@ -108,16 +109,17 @@ class TrainConfig:
     """Relative improvement in validation loss that counts as progress (0.1%)."""
     plateau_factor: float = 0.1
     early_stopping_patience: int = 30
-    heldout_molecules: float = 0.0
+    heldout_molecules: float = 0.1
     """Fraction of each validation cell's molecules held out by binomial thinning; above 0 the
     history gains ``validation_heldout_nll`` (the Poisson NLL of those molecules given the rate
     predicted from the rest) and the schedule and early stopping watch it instead of the
-    validation loss, which rewards copying a cell's noise (``zipo/train/heldout.py``)."""
-    objective_heldout: float = 0.0
+    validation loss, which rewards copying a cell's noise (``zipo/train/heldout.py``). 0 is
+    the paper's rule (``preset="paper"``): watch the validation loss."""
+    objective_heldout: float = 0.1
     """Above 0, each training step holds out this fraction of every cell's molecules by
     binomial thinning, feeds the network the rest and scores it on predicting the held-out
     ones (Noise2Self / molecular cross-validation as the objective: copying the input cannot
-    pay). 0 is the paper's objective: reconstruct all counts."""
+    pay). 0 is the paper's objective (``preset="paper"``): reconstruct all counts."""
     seed: int = 0
     checkpoint_every: int = 10
     """Epochs between checkpoints when training with a checkpoint directory."""
