@@ -39,6 +39,7 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     import zipo
 
     from . import datasets as D
+    from .clustering import latent_scores
     from . import protocols as P
     from .run import PROTOCOLS
 
@@ -61,6 +62,8 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
            **P.score_mcv(full, x2, p)}
     if "validation_heldout_nll" in h:  # what a choice between variants may look at
         rec["validation_heldout_nll"] = float(h["validation_heldout_nll"].min())
+    if ds.labels is not None:  # as benchmarks.run scores latents (k-means, k = label count)
+        rec.update(latent_scores(model.get_latent(adata), ds.labels, seed=seed))
     if ds.truth:  # as benchmarks.run scores the simulation
         rate, at_depth = ds.truth["rate"], np.maximum(full / p, 0)
         rec["truth_sqrt_mse"] = float(np.mean((np.sqrt(at_depth) - np.sqrt(rate)) ** 2))
@@ -83,7 +86,7 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    metrics = ["poisson_nll", "poisson_deviance", "sqrt_mse", "truth_sqrt_mse",
+    metrics = ["poisson_nll", "poisson_deviance", "sqrt_mse", "truth_sqrt_mse", "kmeans_ari",
                "validation_heldout_nll", "epochs", "fit_s"]
     rows = {}
     for words in args.variant:
