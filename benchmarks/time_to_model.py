@@ -1,0 +1,127 @@
+"""Wall time to a trained model, ZiPo's defaults against scVI's, on PBMC 4k (issue 15).
+
+    python -m benchmarks.time_to_model                       # both to their own stopping rule
+    python -m benchmarks.time_to_model --epochs 5 --zipo-stop 135 140   # timed epochs, projected
+
+Each method trains on the same cells (PBMC 4k, its ``--genes`` most-detected genes, 0 meaning
+every detected gene) with its own defaults: ``zipo.ZiPo(adata).train()`` in this process, and
+``scvi.model.SCVI(adata).train()`` in the scVI venv (``python -m benchmarks.run --setup-only``
+makes it), both on ``--threads`` CPU threads. Without ``--epochs`` each trains to its own
+stopping rule and the time is measured. With ``--epochs N`` each trains N epochs, and the time to
+a trained model is projected as seconds per epoch (median after the first) times the epochs its
+rule takes: scVI's rule is fixed (``min(round(20000 / cells * 400), 400)`` epochs, no early
+stopping), ZiPo's are given by ``--zipo-stop`` (one per ``--genes`` entry, e.g. the epochs its
+fits stopped at in ``benchmarks.mcv_variants``). Run it alone: other jobs on the cores inflate
+every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCVI_SCRIPT = r"""
+import json, sys, time
+import anndata as ad, numpy as np, scvi, torch
+from scvi.model._utils import get_max_epochs_heuristic
+path, threads, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+scvi.settings.seed, scvi.settings.num_threads, scvi.settings.dl_num_workers = 0, threads, 0
+adata = ad.read_h5ad(path)
+scvi.model.SCVI.setup_anndata(adata)
+model = scvi.model.SCVI(adata)
+rule = get_max_epochs_heuristic(adata.n_obs)
+started = time.perf_counter()
+model.train(max_epochs=epochs or rule, accelerator="cpu", devices=1, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "epochs": len(model.history["elbo_train"]), "rule": rule}))
+"""
+
+
+def time_zipo(adata, epochs: int) -> dict:
+    import zipo
+
+    options = {"max_epochs": epochs, "early_stopping_patience": 10**6} if epochs else {}
+    model = zipo.ZiPo(adata, seed=0, verbose=False, device="cpu", **options)
+    started = time.perf_counter()
+    model.train()
+    seconds = time.perf_counter() - started
+    per_epoch = model.history["seconds"].to_numpy()
+    return {"seconds": seconds, "epochs": len(per_epoch),
+            "per_epoch": float(np.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch))}
+
+
+def time_scvi(adata, epochs: int, threads: int) -> dict:
+    from .venvs import python
+
+    exe = python("scvi")
+    if not exe.exists():
+        raise SystemExit(f"{exe} not found: make the peer venvs with "
+                         "`python -m benchmarks.run --setup-only`")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "counts.h5ad"
+        adata.write_h5ad(path)
+        done = subprocess.run([str(exe), "-c", SCVI_SCRIPT, str(path), str(threads), str(epochs)],
+                              capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"scVI failed:\n{done.stderr[-3000:]}")
+    rec = json.loads(done.stdout.strip().splitlines()[-1])
+    # Lightning does not report per-epoch times; the mean includes the first epoch.
+    rec["per_epoch"] = rec["seconds"] / rec["epochs"]
+    return rec
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--genes", type=int, nargs="+", default=[2000, 0])
+    ap.add_argument("--epochs", type=int, default=0, help="epochs to time (0: train to stop)")
+    ap.add_argument("--zipo-stop", type=int, nargs="+", default=None,
+                    help="with --epochs: ZiPo's epochs to stop, one per --genes entry")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    if args.epochs and args.zipo_stop and len(args.zipo_stop) != len(args.genes):
+        ap.error("--zipo-stop needs one number per --genes entry")
+
+    import anndata as ad
+    import torch
+
+    from . import datasets as D
+
+    torch.set_num_threads(args.threads)
+    mode = f"{args.epochs} epochs timed, projected" if args.epochs else "trained to stop"
+    print(f"PBMC 4k, time to a trained model ({mode}), {args.threads} threads, "
+          f"torch {torch.__version__}")
+    print("| genes | method | epochs timed | s/epoch | epochs to stop | time to model (s) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for i, n_genes in enumerate(args.genes):
+        ds = D.pbmc4k(n_genes or None)
+        adata = ad.AnnData(ds.counts.astype(np.float32))
+        adata.obs_names = [f"c{j}" for j in range(adata.n_obs)]
+        adata.var_names = [str(g) for g in ds.genes]
+        for method in ("zipo", "scvi"):
+            rec = (time_zipo(adata, args.epochs) if method == "zipo"
+                   else time_scvi(adata, args.epochs, args.threads))
+            if not args.epochs:
+                stop, total = rec["epochs"], rec["seconds"]
+            elif method == "scvi":
+                stop, total = rec["rule"], rec["per_epoch"] * rec["rule"]
+            elif args.zipo_stop:
+                stop, total = args.zipo_stop[i], rec["per_epoch"] * args.zipo_stop[i]
+            else:
+                stop, total = None, None
+            fmt = (lambda v: "—" if v is None else f"{v:.0f}")  # noqa: E731
+            print(f"| {adata.n_vars} | {method} | {rec['epochs']} | {rec['per_epoch']:.2f} | "
+                  f"{fmt(stop)} | {fmt(total)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
