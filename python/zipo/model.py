@@ -258,18 +258,10 @@ class ZiPo:
         genes, float32), ``obsm[f"X_{key_added}"]`` (latents), ``obs[f"{key_added}_library_size"]``
         (predicted l), and with ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
 
-        ``expectation="rate"`` (default) is ``l * mu``, the expected count of the Poisson/NB
-        component, i.e. the denoised expression with technical zeros removed.
-        ``expectation="mixture"`` is ``(1 - z) * l * mu``, the expected value of the whole
-        zero-inflated distribution (what a new measurement would average).
-        ``expectation="lognorm"`` is E[log1p(target_sum * X / l)] for X drawn from the fitted
-        distribution: what scanpy's ``normalize_total(target_sum=target_sum)`` + ``log1p``
-        (natural log) of a new measurement would average; Bioconductor's ``logcounts`` is this
-        with target_sum = the mean library size, divided by log(2). log1p of the rate
-        overstates it at low expression; see
-        :func:`zipo.distributions.expected_log1p`. ``target_sum`` is used only by lognorm.
-        ``depth`` predicts a measurement at ``depth`` times each cell's predicted library size
-        (rate and mixture scale by it; lognorm's rate and normaliser both do).
+        ``expectation``: ``"rate"`` (default, ``l * mu``), ``"mixture"`` (``(1 - z) l mu``) or
+        ``"lognorm"`` (E[log1p(target_sum * X / l)], a ``logcounts``-style value); ``depth``
+        predicts a measurement at ``depth`` x each cell's library size. See
+        :data:`zipo.outputs.EXPECTATIONS`.
 
         ``covariate_values`` predicts every cell as if its covariates had these values, e.g.
         ``{"batch": "donor1"}`` gives batch-corrected expected counts with donor1 as the

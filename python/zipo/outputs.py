@@ -22,6 +22,20 @@ from .nn.network import NetworkOutput, ZiPoNetwork
 
 Expectation = Literal["rate", "mixture", "lognorm"]
 EXPECTATIONS = ("rate", "mixture", "lognorm")
+"""What ``ZiPo.denoise(expectation=...)`` writes per cell and gene:
+
+- ``"rate"``: ``l * mu``, the expected count of the Poisson/NB component, i.e. the denoised
+  expression with technical zeros removed;
+- ``"mixture"``: ``(1 - z) * l * mu``, the mean of the whole zero-inflated distribution (what a
+  new measurement would average);
+- ``"lognorm"``: ``E[log1p(target_sum * X / l)]`` for X drawn from the fitted distribution,
+  what scanpy's ``normalize_total(target_sum=target_sum)`` + ``log1p`` (natural log) of a new
+  measurement would average; Bioconductor's ``logcounts`` is this with target_sum = the mean
+  library size, divided by log(2). ``log1p`` of the rate overstates it at low expression
+  (:func:`zipo.distributions.expected_log1p`).
+
+``depth`` predicts a measurement at ``depth`` times each cell's predicted library size (rate
+and mixture scale by it; lognorm's rate and normaliser both do)."""
 
 
 @torch.no_grad()
