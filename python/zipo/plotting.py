@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .train.trainer import monitored_column
+
 
 def plot_history(history: pd.DataFrame, ax=None, path: str | Path | None = None):
-    """Train/validation loss (left axis) and learning rate (right axis, log) per epoch."""
+    """Train/validation loss and the held-out molecules' NLL (left axis), learning rate (right
+    axis, log) per epoch, and the epoch whose weights were kept."""
     import matplotlib
 
     if ax is None and path is not None:
@@ -24,6 +27,12 @@ def plot_history(history: pd.DataFrame, ax=None, path: str | Path | None = None)
     ax.plot(history["epoch"], history["train_loss"], label="train loss")
     if "validation_loss" in history:
         ax.plot(history["epoch"], history["validation_loss"], label="validation loss")
+    if "validation_heldout_nll" in history:
+        ax.plot(history["epoch"], history["validation_heldout_nll"],
+                label="validation NLL, held-out molecules")
+    # The epoch whose weights the model keeps (best of what early stopping watches).
+    kept = history[monitored_column(history)].to_numpy().argmin()
+    ax.axvline(history["epoch"].iloc[kept], color="black", ls=":", lw=1, label="kept epoch")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (NLL per entry + penalties)")
     lr_ax = ax.twinx()
