@@ -26,8 +26,6 @@ def anndata_from_csc_parts(
 ):
     """AnnData (cells x genes, CSR float32) from a genes x cells dgCMatrix's ``@x``, ``@i``,
     ``@p`` slots and dimnames; ``obs`` holds the colData columns needed (covariates)."""
-    import anndata as ad
-
     n_genes, n_cells = int(n_genes), int(n_cells)
     data = np.asarray(x, dtype=np.float32).reshape(-1)
     indices = np.asarray(i, dtype=np.int32).reshape(-1)
@@ -38,6 +36,69 @@ def anndata_from_csc_parts(
             f"{n_cells} cells, {indices.shape[0]} row indices for {data.shape[0]} values"
         )
     X = sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
+    return _anndata(X, gene_names, cell_names, obs)
+
+
+class CsrAssembler:
+    """A cells x genes CSR matrix sent by R a block of cells at a time, for counts R holds as a
+    DelayedMatrix (e.g. HDF5-backed) that it reads in blocks of columns and never realises
+    whole: each block arrives as a genes x cells dgCMatrix's ``@x``, ``@i``, ``@p`` slots, which
+    are that block's CSR rows. Python keeps each block as float32 values and int32 indices, and
+    :meth:`anndata` copies them into one matrix, freeing each block as it goes, so memory peaks
+    at the sparse matrix plus one block."""
+
+    def __init__(self, n_genes: int):
+        self.n_genes = int(n_genes)
+        self._data: list[np.ndarray] = []
+        self._indices: list[np.ndarray] = []
+        self._row_nnz: list[np.ndarray] = []
+
+    @property
+    def n_cells(self) -> int:
+        return sum(len(r) for r in self._row_nnz)
+
+    def add(self, x: Any, i: Any, p: Any) -> None:
+        """The next block of cells (columns of the R matrix, in order)."""
+        data = np.asarray(x, dtype=np.float32).reshape(-1)
+        indices = np.asarray(i, dtype=np.int32).reshape(-1)
+        indptr = np.asarray(p, dtype=np.int64).reshape(-1)
+        if (indptr.shape[0] < 1 or indptr[0] != 0 or indptr[-1] != data.shape[0]
+                or indices.shape[0] != data.shape[0]):
+            raise ValueError(
+                f"inconsistent block of a sparse matrix: column pointers end at "
+                f"{indptr[-1] if indptr.shape[0] else None}, {indices.shape[0]} row indices, "
+                f"{data.shape[0]} values")
+        if indices.shape[0] and (indices.min() < 0 or indices.max() >= self.n_genes):
+            raise ValueError(f"a block has row indices outside 0..{self.n_genes - 1}")
+        self._data.append(data)
+        self._indices.append(indices)
+        self._row_nnz.append(np.diff(indptr))
+
+    def anndata(self, gene_names: Any, cell_names: Any, obs: pd.DataFrame | None = None):
+        """AnnData of all blocks added (as :func:`anndata_from_csc_parts` makes it from one
+        dgCMatrix: the same CSR float32 ``X``); the assembler is empty afterwards."""
+        n_cells = self.n_cells
+        indptr = np.zeros(n_cells + 1, dtype=np.int64)
+        if n_cells:
+            np.cumsum(np.concatenate(self._row_nnz), out=indptr[1:])
+        self._row_nnz = []
+        nnz = int(indptr[-1])
+        data = np.empty(nnz, dtype=np.float32)
+        indices = np.empty(nnz, dtype=np.int32)
+        pos = 0
+        while self._data:
+            block, block_indices = self._data.pop(0), self._indices.pop(0)
+            data[pos:pos + block.shape[0]] = block
+            indices[pos:pos + block.shape[0]] = block_indices
+            pos += block.shape[0]
+        X = sp.csr_matrix((data, indices, indptr), shape=(n_cells, self.n_genes))
+        return _anndata(X, gene_names, cell_names, obs)
+
+
+def _anndata(X, gene_names: Any, cell_names: Any, obs: pd.DataFrame | None):
+    import anndata as ad
+
+    n_cells, n_genes = X.shape
     cells = pd.Index(_names(cell_names, n_cells, "cell"))
     genes = pd.Index(_names(gene_names, n_genes, "gene"))
     if obs is None or len(getattr(obs, "columns", [])) == 0:
@@ -101,10 +162,42 @@ def result_cells(adata, key_added: str = "zipo") -> dict[str, Any]:
 
 def drop_results(adata, key_added: str = "zipo") -> None:
     """Remove what :meth:`ZiPo.denoise` wrote into ``adata`` once R has copied it, so the float32
-    cells x genes matrices are freed now rather than when R collects the AnnData."""
+    cells x genes matrices are freed now rather than when R collects the AnnData; close the
+    file of the backed AnnData that ``out=`` returns (R reads it with HDF5Array)."""
     for what in ("denoised", "zero_prob"):
         adata.layers.pop(f"{key_added}_{what}", None)
         adata.obsm.pop(f"{key_added}_{what}", None)
+    if adata.isbacked:
+        adata.file.close()
+
+
+def output_problem(out: str, overwrite: bool = False) -> str | None:
+    """Why :meth:`ZiPo.denoise` could not write ``out`` (None if it can), checked as it checks
+    (:class:`zipo.outputs.StreamedOutput`), so that R refuses before training rather than
+    after; the fix is named in R's words."""
+    from .files import check_target
+
+    if not str(out).endswith(".h5ad"):
+        return f"out = {str(out)!r}: the output file name must end in .h5ad"
+    try:
+        check_target(out, bool(overwrite), hint="overwrite = TRUE")
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def result_file(adata, what: str = "denoised", key_added: str = "zipo") -> dict[str, Any]:
+    """Where a result of ``denoise(out=...)`` is in its ``.h5ad`` (``adata``: the backed AnnData
+    it returns): ``path`` and the HDF5 ``dataset`` (cells x genes, C order, which R's HDF5Array
+    reads as genes x cells), as :class:`zipo.outputs.StreamedOutput` lays them out."""
+    import h5py
+
+    dataset = {"denoised": "X", "zero_prob": f"layers/{key_added}_zero_prob"}[what]
+    path = str(adata.filename)
+    with h5py.File(path, "r") as f:
+        if dataset not in f:
+            raise KeyError(f"no {what!r} result in {path!r} (dataset {dataset!r})")
+    return {"path": path, "dataset": dataset}
 
 
 def _result(adata, what: str, key_added: str):
