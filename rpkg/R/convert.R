@@ -25,10 +25,20 @@
 # Refuses what the likelihoods cannot model, naming the problem and the fix; `arg` is the
 # argument that names the counts assay (assay.type for a SingleCellExperiment, assay for Seurat).
 .check_counts <- function(m, what, allow_non_integer = FALSE, arg = "assay.type") {
+  .check_dims(m, what)
+  .check_values(m@x, what, allow_non_integer, arg)
+  .refuse_empty_cells(colnames(m), .empty_cells(m), what)
+  invisible(m)
+}
+
+# The checks of .check_counts() in pieces, for counts checked a block of cells at a time.
+.check_dims <- function(m, what) {
   if (nrow(m) == 0 || ncol(m) == 0) {
     stop(what, " is empty (", nrow(m), " genes x ", ncol(m), " cells)", call. = FALSE)
   }
-  v <- m@x
+}
+
+.check_values <- function(v, what, allow_non_integer = FALSE, arg = "assay.type") {
   if (anyNA(v)) {
     stop(what, " contains NA/NaN values; ZiPo needs raw counts: remove or fix those cells",
          call. = FALSE)
@@ -43,16 +53,21 @@
          "log-transformed data; use the raw counts assay (", arg, " = \"counts\"), or set ",
          "allow_non_integer = TRUE if the values are counts on purpose", call. = FALSE)
   }
+}
+
+# Columns (cells) of a dgCMatrix with zero counts.
+.empty_cells <- function(m) {
   empty <- which(diff(m@p) == 0L)  # columns (cells) with no stored values
+  if (length(empty)) empty <- empty[Matrix::colSums(m[, empty, drop = FALSE]) == 0]
+  empty
+}
+
+.refuse_empty_cells <- function(cells, empty, what) {
   if (length(empty)) {
-    empty <- empty[Matrix::colSums(m[, empty, drop = FALSE]) == 0]
-    if (length(empty)) {
-      stop(length(empty), " cells have zero counts in ", what, " (",
-           .examples(colnames(m)[empty]), "); remove them first, e.g. ",
-           "sce[, colSums(counts(sce)) > 0]", call. = FALSE)
-    }
+    stop(length(empty), " cells have zero counts in ", what, " (",
+         .examples(cells[empty]), "); remove them first, e.g. ",
+         "sce[, colSums(counts(sce)) > 0]", call. = FALSE)
   }
-  invisible(m)
 }
 
 # Cell annotations for Python: the requested columns of colData / meta.data, checked.
@@ -79,9 +94,13 @@
 }
 
 # AnnData (a Python object) from a genes x cells count matrix and a cell data.frame.
+# A DelayedMatrix (e.g. HDF5-backed) is read a block of cells at a time (.delayed_to_anndata()).
 .counts_to_anndata <- function(counts, cells, what, allow_non_integer = FALSE, arg = "assay.type") {
-  m <- .check_counts(.as_dgc(counts, what), what, allow_non_integer, arg)
   obs <- if (is.null(cells) || ncol(cells) == 0) NULL else cells
+  if (methods::is(counts, "DelayedMatrix")) {
+    return(.delayed_to_anndata(counts, obs, what, allow_non_integer, arg))
+  }
+  m <- .check_counts(.as_dgc(counts, what), what, allow_non_integer, arg)
   .bridge()$anndata_from_csc_parts(
     reticulate::np_array(m@x), reticulate::np_array(m@i), reticulate::np_array(m@p),
     nrow(m), ncol(m), rownames(m), colnames(m), obs
@@ -92,7 +111,8 @@
 #'
 #' Builds a Python AnnData (cells x genes, sparse CSR) from an assay of `sce`
 #' (genes x cells) and its colData, moving the sparse matrix as index arrays so
-#' nothing is densified.
+#' nothing is densified. An assay held as a `DelayedMatrix` (e.g. HDF5-backed)
+#' is read a block of cells at a time.
 #'
 #' @param sce A SingleCellExperiment (or SummarizedExperiment).
 #' @param assay.type Name of the assay holding raw counts.

@@ -25,6 +25,23 @@
 #' Seurat assay `"denoised"` becomes the altExp `"denoised"` and back; it has a
 #' counts slot because `as.Seurat()` needs one in every altExp.
 #'
+#' Counts larger than memory: a counts assay held as a `DelayedMatrix` (e.g.
+#' HDF5-backed, from `HDF5Array::writeHDF5Array()` or
+#' `HDF5Array::loadHDF5SummarizedExperiment()`) is read a block of cells at a
+#' time (`DelayedArray::setAutoBlockSize()` sets the block size) and reaches
+#' Python as one sparse matrix; it is never made dense. With `out =
+#' "denoised.h5ad"` (SingleCellExperiment only) the denoised counts are written
+#' to that file a batch of cells at a time, and assay `name` is an HDF5-backed
+#' `DelayedMatrix` reading the file's `X` (cells x genes on disk, genes x cells
+#' in R), so they never enter memory; with `zero_inflation = TRUE` so is
+#' `"zipo_zero_prob"` (from the file's `layers/zipo_zero_prob`, which the Python
+#' core loads once while opening the file). The latents and library sizes come
+#' from the file's `obsm` and `obs`. The file is an AnnData `.h5ad` that
+#' `anndata.read_h5ad()` reads; keep it as long as the object is used (an object
+#' reads whatever file is at that path, so replacing it with `overwrite = TRUE`
+#' changes what earlier objects see). Both need the Bioconductor package
+#' HDF5Array.
+#'
 #' `expectation = "rate"` (default) gives `l * mu`, the expected count with
 #' technical zeros removed; `"mixture"` gives `(1 - z) * l * mu`, the mean of the
 #' whole zero-inflated distribution; `"lognorm"` gives the expectation of
@@ -44,6 +61,9 @@
 #' \dontrun{
 #' sce <- zipo::denoise(sce, assay.type = "counts", epochs = 100, seed = 1)
 #' assay(sce, "denoised"); reducedDim(sce, "ZIPO")
+#' # HDF5-backed counts in, HDF5-backed denoised counts out
+#' sce <- HDF5Array::loadHDF5SummarizedExperiment("sce_h5")
+#' sce <- zipo::denoise(sce, out = "denoised.h5ad", epochs = 100)
 #' seu <- zipo::denoise(seu, epochs = 100)
 #' Seurat::DimPlot(seu, reduction = "ZIPO")
 #' }
@@ -69,6 +89,11 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @param dimred Name of the new reducedDim (SingleCellExperiment) or DimReduc
 #'   (Seurat).
 #' @param allow_non_integer Accept non-integer counts.
+#' @param out For a SingleCellExperiment, an `.h5ad` file to write the denoised
+#'   counts to, which then back assay `name` (see Details); `NULL` (default)
+#'   keeps them in memory. Checked before training.
+#' @param overwrite Replace an existing `out` file (it is replaced only once
+#'   the new one is complete).
 #' @param assay For a Seurat object, the Seurat assay whose counts slot is used
 #'   (default: the default assay). For a SingleCellExperiment, the deprecated
 #'   old name of `assay.type` (a warning says so).
@@ -76,13 +101,14 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 setMethod("denoise", "SingleCellExperiment", function(
     x, assay.type = "counts", subset.row = NULL, covariates = NULL, likelihood = "zip",
     epochs = NULL, seed = 0L, model = NULL, expectation = "rate", target_sum = 1e4,
-    zero_inflation = FALSE, name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE, ...,
-    assay = NULL) {
+    zero_inflation = FALSE, name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE,
+    out = NULL, overwrite = FALSE, ..., assay = NULL) {
   assay.type <- .counts_assay(x, if (!missing(assay.type)) assay.type, assay, "denoise")
   rows <- .subset_rows(rownames(x), nrow(x), subset.row)
   adata <- .denoise_anndata(x, assay.type, covariates, model, names(rows), expectation,
                             target_sum, zero_inflation, allow_non_integer,
-                            list(likelihood = likelihood, epochs = epochs, seed = seed, ...))
+                            list(likelihood = likelihood, epochs = epochs, seed = seed, ...),
+                            out, overwrite)
   if (!is.null(rows)) x <- x[unname(rows), ]
   dn <- dimnames(x)
   SummarizedExperiment::assay(x, name, withDimnames = FALSE) <- .result_matrix(adata, "denoised", dn)
@@ -102,12 +128,14 @@ setMethod("denoise", "ANY", function(x, assay = NULL, subset.row = NULL, covaria
                                      likelihood = "zip", epochs = NULL, seed = 0L, model = NULL,
                                      expectation = "rate", target_sum = 1e4,
                                      zero_inflation = FALSE, name = "denoised", dimred = "ZIPO",
-                                     allow_non_integer = FALSE, ..., assay.type = NULL) {
+                                     allow_non_integer = FALSE, out = NULL, overwrite = FALSE,
+                                     ..., assay.type = NULL) {
   if (!inherits(x, "Seurat")) {
     stop("denoise() needs a SingleCellExperiment or a Seurat object, not a ", class(x)[1],
          "; for a plain count matrix use SingleCellExperiment(assays = list(counts = m))",
          call. = FALSE)
   }
+  .refuse_seurat_out(out)
   assay <- .counts_assay(x, assay.type, assay, "denoise")
   features <- rownames(SeuratObject::GetAssayData(x, slot = "counts", assay = assay))
   rows <- .subset_rows(features, length(features), subset.row)

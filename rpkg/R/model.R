@@ -48,7 +48,9 @@
 #'
 #' Fits ZiPo's deep zero-inflated count autoencoder to the raw counts of a
 #' SingleCellExperiment or Seurat object. Training runs in the Python core and
-#' shows a progress bar per epoch.
+#' shows a progress bar per epoch. A counts assay held as a `DelayedMatrix`
+#' (e.g. HDF5-backed) is read a block of cells at a time and never made dense
+#' (see [denoise()]).
 #'
 #' @param x A SingleCellExperiment or a Seurat object.
 #' @param assay.type For a SingleCellExperiment, the assay with raw counts
@@ -89,31 +91,38 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = "zip", e
 .new_model <- function(py) structure(list(py = py), class = "zipo_model")
 
 # What denoise() does for both classes: converts the counts to AnnData once, trains on that
-# AnnData when no model is given, and denoises the same AnnData (results stay in it, in Python,
-# until .result_matrix() and .result_cells() copy them into R).
+# AnnData when no model is given, and denoises the same AnnData. Returns the AnnData holding the
+# results: that one (results stay in it, in Python, until .result_matrix() and .result_cells()
+# copy them into R), or with `out` the .h5ad file written, opened backed.
 .denoise_anndata <- function(x, assay, covariates, model, genes, expectation, target_sum,
-                             zero_inflation, allow_non_integer, training) {
+                             zero_inflation, allow_non_integer, training, out = NULL,
+                             overwrite = FALSE) {
   if (!is.null(model)) {
     if (!inherits(model, "zipo_model")) {
       stop("model must be a zipo_model (from train() or load_model())", call. = FALSE)
     }
     covariates <- .model_covariates(model)
   }
+  if (!is.null(out)) out <- .check_out(out, overwrite)
   adata <- .as_anndata(x, assay, covariates, allow_non_integer)
   if (is.null(model)) {
     model <- do.call(.train_anndata, c(list(adata, covariates = covariates,
                                             allow_non_integer = allow_non_integer), training))
   }
-  model$py$denoise(adata, expectation = expectation, target_sum = as.numeric(target_sum),
-                   zero_inflation = zero_inflation,
-                   genes = if (is.null(genes)) NULL else as.list(genes))
-  adata
+  written <- model$py$denoise(adata, expectation = expectation,
+                              target_sum = as.numeric(target_sum),
+                              zero_inflation = zero_inflation,
+                              genes = if (is.null(genes)) NULL else as.list(genes),
+                              out = out, overwrite = overwrite)
+  if (is.null(out)) adata else written
 }
 
 # One genes x cells result ("denoised" or "zero_prob") as an R double matrix with dimnames `dn`.
 # R allocates it once and fills it a block of cells at a time, in place (nothing else refers to
-# `m`); Python casts each block into one reused buffer (rbridge.ResultReader).
+# `m`); Python casts each block into one reused buffer (rbridge.ResultReader). From the .h5ad
+# of denoise(out = ...), an HDF5-backed matrix instead (.result_hdf5()).
 .result_matrix <- function(adata, what, dn) {
+  if (isTRUE(.r(adata$isbacked))) return(.result_hdf5(adata, what, dn))
   reader <- .bridge()$ResultReader(adata, what)
   n_cells <- as.integer(.r(reader$n_cells))
   step <- as.integer(.r(reader$block_cells))
@@ -126,7 +135,8 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = "zip", e
   m
 }
 
-# Latents and library sizes; frees the Python copies of the cells x genes results.
+# Latents and library sizes; frees the Python copies of the cells x genes results (closes the
+# .h5ad of denoise(out = ...)).
 .result_cells <- function(adata) {
   bridge <- .bridge()
   out <- .r(bridge$result_cells(adata))
