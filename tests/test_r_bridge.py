@@ -37,7 +37,8 @@ from conftest import R_READ_PBMC_SMALL_SCE  # noqa: E402
 from rpy2.robjects import globalenv  # noqa: E402
 
 import zipo  # noqa: E402
-from zipo.rbridge import ResultReader, anndata_from_csc_parts, csr_parts, drop_results  # noqa: E402
+from zipo.rbridge import (  # noqa: E402
+    CsrAssembler, ResultReader, anndata_from_csc_parts, csr_parts, drop_results)
 
 FAST = dict(max_epochs=4, seed=11, encoder_dims=[64, 16], batch_size=32, verbose=False)
 FAST_R = "epochs = 4, seed = 11, encoder_dims = c(64, 16), batch_size = 32, verbose = FALSE"
@@ -152,6 +153,62 @@ def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
         np.testing.assert_allclose(latent, adata.obsm["X_zipo"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(load("sce_library.bin", (n,)), adata.obs["zipo_library_size"],
                                rtol=1e-5)
+
+
+def test_r_hdf5_counts_in_and_h5ad_out_agree_with_python(tmp_path):
+    """HDF5-backed counts, read by R a block of cells at a time, and denoise(out=): the .h5ad
+    holds what Python's own denoising of the same counts gives, and R's HDF5-backed assay reads
+    it genes x cells."""
+    if not ro.r('isTRUE(requireNamespace("HDF5Array", quietly = TRUE))')[0]:
+        pytest.skip("the R package HDF5Array is not installed (apt-get install r-bioc-hdf5array)")
+    h5ad = tmp_path / "denoised.h5ad"
+    out = run_r(f"""
+        h5 <- HDF5Array::writeHDF5Array(counts(sce), file.path("{tmp_path}", "counts.h5"), "counts")
+        counts(sce, withDimnames = FALSE) <- h5
+        invisible(DelayedArray::setAutoBlockSize(8 * nrow(sce) * 30))  # several blocks
+        sce <- zipo::denoise(sce, {FAST_R}, out = "{h5ad}")
+        den <- assay(sce, "denoised")
+        cat("classes", class(counts(sce)), class(DelayedArray::seed(den)), "\n")
+        writeBin(as.vector(as.matrix(den[, 1:7])), file.path("{tmp_path}", "den.bin"), size = 8)
+    """, tmp_path)
+    assert "classes DelayedMatrix HDF5ArraySeed" in out, out
+
+    import anndata as ad
+
+    adata = ad.read_h5ad(DATA / "pbmc_small.h5ad")
+    assert adata.n_obs > 60  # more than two blocks of 30 cells
+    zipo.denoise(adata, **FAST)
+    written = ad.read_h5ad(h5ad)
+    assert list(written.obs_names) == list(adata.obs_names)
+    assert list(written.var_names) == list(adata.var_names)
+    expected = adata.layers["zipo_denoised"]
+    rel = np.max(np.abs(written.X - expected) / np.maximum(np.abs(expected), 1e-12))
+    assert rel < 1e-5
+    np.testing.assert_allclose(written.obsm["X_zipo"], adata.obsm["X_zipo"], rtol=1e-5, atol=1e-6)
+    r_first = np.fromfile(tmp_path / "den.bin", dtype=np.float64).reshape((adata.n_vars, 7),
+                                                                          order="F")
+    np.testing.assert_array_equal(r_first, written.X[:7].T.astype(np.float64))
+
+
+def test_csr_assembler_blocks_give_the_one_matrix_conversion():
+    """Blocks of cells (a genes x cells CSC's columns) assemble into exactly the matrix that
+    anndata_from_csc_parts makes from the whole; bad blocks are refused."""
+    m = sp.random(30, 23, density=0.2, format="csc", random_state=4, dtype=np.float64)
+    m.data = np.ceil(m.data * 5)
+    m.sort_indices()
+    assembler = CsrAssembler(30)
+    for start in range(0, 23, 10):
+        block = m[:, start:start + 10]
+        assembler.add(block.data, block.indices, block.indptr)
+    whole = anndata_from_csc_parts(m.data, m.indices, m.indptr, 30, 23, None, None)
+    built = assembler.anndata(None, None)
+    assert (built.X != whole.X).nnz == 0 and built.X.dtype == whole.X.dtype
+    assert built.X.indptr.dtype == whole.X.indptr.dtype
+    assert list(built.obs_names) == list(whole.obs_names) and assembler.n_cells == 0
+    with pytest.raises(ValueError, match="row indices outside 0..29"):
+        assembler.add([1.0], [30], [0, 1])
+    with pytest.raises(ValueError, match="inconsistent block"):
+        assembler.add([1.0, 2.0], [0], [0, 2])
 
 
 def test_result_reader_blocks_rebuild_each_result_in_r_layout():
