@@ -59,7 +59,11 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     full[:, expressed] = pred
     h = model.history
     rec = {"epochs": len(h), "fit_s": fit_seconds, "s_per_epoch": float(h["seconds"].median()),
-           **P.score_mcv(full, x2, p)}
+           **P.score_mcv(full, x2, p), **P.score_openproblems(full, x2)}
+    # OpenProblems' log MSE with ZiPo's log-normalised expectation at the held-out depth
+    lognorm = model.denoise(adata, expectation="lognorm", depth=(1 - p) / p,
+                            copy=True).layers["zipo_denoised"]
+    rec.update(P.score_openproblems_lognorm(lognorm, x2, P.gene_proportions(x1), expressed))
     if "validation_heldout_nll" in h:  # what a choice between variants may look at
         rec["validation_heldout_nll"] = float(h["validation_heldout_nll"].min())
     if ds.labels is not None:  # as benchmarks.run scores latents (k-means, k = label count)
@@ -86,7 +90,8 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    metrics = ["poisson_nll", "poisson_deviance", "sqrt_mse", "truth_sqrt_mse", "kmeans_ari",
+    metrics = ["poisson_nll", "poisson_deviance", "sqrt_mse", "op_mse_log1p",
+               "op_mse_log1p_lognorm", "truth_sqrt_mse", "kmeans_ari",
                "validation_heldout_nll", "epochs", "fit_s"]
     rows = {}
     for words in args.variant:
