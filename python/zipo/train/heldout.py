@@ -15,7 +15,13 @@ import torch
 
 from ..data.loader import CellBatches
 from ..nn.sparse import as_dense
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, world
+
+
+def split_seed(seed: int) -> int:
+    """The seed of this process's molecule splits: ``seed`` in a single process, and a stream of
+    its own in each process of a distributed run (rank 0's is the single-process one)."""
+    return seed + 1_000_003 * world()[0]
 
 
 def binomial_split(x: torch.Tensor, heldout: float, generator: torch.Generator
@@ -39,7 +45,8 @@ def heldout_molecule_nll(net: torch.nn.Module, batches: CellBatches, heldout: fl
     """Poisson NLL per entry of the held-out molecules ``x''`` given the network's rate for the
     kept ones, rescaled; the same split every call (``seed``), pooled over processes."""
     net.eval()
-    generator = torch.Generator(device=batches.device).manual_seed(seed)
+    # One stream per process (each splits its own share of the validation cells).
+    generator = torch.Generator(device=batches.device).manual_seed(split_seed(seed))
     total, n = 0.0, 0.0
     for x, c, idx, _ in batches.batches():
         if not len(idx):

@@ -18,7 +18,7 @@ from ..data.loader import CellBatches
 from ..nn.network import ZiPoNetwork
 from .distributed import all_reduce_sum, world
 from .evaluate import evaluate
-from .heldout import binomial_split, heldout_molecule_nll
+from .heldout import binomial_split, heldout_molecule_nll, split_seed
 from .loss import loss_terms
 
 
@@ -114,9 +114,12 @@ class Trainer:
         self.history: list[dict] = []
         self.first_layer = "sparse" if train_batches.sparse else "dense"
         self.epoch = 0  # epochs completed
-        # Draws the per-step molecule splits of train.objective_heldout.
+        # Draws the per-step molecule splits of train.objective_heldout; one stream per process
+        # (rank 0's is the single-process one), so processes do not split their cells alike.
+        # The splits therefore depend on how cells are shared out: with the objective on, N
+        # processes train like 1 process statistically, not step for step.
         self.split_generator = torch.Generator(device=train_batches.device).manual_seed(
-            train_config.seed)
+            split_seed(train_config.seed))
         self.stopped = False
 
     def state_dict(self) -> dict:
