@@ -48,7 +48,7 @@ R_DENOISE = textwrap.dedent("""
     sce <- zipo::denoise(sce, epochs = {epochs}, seed = 1, encoder_dims = c({encoder}),
                          out = out, verbose = FALSE)
     den <- assay(sce, "denoised")
-    stopifnot(identical(dim(den), dim(counts)), is.null(out) == is.matrix(den))
+    stopifnot(identical(dim(den), dim(counts)), isFALSE(out) == is.matrix(den))
     # Touch the result as an analysis would: per-gene sums, a block of cells at a time.
     s <- DelayedArray::rowSums(den)
     stopifnot(all(is.finite(s)))
@@ -121,7 +121,7 @@ def write_hdf5(counts: sp.csr_matrix, gene_names, path: Path, layout: str,
 def run_route(path: Path, layout: str, route: str, epochs: int, encoder: str,
               out_dir: Path) -> dict:
     """One Rscript for one output route; its peak RSS (GB), wall time and what it printed."""
-    out = "NULL" if route == "memory" else f'"{out_dir / "denoised.h5ad"}"'
+    out = "FALSE" if route == "memory" else f'"{out_dir / "denoised.h5ad"}"'
     script = out_dir / f"denoise_{route}.R"
     script.write_text(R_DENOISE.format(path=path, layout=layout, out=out, epochs=epochs,
                                        encoder=encoder))

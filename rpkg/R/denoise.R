@@ -33,7 +33,13 @@
 #' "denoised.h5ad"` (SingleCellExperiment only) the denoised counts are written
 #' to that file a batch of cells at a time, and assay `name` is an HDF5-backed
 #' `DelayedMatrix` reading the file's `X` (cells x genes on disk, genes x cells
-#' in R), so they never enter memory; with `zero_inflation = TRUE` so is
+#' in R), so they never enter memory. Counts held as a `DelayedMatrix` get
+#' on-disk output by default, as DelayedArray realises results to HDF5 files:
+#' with `out = NULL` the file is a new `.h5ad` in
+#' `HDF5Array::getHDF5DumpDir()` (the session's temporary folder unless set;
+#' a message names it), so denoising an HDF5-backed dataset never builds a
+#' genes x cells matrix in memory; `out = FALSE` keeps the result in memory
+#' anyway. In-memory counts give an in-memory result unless `out` names a file; with `zero_inflation = TRUE` so is
 #' `"zipo_zero_prob"` (from the file's `layers/zipo_zero_prob`, which the Python
 #' core loads once while opening the file). The latents and library sizes come
 #' from the file's `obsm` and `obs`. The file is an AnnData `.h5ad` that
@@ -90,8 +96,10 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #'   (Seurat).
 #' @param allow_non_integer Accept non-integer counts.
 #' @param out For a SingleCellExperiment, an `.h5ad` file to write the denoised
-#'   counts to, which then back assay `name` (see Details); `NULL` (default)
-#'   keeps them in memory. Checked before training.
+#'   counts to, which then back assay `name` (see Details); `FALSE` keeps them in
+#'   memory; `NULL` (default) writes a new file in `HDF5Array::getHDF5DumpDir()`
+#'   when the counts are a `DelayedMatrix` and keeps them in memory otherwise.
+#'   Checked before training.
 #' @param overwrite Replace an existing `out` file (it is replaced only once
 #'   the new one is complete).
 #' @param assay For a Seurat object, the Seurat assay whose counts slot is used
@@ -104,6 +112,7 @@ setMethod("denoise", "SingleCellExperiment", function(
     zero_inflation = FALSE, name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE,
     out = NULL, overwrite = FALSE, ..., assay = NULL) {
   assay.type <- .counts_assay(x, if (!missing(assay.type)) assay.type, assay, "denoise")
+  out <- .resolve_out(out, SummarizedExperiment::assay(x, assay.type, withDimnames = FALSE))
   rows <- .subset_rows(rownames(x), nrow(x), subset.row)
   adata <- .denoise_anndata(x, assay.type, covariates, model, names(rows), expectation,
                             target_sum, zero_inflation, allow_non_integer,

@@ -61,8 +61,26 @@
   m
 }
 
+# Where denoise() puts the denoised counts: NULL (in memory) or an .h5ad file. On-disk counts
+# (a DelayedMatrix) get on-disk output unless out = FALSE, in HDF5Array's dump folder as
+# DelayedArray's own realisation does, so that an HDF5-backed dataset is never denoised into a
+# genes x cells double matrix by default.
+.resolve_out <- function(out, counts) {
+  if (isFALSE(out)) return(NULL)
+  if (!is.null(out) || !methods::is(counts, "DelayedMatrix") ||
+      !requireNamespace("HDF5Array", quietly = TRUE)) {
+    return(out)
+  }
+  out <- file.path(HDF5Array::getHDF5DumpDir(), paste0(basename(tempfile("zipo_")), ".h5ad"))
+  message("The counts are a DelayedMatrix, so the denoised counts go to ", out,
+          " and stay on disk; pass out = \"file.h5ad\" to choose the file, or out = FALSE to ",
+          "keep them in memory")
+  out
+}
+
 # Seurat assays hold in-memory matrices only.
 .refuse_seurat_out <- function(out) {
+  if (isFALSE(out)) return(invisible())
   if (!is.null(out)) {
     stop("out = writes the denoised counts to an .h5ad file and keeps them as an HDF5-backed ",
          "assay, which a Seurat assay cannot hold; denoise without out = (in memory), or ",

@@ -45,10 +45,19 @@ test_that("HDF5-backed counts are read a block of cells at a time and give the i
   expect_s4_class(SummarizedExperiment::assay(sh, "counts"), "DelayedMatrix")
   old <- set_block_size(8 * nrow(sce) * 25)  # 25 cells per block: 4 blocks of the 90 cells
   on.exit(set_block_size(old), add = TRUE)
-  cols <- converted_columns(b <- do.call(denoise, c(list(sh, epochs = 2, seed = 3), fast)))
+  cols <- converted_columns(expect_message(
+    b <- do.call(denoise, c(list(sh, epochs = 2, seed = 3), fast)),
+    "The counts are a DelayedMatrix, so the denoised counts go to .*out = FALSE"))
   expect_identical(cols, c(25L, 25L, 25L, 15L))  # never all 90 cells at once
   a <- do.call(denoise, c(list(sce, epochs = 2, seed = 3), fast))
-  expect_equal(SummarizedExperiment::assay(b, "denoised"), SummarizedExperiment::assay(a, "denoised"),
+  # On-disk counts give on-disk results by default, in HDF5Array's dump folder.
+  den <- SummarizedExperiment::assay(b, "denoised")
+  expect_s4_class(DelayedArray::seed(den), "HDF5ArraySeed")
+  expect_identical(dirname(HDF5Array::path(den)), normalizePath(HDF5Array::getHDF5DumpDir()))
+  expect_equal(as.matrix(den), SummarizedExperiment::assay(a, "denoised"), tolerance = 1e-6)
+  # out = FALSE keeps them in memory, with the same values.
+  expect_silent(m <- do.call(denoise, c(list(sh, epochs = 2, seed = 3, out = FALSE), fast)))
+  expect_equal(SummarizedExperiment::assay(m, "denoised"), SummarizedExperiment::assay(a, "denoised"),
                tolerance = 1e-6)
   expect_equal(SingleCellExperiment::reducedDim(b, "ZIPO"), SingleCellExperiment::reducedDim(a, "ZIPO"),
                tolerance = 1e-6)
