@@ -218,6 +218,7 @@ def test_continuous_covariate_turned_text_at_inference(pbmc_small):
         ({"model": {"encoder_dims": [64, "16"]}}, r"\[model\] encoder_dims must be a list of integers"),
         ({"model": {"alpha_z": "0.1"}}, r"\[model\] alpha_z must be a number"),
         ({"model": {"likelihood": "gaussian"}}, r"likelihood must be one of"),
+        ({"model": {"library": "size"}}, r"library must be one of"),
         ({"model": {"alpha_z": -1.0}}, r"alpha_z must be >= 0"),
         ({"train": {"validation_fraction": 1.0}}, r"validation_fraction must be in \[0, 1\)"),
         ({"train": {"batch_size": 1}}, r"batch_size must be >= 2"),

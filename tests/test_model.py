@@ -433,3 +433,97 @@ def test_repr(pbmc_small, trained_model):
     assert "trained 3 epochs" in repr(trained_model)
     n_params = sum(p.numel() for p in trained_model.network.parameters())
     assert f"parameters={n_params:,}" in repr(trained_model)
+
+
+# --------------------------------------------------------------------------- observed library
+def test_observed_library_is_the_input_total_dense_and_sparse():
+    from zipo.config import ModelConfig
+    from zipo.data.loader import csr_to_torch
+    from zipo.nn.network import ZiPoNetwork
+
+    torch.manual_seed(0)
+    net = ZiPoNetwork(120, 0, ModelConfig(encoder_dims=[32, 8], library="observed")).eval()
+    assert net.library_net is None
+    assert not any(k.startswith("library_net") for k in net.state_dict())
+    x = sp.random(30, 120, density=0.1, format="lil", dtype=np.float32,
+                  random_state=np.random.default_rng(1), data_rvs=lambda n: np.arange(1, n + 1) % 7 + 1)
+    x[4, :] = 0  # an empty cell: its library is floored at 1, as the input normalisation's
+    x = x.tocsr()
+    totals = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
+    c = torch.zeros(30, 0)
+    with torch.no_grad():
+        dense = net(torch.from_numpy(x.toarray()), c)
+        sparse = net(csr_to_torch(x), c)
+    np.testing.assert_allclose(dense.log_library.numpy(), np.log(totals), rtol=1e-6)
+    torch.testing.assert_close(sparse.log_library, dense.log_library)
+    torch.testing.assert_close(sparse.log_mu, dense.log_mu, rtol=1e-5, atol=1e-5)
+    # each row of the rate l * mu sums to the observed total
+    np.testing.assert_allclose(torch.exp(dense.log_mean).sum(1).numpy(), totals, rtol=1e-5)
+    with pytest.raises(ValueError, match="observed"):
+        net.decode(dense.latent, c)
+
+
+@pytest.mark.parametrize("first_layer", ["dense", "sparse"])
+def test_observed_library_trains_denoises_and_round_trips(pbmc_small, tmp_path, first_layer):
+    model = _small_model(pbmc_small, library="observed", first_layer=first_layer).train()
+    assert model.network.library_net is None and model.config.model.library == "observed"
+    assert np.all(np.isfinite(model.history["validation_heldout_nll"]))
+    out = model.denoise(pbmc_small, copy=True)
+    observed = np.asarray(pbmc_small.X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(out.obs["zipo_library_size"], observed, rtol=1e-5)
+    den = out.layers[LAYER]
+    assert np.all(np.isfinite(den)) and np.all(den >= 0)
+    np.testing.assert_allclose(den.sum(axis=1, dtype=np.float64), observed, rtol=1e-4)
+    # a deeper measurement scales the observed library
+    deeper = model.denoise(pbmc_small, depth=2.0, copy=True).layers[LAYER]
+    np.testing.assert_allclose(deeper, 2 * den, rtol=1e-5)
+    lognorm = model.denoise(pbmc_small, expectation="lognorm", copy=True).layers[LAYER]
+    assert np.all(np.isfinite(lognorm)) and np.all(lognorm >= 0)
+
+    model.save(tmp_path / "m")
+    assert zipo.load_config(tmp_path / "m" / "config.toml").model.library == "observed"
+    loaded = zipo.ZiPo.load(tmp_path / "m")
+    assert loaded.config.model.library == "observed" and loaded.network.library_net is None
+    again = loaded.denoise(pbmc_small, copy=True)
+    np.testing.assert_array_equal(again.layers[LAYER], den)
+    np.testing.assert_array_equal(again.obsm["X_zipo"], out.obsm["X_zipo"])
+    # and training continues from the loaded model
+    assert len(zipo.ZiPo.load(tmp_path / "m", pbmc_small).train(max_epochs=1).history) == 3
+
+
+def test_observed_library_under_the_paper_objective(pbmc_small):
+    # without Noise2Self the network reads whole cells; the library is their totals
+    model = _small_model(pbmc_small, library="observed", preset="paper").train()
+    assert model.network.library_net is None
+    assert np.all(np.isfinite(model.history["validation_loss"]))
+
+
+def test_bad_library_option_is_refused(pbmc_small):
+    with pytest.raises(ValueError, match=r"library must be one of \('predicted', 'observed'\)"):
+        _small_model(pbmc_small, library="size")
+
+
+def test_observed_library_is_the_kept_molecules_total_under_noise2self(pbmc_small, monkeypatch):
+    # Noise2Self training feeds the network the kept ~90% x' of each cell: l is x''s total
+    # (the trainer rescales the rate by q / (1 - q) for the held-out x'').
+    from zipo.nn.network import ZiPoNetwork
+
+    seen = []
+    forward = ZiPoNetwork.forward
+
+    def spy(self, x, covariates):
+        out = forward(self, x, covariates)
+        if self.training:
+            seen.append((ZiPoNetwork.input_totals(x).detach(), out.log_library.detach()))
+        return out
+
+    monkeypatch.setattr(ZiPoNetwork, "forward", spy)
+    model = _small_model(pbmc_small, library="observed", max_epochs=1, validation_fraction=0.0,
+                         objective_heldout=0.1, heldout_molecules=0.0).train()
+    assert seen
+    kept = torch.cat([t for t, _ in seen]).numpy()
+    np.testing.assert_allclose(torch.cat([l for _, l in seen]).numpy(), np.log(kept), rtol=1e-6)
+    full = np.asarray(pbmc_small.X.sum(axis=1)).ravel()
+    # about 90% of all molecules were fed (cells in shuffled order, so compare sums)
+    assert 0.85 < kept.sum() / full.sum() < 0.95
+    assert model.network.library_net is None

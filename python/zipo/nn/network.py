@@ -4,7 +4,8 @@
     h_i = BN(act(W_i h_{i-1} + b_i))             i = 1..t
     U   = h_t + sum_{i<t} R_i h_i                residuals (R_i linear, no bias)
     V   = [U, covariates]
-    log l   = LibNet(V)                          hidden 16, 4 by default
+    log l   = LibNet(V)                          hidden 16, 4 by default; or, with
+                                                 library = "observed", log sum_g x_g
     r       = A_z V + B_z                        zero-inflation logit (ZIP/ZINB)
     log mu  = log_softmax(A_mu V + B_mu)         gene proportions
     log th  = b tanh((A_th V + B_th) / b)        NB inverse dispersion per cell and gene,
@@ -92,8 +93,10 @@ class ZiPoNetwork(nn.Module):
         self.z_head = nn.Linear(n_d, n_genes) if self.zero_inflated else None
         self.theta_head = nn.Linear(n_d, n_genes) if self.negative_binomial else None
 
+        # "observed": log l is the log of the input's total counts, and there is no LibNet.
+        self.observed_library = config.library == "observed"
         lib = [n_v, *config.library_dims]
-        self.library_net = nn.Sequential(
+        self.library_net = None if self.observed_library else nn.Sequential(
             *(_block(lib[i], lib[i + 1], act, bn) for i in range(len(lib) - 1)),
             nn.Linear(lib[-1], 1),
         )
@@ -118,15 +121,26 @@ class ZiPoNetwork(nn.Module):
         """Start the mean and library heads at the data's average cell (our choice, it saves
         the first epochs of learning the per-gene offsets of a 30k-way softmax)."""
         self.mu_head.bias.copy_(torch.log(gene_proportions))
-        self.library_net[-1].bias.fill_(mean_log_library)
+        if self.library_net is not None:
+            self.library_net[-1].bias.fill_(mean_log_library)
         self.target_library.fill_(median_library)
+
+    @staticmethod
+    def input_totals(x: torch.Tensor) -> torch.Tensor:
+        """Each cell's total counts (at least 1) of a dense or sparse CSR batch."""
+        if x.layout == torch.sparse_csr:
+            values = x.values()
+            lib = torch.zeros(x.shape[0], dtype=values.dtype, device=values.device)
+            lib = lib.index_add_(0, csr_rows(x.crow_indices()), values)
+        else:
+            lib = x.sum(dim=1)
+        return lib.clamp_min(1.0)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.layout == torch.sparse_csr:
             return self._transform_sparse(x)
         if self.input_transform == "normalize_log1p":
-            lib = x.sum(dim=1, keepdim=True).clamp_min(1.0)
-            x = x * (self.target_library / lib)
+            x = x * (self.target_library / self.input_totals(x))[:, None]
         return torch.log1p(x)
 
     def _transform_sparse(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,9 +148,7 @@ class ZiPoNetwork(nn.Module):
         values = x.values()
         if self.input_transform == "normalize_log1p":
             rows = csr_rows(x.crow_indices())
-            lib = torch.zeros(x.shape[0], dtype=values.dtype, device=values.device)
-            lib = lib.index_add_(0, rows, values).clamp_min(1.0)
-            values = values * (self.target_library / lib)[rows]
+            values = values * (self.target_library / self.input_totals(x))[rows]
         return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), torch.log1p(values),
                                        size=x.shape)
 
@@ -156,12 +168,19 @@ class ZiPoNetwork(nn.Module):
             u = u + r(h_i)
         return u
 
-    def decode(self, u: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
+    def decode(self, u: torch.Tensor, covariates: torch.Tensor,
+               log_library: torch.Tensor | None = None) -> NetworkOutput:
+        """The heads from latents U; ``log_library`` (cells) is required with the observed
+        library and ignored (LibNet predicts it) otherwise."""
         v = torch.cat([u, covariates], dim=1) if self.n_covariates else u
         d = self.decoder(v)
+        if self.library_net is not None:
+            log_library = self.library_net(v).squeeze(1)
+        elif log_library is None:
+            raise ValueError("library = 'observed': decode needs the input's log library size")
         return NetworkOutput(
             latent=u,
-            log_library=self.library_net(v).squeeze(1),
+            log_library=log_library,
             log_mu=torch.log_softmax(self.mu_head(d), dim=1),
             logit_z=self.z_head(d) if self.z_head is not None else None,
             log_theta=self._bounded_log_theta(self.theta_head(d)) if self.theta_head is not None else None,
@@ -180,4 +199,6 @@ class ZiPoNetwork(nn.Module):
         # Under mixed precision only the encoder runs in low precision: the heads set the
         # rates (a softmax over thousands of genes) and stay float32.
         with torch.autocast(u.device.type, enabled=False):
-            return self.decode(u.float(), covariates.float())
+            log_library = (torch.log(self.input_totals(x).float()) if self.observed_library
+                           else None)
+            return self.decode(u.float(), covariates.float(), log_library)
