@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq r-base-core r-bioc-singlecellexperiment r-cran-reticulate r-cran-matrix \
   r-cran-testthat r-cran-knitr r-cran-rmarkdown r-cran-seurat r-cran-seuratobject \
-  r-bioc-scater r-bioc-hdf5array r-bioc-bluster > /dev/null
+  r-bioc-scater r-bioc-scran r-bioc-hdf5array r-bioc-bluster > /dev/null
 R --version | head -n 1
 
 R CMD INSTALL --no-test-load "$repo/rpkg"
