@@ -184,7 +184,7 @@ anndata_to_sce <- function(adata, name = "counts", assay = NULL) {
   old_value
 }
 
-.get_assay <- function(sce, assay) {
+.get_assay <- function(sce, assay, withDimnames = TRUE) {
   if (!methods::is(sce, "SummarizedExperiment")) {
     stop("expected a SingleCellExperiment, got a ", class(sce)[1], call. = FALSE)
   }
@@ -194,5 +194,5 @@ anndata_to_sce <- function(adata, name = "counts", assay = NULL) {
          if (length(available)) .examples(available) else "none",
          "); name the assay holding raw counts with assay.type = ...", call. = FALSE)
   }
-  SummarizedExperiment::assay(sce, assay, withDimnames = TRUE)
+  SummarizedExperiment::assay(sce, assay, withDimnames = withDimnames)
 }

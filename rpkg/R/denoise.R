@@ -112,7 +112,8 @@ setMethod("denoise", "SingleCellExperiment", function(
     zero_inflation = FALSE, name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE,
     out = NULL, overwrite = FALSE, ..., assay = NULL) {
   assay.type <- .counts_assay(x, if (!missing(assay.type)) assay.type, assay, "denoise")
-  out <- .resolve_out(out, SummarizedExperiment::assay(x, assay.type, withDimnames = FALSE))
+  # .get_assay() first: a missing assay gets its error naming the fix, not SummarizedExperiment's
+  out <- .resolve_out(out, .get_assay(x, assay.type, withDimnames = FALSE))
   rows <- .subset_rows(rownames(x), nrow(x), subset.row)
   adata <- .denoise_anndata(x, assay.type, covariates, model, names(rows), expectation,
                             target_sum, zero_inflation, allow_non_integer,
