@@ -92,7 +92,23 @@ class CsrAssembler:
             indices[pos:pos + block.shape[0]] = block_indices
             pos += block.shape[0]
         X = sp.csr_matrix((data, indices, indptr), shape=(n_cells, self.n_genes))
+        release_free_heap()
         return _anndata(X, gene_names, cell_names, obs)
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the operating system (glibc's ``malloc_trim``).
+
+    R frees the blocks it read only into the process's heap, which glibc keeps: without this,
+    reading 50,000 x 20,000 HDF5-backed counts left ~0.5 GB of freed blocks counted in the
+    process's memory all through training. A no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _anndata(X, gene_names: Any, cell_names: Any, obs: pd.DataFrame | None):

@@ -24,6 +24,9 @@
     rm(block)
   }
   .refuse_empty_cells(colnames(counts), empty, what)
+  # Collect the blocks now, so that the assembler can hand their memory back to the system
+  # before training (rbridge.release_free_heap).
+  invisible(gc(verbose = FALSE))
   assembler$anndata(rownames(counts), colnames(counts), obs)
 }
 
