@@ -454,11 +454,17 @@ def test_observed_library_is_the_input_total_dense_and_sparse():
     with torch.no_grad():
         dense = net(torch.from_numpy(x.toarray()), c)
         sparse = net(csr_to_torch(x), c)
-    np.testing.assert_allclose(dense.log_library.numpy(), np.log(totals), rtol=1e-6)
-    torch.testing.assert_close(sparse.log_library, dense.log_library)
+    kept = torch.sigmoid(-dense.logit_z)  # 1 - pi, zero inflation's share let through
+    np.testing.assert_allclose(
+        dense.log_library.numpy(),
+        np.log(totals) - torch.log((kept * torch.exp(dense.log_mu)).sum(1)).numpy(), rtol=1e-5)
+    torch.testing.assert_close(sparse.log_library, dense.log_library, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sparse.log_mu, dense.log_mu, rtol=1e-5, atol=1e-5)
-    # each row of the rate l * mu sums to the observed total
-    np.testing.assert_allclose(torch.exp(dense.log_mean).sum(1).numpy(), totals, rtol=1e-5)
+    # each row of the expected counts (1 - pi) l mu sums to the observed total, and the rate
+    # l mu exceeds it by the molecules zero inflation removed
+    np.testing.assert_allclose((kept * torch.exp(dense.log_mean)).sum(1).numpy(), totals,
+                               rtol=1e-5)
+    assert np.all(torch.exp(dense.log_mean).sum(1).numpy() > totals)
     with pytest.raises(ValueError, match="observed"):
         net.decode(dense.latent, c)
 
@@ -468,12 +474,16 @@ def test_observed_library_trains_denoises_and_round_trips(pbmc_small, tmp_path, 
     model = _small_model(pbmc_small, library="observed", first_layer=first_layer).train()
     assert model.network.library_net is None and model.config.model.library == "observed"
     assert np.all(np.isfinite(model.history["validation_heldout_nll"]))
-    out = model.denoise(pbmc_small, copy=True)
+    out = model.denoise(pbmc_small, zero_inflation=True, copy=True)
     observed = np.asarray(pbmc_small.X.sum(axis=1)).ravel()
-    np.testing.assert_allclose(out.obs["zipo_library_size"], observed, rtol=1e-5)
     den = out.layers[LAYER]
     assert np.all(np.isfinite(den)) and np.all(den >= 0)
-    np.testing.assert_allclose(den.sum(axis=1, dtype=np.float64), observed, rtol=1e-4)
+    np.testing.assert_allclose(den.sum(axis=1, dtype=np.float64), out.obs["zipo_library_size"],
+                               rtol=1e-4)
+    # the expected counts (1 - pi) l mu keep each cell's observed total
+    expected = (1 - out.layers["zipo_zero_prob"]) * den
+    np.testing.assert_allclose(expected.sum(axis=1, dtype=np.float64), observed, rtol=1e-4)
+    assert np.all(out.obs["zipo_library_size"] >= observed)
     # a deeper measurement scales the observed library
     deeper = model.denoise(pbmc_small, depth=2.0, copy=True).layers[LAYER]
     np.testing.assert_allclose(deeper, 2 * den, rtol=1e-5)
@@ -484,7 +494,7 @@ def test_observed_library_trains_denoises_and_round_trips(pbmc_small, tmp_path, 
     assert zipo.load_config(tmp_path / "m" / "config.toml").model.library == "observed"
     loaded = zipo.ZiPo.load(tmp_path / "m")
     assert loaded.config.model.library == "observed" and loaded.network.library_net is None
-    again = loaded.denoise(pbmc_small, copy=True)
+    again = loaded.denoise(pbmc_small, zero_inflation=True, copy=True)
     np.testing.assert_array_equal(again.layers[LAYER], den)
     np.testing.assert_array_equal(again.obsm["X_zipo"], out.obsm["X_zipo"])
     # and training continues from the loaded model
@@ -514,7 +524,8 @@ def test_observed_library_is_the_kept_molecules_total_under_noise2self(pbmc_smal
     def spy(self, x, covariates):
         out = forward(self, x, covariates)
         if self.training:
-            seen.append((ZiPoNetwork.input_totals(x).detach(), out.log_library.detach()))
+            lib = out.log_library + ZiPoNetwork.log_kept_fraction(out.log_mu, out.logit_z)
+            seen.append((ZiPoNetwork.input_totals(x).detach(), lib.detach()))
         return out
 
     monkeypatch.setattr(ZiPoNetwork, "forward", spy)

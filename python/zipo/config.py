@@ -57,7 +57,8 @@ class ModelConfig:
     library: str = "predicted"
     """Where each cell's library size l (the scale of its rates) comes from: ``predicted``, the
     paper's LibNet, a small network from the latents (``library_dims``), or ``observed``, the
-    total counts of the cell the network reads (no LibNet). With the predicted library the
+    total counts of the cell the network reads (no LibNet), divided under zero inflation by
+    sum_g (1 - pi_g) mu_g so that the expected counts sum to that total. With the predicted library the
     latents must encode each cell's depth for LibNet to read it (on PBMC 4k a latent component
     correlated 0.99 with log library size, 12.5% of the latents' variance), which blurs
     clusters of cell types; the observed library takes depth from the counts (as scVI does by

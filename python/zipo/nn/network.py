@@ -6,6 +6,7 @@
     V   = [U, covariates]
     log l   = LibNet(V)                          hidden 16, 4 by default; or, with
                                                  library = "observed", log sum_g x_g
+                                                 - log sum_g (1 - pi_g) mu_g
     r       = A_z V + B_z                        zero-inflation logit (ZIP/ZINB)
     log mu  = log_softmax(A_mu V + B_mu)         gene proportions
     log th  = b tanh((A_th V + B_th) / b)        NB inverse dispersion per cell and gene,
@@ -174,17 +175,30 @@ class ZiPoNetwork(nn.Module):
         library and ignored (LibNet predicts it) otherwise."""
         v = torch.cat([u, covariates], dim=1) if self.n_covariates else u
         d = self.decoder(v)
+        log_mu = torch.log_softmax(self.mu_head(d), dim=1)
+        logit_z = self.z_head(d) if self.z_head is not None else None
         if self.library_net is not None:
             log_library = self.library_net(v).squeeze(1)
         elif log_library is None:
-            raise ValueError("library = 'observed': decode needs the input's log library size")
+            raise ValueError("library = 'observed': decode needs the input's log total counts")
+        elif logit_z is not None:
+            log_library = log_library - self.log_kept_fraction(log_mu, logit_z)
         return NetworkOutput(
             latent=u,
             log_library=log_library,
-            log_mu=torch.log_softmax(self.mu_head(d), dim=1),
-            logit_z=self.z_head(d) if self.z_head is not None else None,
+            log_mu=log_mu,
+            logit_z=logit_z,
             log_theta=self._bounded_log_theta(self.theta_head(d)) if self.theta_head is not None else None,
         )
+
+    @staticmethod
+    def log_kept_fraction(log_mu: torch.Tensor, logit_z: torch.Tensor) -> torch.Tensor:
+        """log sum_g (1 - pi_g) mu_g: the share of a cell's rate l mu that zero inflation lets
+        through. The observed library divides the cell's total by it, so the expected counts
+        (1 - pi) l mu sum to the total while l mu, the denoised rate, counts the molecules the
+        zero inflation removed as well (without this, l mu summed to the reduced total and fell
+        below the simulation's true rates)."""
+        return torch.logsumexp(log_mu + torch.nn.functional.logsigmoid(-logit_z), dim=1)
 
     # Inverse dispersion kept within (1e-4, 1e4), as DCA clips it: unbounded, the head drove
     # theta to 0 (lgamma(0) = inf) or to e^24 (alpha_theta * theta^2 swamped the loss) on PBMC.
