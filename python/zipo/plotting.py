@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .train.trainer import monitored_column
+from .train.trainer import kept_row
 
 
 def plot_history(history: pd.DataFrame, ax=None, path: str | Path | None = None):
@@ -31,7 +31,7 @@ def plot_history(history: pd.DataFrame, ax=None, path: str | Path | None = None)
         ax.plot(history["epoch"], history["validation_heldout_nll"],
                 label="validation NLL, held-out molecules")
     # The epoch whose weights the model keeps (best of what early stopping watches).
-    kept = history[monitored_column(history)].to_numpy().argmin()
+    kept = kept_row(history)
     ax.axvline(history["epoch"].iloc[kept], color="black", ls=":", lw=1, label="kept epoch")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (NLL per entry + penalties)")

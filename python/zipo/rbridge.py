@@ -176,6 +176,18 @@ def result_cells(adata, key_added: str = "zipo") -> dict[str, Any]:
     }
 
 
+def kept_epoch(model) -> dict[str, Any]:
+    """The epoch whose weights ``model`` keeps, for R's ``summary()``: the ``column`` training
+    followed (:func:`zipo.train.trainer.monitored_column`), its ``value`` and the ``epoch``."""
+    from .train.trainer import kept_row, monitored_column
+
+    history = model.history
+    at = kept_row(history)
+    column = monitored_column(history)
+    return {"column": column, "value": float(history[column].iloc[at]),
+            "epoch": int(history["epoch"].iloc[at])}
+
+
 def drop_results(adata, key_added: str = "zipo") -> None:
     """Remove what :meth:`ZiPo.denoise` wrote into ``adata`` once R has copied it, so the float32
     cells x genes matrices are freed now rather than when R collects the AnnData; close the

@@ -155,14 +155,16 @@ print.zipo_model <- function(x, ...) {
 #' @param object A `zipo_model`.
 #' @param ... Unused.
 #' @return A list of class `summary.zipo_model`: likelihood, genes, latent size,
-#'   covariates, epochs trained, best validation NLL (per matrix entry) and the
-#'   training history as a data.frame.
+#'   covariates, epochs trained, the kept epoch (the best of the figure training
+#'   followed: `validation_heldout_nll` by default, see [training_history()]), that
+#'   figure's name (`monitored`) and value (`best`, per matrix entry) and the training
+#'   history as a data.frame.
 #' @export
 summary.zipo_model <- function(object, ...) {
   py <- object$py
   cfg <- .r(py$config$to_dict())
   history <- training_history(object)
-  best <- if ("validation_nll" %in% names(history)) min(history$validation_nll) else NA_real_
+  kept <- .r(.bridge()$kept_epoch(py))
   structure(list(
     likelihood = cfg$model$likelihood,
     genes = length(.r(py$var_names$to_list())),
@@ -170,7 +172,9 @@ summary.zipo_model <- function(object, ...) {
     encoder = unlist(cfg$model$encoder_dims),
     covariates = unlist(cfg$data$covariates),
     epochs = nrow(history),
-    best_validation_nll = best,
+    kept_epoch = as.integer(kept$epoch),
+    monitored = kept$column,
+    best = kept$value,
     history = history
   ), class = "summary.zipo_model")
 }
@@ -183,7 +187,8 @@ print.summary.zipo_model <- function(x, ...) {
   cat("  encoder:             ", paste(x$encoder, collapse = "-"), "\n")
   cat("  covariates:          ", if (length(x$covariates)) paste(x$covariates, collapse = ", ") else "none", "\n")
   cat("  epochs trained:      ", x$epochs, "\n")
-  cat("  best validation NLL: ", format(x$best_validation_nll, digits = 5), "(per matrix entry)\n")
+  cat("  kept epoch:          ", x$kept_epoch, "\n")
+  cat("  best ", x$monitored, ": ", format(x$best, digits = 5), " (per matrix entry)\n", sep = "")
   invisible(x)
 }
 

@@ -116,7 +116,7 @@ def tune(
     from optuna.trial import TrialState
 
     from ..model import ZiPo
-    from ..train.trainer import monitored_column
+    from ..train.trainer import kept_row, monitored_column
 
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
@@ -175,7 +175,7 @@ def tune(
 
             model.train(callback=report)
             h = model.history
-            at = int(h[monitored_column(h)].to_numpy().argmin())
+            at = kept_row(h)
             score = float(h[metric].iloc[at])
             trial.set_user_attr("epochs", len(h))
             trial.set_user_attr("best_epoch", int(h["epoch"].iloc[at]))

@@ -33,6 +33,12 @@ def monitored_column(history) -> str:
     return "train_loss"
 
 
+def kept_row(history) -> int:
+    """Position in the ``history`` table of the epoch whose weights a trained model keeps: the
+    best of :func:`monitored_column`."""
+    return int(history[monitored_column(history)].to_numpy().argmin())
+
+
 class LearningRateSchedule:
     """lr = max(lr0 * decay^epoch, lr_min) * plateau_scale.
 

@@ -8,8 +8,12 @@ test_that("train, print, summary, history, save, load and predict", {
   expect_s3_class(s, "summary.zipo_model")
   expect_identical(s$genes, 40L)
   expect_identical(s$epochs, 3L)
-  expect_output(print(s), "best validation NLL")
   h <- training_history(model)
+  # the kept epoch is the best of what training followed (held-out molecules by default)
+  expect_identical(s$monitored, "validation_heldout_nll")
+  expect_equal(s$kept_epoch, h$epoch[which.min(h$validation_heldout_nll)])
+  expect_equal(s$best, min(h$validation_heldout_nll))
+  expect_output(print(s), "best validation_heldout_nll")
   expect_true(all(c("epoch", "train_loss", "validation_loss", "learning_rate") %in% names(h)))
   expect_identical(nrow(h), 3L)
 
