@@ -165,6 +165,19 @@ def test_extra_genes_at_inference(pbmc_small, trained_model):
         trained_model.get_latent(a)
 
 
+def test_genes_renamed_by_seurat_get_their_fix_named(pbmc_small):
+    # Seurat writes '_' in feature names as '-': the error says so rather than listing
+    # "missing" and "extra" genes that are the same genes
+    a = pbmc_small.copy()
+    a.var_names = [g if i % 50 else f"{g}_{i}" for i, g in enumerate(a.var_names)]
+    model = _model(a, max_epochs=1).train()
+    renamed = a.copy()
+    renamed.var_names = [g.replace("_", "-") for g in a.var_names]
+    with pytest.raises(ValueError, match=r"These 5 genes differ only by '_' written as '-' "
+                                         r"\(e\.g\. the model's '\w+_0' is '\w+-0' here\), as Seurat"):
+        model.denoise(renamed, copy=True)
+
+
 # --------------------------------------------------------------------------- covariates
 def test_unknown_covariate_column(pbmc_small):
     with pytest.raises(ValueError, match=r"covariate 'batch' is not a column of adata\.obs"):

@@ -62,10 +62,23 @@ def gene_positions(model_genes: pd.Index, adata) -> np.ndarray | None:
             parts.append(f"{len(extra)} genes are not in the model ({examples(list(extra))})")
         raise ValueError(
             "the genes of adata do not match the trained model: " + "; ".join(parts)
-            + ". Subset or reorder with adata[:, model.var_names] (adding any missing genes "
-            "as zero columns), or train a model on these genes"
+            + ". " + (_dashed_hint(missing, extra) or
+                      "Subset or reorder with adata[:, model.var_names] (adding any missing "
+                      "genes as zero columns), or train a model on these genes")
         )
     return None if names.equals(model_genes) else model_genes.get_indexer(names)
+
+
+def _dashed_hint(missing: pd.Index, extra: pd.Index) -> str | None:
+    """The fix when the only difference is '_' written as '-': Seurat renames features so
+    (a model trained on a SingleCellExperiment then meets the object's renamed genes)."""
+    dashed = {str(g).replace("_", "-"): str(g) for g in missing}
+    if not len(missing) or set(dashed) != set(map(str, extra)):
+        return None
+    new, old = next(iter(dashed.items()))
+    return (f"These {len(missing)} genes differ only by '_' written as '-' (e.g. the model's "
+            f"{old!r} is {new!r} here), as Seurat renames features: rename them back to the "
+            "model's names, or train the model on names without '_'")
 
 
 def in_model_order(adata, model_genes: pd.Index):
