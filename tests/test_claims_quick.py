@@ -1,4 +1,4 @@
-"""benchmarks/claims.py in quick mode (pbmc_small from tests/data, 2 seeds, 3 epochs): a report
+"""benchmarks/claims/ in quick mode (pbmc_small from tests/data, 2 seeds, 3 epochs): a report
 with a section, finite numbers and a verdict for every claim, verdicts that follow their rule from
 the listed sub-claims, the verdict the quick data make certain (claim 5: 3 epochs cannot prune 98%
 of the first layer), and a resumed run that refits nothing. The rest of the numbers say nothing
@@ -15,14 +15,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import claims as C  # noqa: E402
+from benchmarks.claims import verdicts as V  # noqa: E402
 
 # The quick mode reads pbmc_small.h5ad from the folder ZIPO_SHARED_DATA names: the copy in the
 # repository, so the test needs nothing beside it.
 DATA = ROOT / "tests" / "data"
 VERDICT = re.compile(r"\*\*Verdict: (holds|does not hold|inconclusive)\.\*\*")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
-OUTCOMES = (C.HOLDS, C.AGAINST, C.NS, C.NOBARS)
+OUTCOMES = (V.HOLDS, V.AGAINST, V.NS, V.NOBARS)
 PART = re.compile(r"^- (.*): (" + "|".join(OUTCOMES) + r")$", flags=re.M)
 
 
@@ -36,17 +36,17 @@ def _run(args, cwd):
 def test_verdict_rules():
     """compare/part/overall, the rules every verdict is made from, on bars whose outcome is
     known."""
-    low, high = C.stat([1.0, 1.1, 0.9]), C.stat([2.0, 2.1, 1.9])
-    wide = C.stat([0.0, 3.0, 1.5])
-    assert (C.compare(low, high), C.compare(high, low), C.compare(low, wide)) == ("<", ">", "~")
-    assert C.compare(C.stat([1.0]), high) == "?"  # one seed: no bar
-    assert C.part("<", "<") == C.HOLDS and C.part(">", "<") == C.AGAINST
-    assert C.part("~", "<") == C.NS and C.part("~", ">", overlap_holds=True) == C.HOLDS
-    assert C.part("?", "<") == C.NOBARS
-    assert C.overall([("a", C.HOLDS), ("b", C.HOLDS)]) == "holds"
-    assert C.overall([("a", C.HOLDS), ("b", C.AGAINST), ("c", C.NS)]) == "does not hold"
-    assert C.overall([("a", C.HOLDS), ("b", C.NS)]) == "inconclusive"
-    assert C.overall([("a", C.NOBARS)]) == C.overall([]) == "inconclusive"
+    low, high = V.stat([1.0, 1.1, 0.9]), V.stat([2.0, 2.1, 1.9])
+    wide = V.stat([0.0, 3.0, 1.5])
+    assert (V.compare(low, high), V.compare(high, low), V.compare(low, wide)) == ("<", ">", "~")
+    assert V.compare(V.stat([1.0]), high) == "?"  # one seed: no bar
+    assert V.part("<", "<") == V.HOLDS and V.part(">", "<") == V.AGAINST
+    assert V.part("~", "<") == V.NS and V.part("~", ">", overlap_holds=True) == V.HOLDS
+    assert V.part("?", "<") == V.NOBARS
+    assert V.overall([("a", V.HOLDS), ("b", V.HOLDS)]) == "holds"
+    assert V.overall([("a", V.HOLDS), ("b", V.AGAINST), ("c", V.NS)]) == "does not hold"
+    assert V.overall([("a", V.HOLDS), ("b", V.NS)]) == "inconclusive"
+    assert V.overall([("a", V.NOBARS)]) == V.overall([]) == "inconclusive"
 
 
 def test_claims_quick_report(tmp_path):
@@ -73,7 +73,7 @@ def test_claims_quick_report(tmp_path):
         # The verdict follows its rule from the sub-claims listed under it.
         parts = [(desc, outcome) for desc, outcome in PART.findall(body)]
         assert parts, claim
-        assert VERDICT.search(body).group(1) == C.overall(parts), (claim, parts)
+        assert VERDICT.search(body).group(1) == V.overall(parts), (claim, parts)
     # Every variant trained: no failed fits, and the summary has a verdict per claim.
     assert "error" not in md.split("## Summary", 1)[1].split("## Claim 1", 1)[0]
     assert not re.search(r"\berror \d", md)
@@ -84,7 +84,7 @@ def test_claims_quick_report(tmp_path):
     # Certain on the quick data: 3 epochs at learning rate 0.001 leave the first layer near its
     # random start, far from 98% prunable, so claim 5 is contradicted; pruning ran on every fit.
     claim5 = dict((desc.split(":")[0], outcome) for desc, outcome in PART.findall(numbers["5"]))
-    assert claim5["ZIP prunes ~98%"] == C.AGAINST, numbers["5"]
+    assert claim5["ZIP prunes ~98%"] == V.AGAINST, numbers["5"]
     assert VERDICT.search(numbers["5"]).group(1) == "does not hold"
     # Claim 4 reports zero inflation and claim 7 a slope; claim 5 pruning or why not.
     assert "mean z" in numbers["4"] and "log-log slope" in numbers["7"]
