@@ -41,10 +41,10 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     from . import datasets as D
     from .clustering import latent_scores
     from . import protocols as P
-    from .run import PROTOCOLS
+    from .splits import PROTOCOLS
 
     ds = D.pbmc4k(n_genes or None) if dataset == "pbmc4k" else D.load(dataset)
-    rng = np.random.default_rng([seed, PROTOCOLS.index(f"mcv{p}"), 7])  # as run.make_split
+    rng = np.random.default_rng([seed, PROTOCOLS.index(f"mcv{p}"), 7])  # as splits.make_split
     x1, x2 = P.mcv_split(ds.counts, p, rng)
     expressed = P.expressed_genes(x1)
     adata = ad.AnnData(x1[:, expressed].astype(np.float32))
