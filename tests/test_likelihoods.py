@@ -18,6 +18,7 @@ from scipy import stats
 
 from zipo.distributions import (
     base_log_pmf, expected_log1p, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf,
+    posterior_rate,
 )
 
 mpmath = pytest.importorskip("mpmath")
@@ -318,3 +319,45 @@ def test_expected_log1p_broadcasts_a_scale_per_cell():
         want = brute_expected_log1p(float(log_m[i, j].exp()), None, scale[i].numpy())[0]
         assert got[i, j].item() == pytest.approx(want, rel=1e-7, abs=1e-8)
     assert torch.all(expected_log1p(torch.tensor([-torch.inf]), scale=3.0) == 0)  # m = 0
+
+
+# --------------------------------------------------------------------------- posterior rate
+def _posterior_by_quadrature(x: int, m: float, theta: float, pi: float) -> float:
+    """E[rate | x] by integrating over the Gamma(theta, theta / m) rate on a fine grid, with
+    a dropout (probability pi) that zeroes the count whatever the rate."""
+    from scipy import integrate
+
+    prior = stats.gamma(theta, scale=m / theta)
+    dropout = pi if x == 0 else 0.0
+
+    def weight(lam):  # prior density x P(x | rate)
+        return prior.pdf(lam) * (dropout + (1 - pi) * stats.poisson.pmf(x, lam))
+
+    hi = prior.ppf(1 - 1e-12) + 10 * (x + 1)
+    num = integrate.quad(lambda lam: lam * weight(lam), 0, hi, limit=500, points=[m, x])[0]
+    den = integrate.quad(weight, 0, hi, limit=500, points=[m, x])[0]
+    return num / den
+
+
+@pytest.mark.parametrize("x,m,theta,pi", [
+    (0, 2.0, 5.0, 0.2), (0, 0.3, 1.5, 0.6), (3, 0.5, 2.0, 0.1), (12, 4.0, 0.8, 0.3),
+    (1, 20.0, 50.0, 0.05), (0, 20.0, 3.0, 0.0),
+])
+def test_posterior_rate_is_bayes_under_zinb(x, m, theta, pi):
+    t = lambda v: torch.tensor([[float(v)]], dtype=torch.float64)  # noqa: E731
+    logit = t(np.log(pi / (1 - pi))) if pi > 0 else t(-np.inf)
+    got = posterior_rate(t(x), torch.log(t(m)), logit, torch.log(t(theta))).item()
+    assert got == pytest.approx(_posterior_by_quadrature(x, m, theta, pi), rel=1e-5)
+
+
+def test_posterior_rate_limits():
+    x = torch.tensor([[0.0, 1.0, 7.0]], dtype=torch.float64)
+    log_m = torch.log(torch.tensor([[2.0, 2.0, 2.0]], dtype=torch.float64))
+    # Poisson and ZIP: the rate does not depend on the cell's count
+    torch.testing.assert_close(posterior_rate(x, log_m), torch.exp(log_m))
+    torch.testing.assert_close(posterior_rate(x, log_m, torch.zeros_like(x)), torch.exp(log_m))
+    # NB: no noise (huge theta) keeps the rate; huge noise (tiny theta) keeps the count
+    big, small = torch.full_like(x, 1e6).log(), torch.full_like(x, 1e-6).log()
+    torch.testing.assert_close(posterior_rate(x, log_m, None, big), torch.exp(log_m), rtol=1e-5,
+                               atol=0)
+    torch.testing.assert_close(posterior_rate(x, log_m, None, small), x, rtol=1e-5, atol=1e-5)

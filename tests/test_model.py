@@ -327,6 +327,20 @@ def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
     assert np.all(lognorm >= 0) and np.all(lognorm <= np.log1p(1e4 * mixture / lib) + 1e-5)
     assert (model.network.theta_head is not None) == (likelihood in ("zinb", "nb"))
     assert f"likelihood={likelihood!r}" in repr(model)
+    posterior = model.denoise(pbmc_small, expectation="posterior", copy=True).layers[LAYER]
+    if likelihood in ("zip", "poisson"):  # no per-cell noise: the rate whatever the count
+        np.testing.assert_array_equal(posterior, den)
+    else:  # each count moves its rate towards it: up where x > rate, down where x < rate
+        x = pbmc_small.X.toarray()
+        assert np.all(np.isfinite(posterior)) and np.all(posterior >= 0)
+        assert np.all((posterior >= den * (1 - 1e-5)) | (x < den))
+        assert np.all((posterior <= den * (1 + 1e-5)) | (x > den) | (x == 0))
+        assert np.abs(posterior - den).max() > 0.1
+        # the same values for a subset of genes, in the genes' order
+        genes = list(pbmc_small.var_names[[7, 3, 100]])
+        some = model.denoise(pbmc_small, expectation="posterior", genes=genes, copy=True)
+        np.testing.assert_allclose(some.obsm["zipo_denoised"].to_numpy(),
+                                   posterior[:, [7, 3, 100]], rtol=1e-6)
 
 
 # Every likelihood learns real counts: trained briefly on the PBMC 4k demo sample (all 2,170

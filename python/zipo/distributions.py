@@ -147,3 +147,28 @@ def expected_log1p(log_m: torch.Tensor, logit_z: torch.Tensor | None = None,
     if logit_z is not None:
         acc.mul_(torch.sigmoid(-logit_z))
     return acc
+
+
+@torch.no_grad()
+def posterior_rate(x: torch.Tensor, log_m: torch.Tensor, logit_z: torch.Tensor | None = None,
+                   log_theta: torch.Tensor | None = None) -> torch.Tensor:
+    """E[rate | x]: the fitted rate m updated by the cell's own count x (empirical Bayes, as
+    SAVER denoises).
+
+    Under NB the cell's rate for a gene is Gamma(theta, theta / m) around the network's m, and
+    a Poisson count x of it moves the mean to m (x + theta) / (m + theta): a count the model
+    did not expect is kept in part, the more the larger theta's noise (small theta). Under zero
+    inflation a zero is a dropout (rate still m) with probability
+    pi / (pi + (1 - pi) NB(0; m, theta)) = sigmoid(r - log NB(0)), else a true zero. Poisson
+    and ZIP have no such per-cell noise: their rate given the cell's state is m whatever x is.
+    """
+    m = torch.exp(log_m)
+    if log_theta is None:
+        return m
+    theta = torch.exp(log_theta)
+    shrunk = (x + theta) * m / (m + theta)
+    if logit_z is None:
+        return shrunk
+    log_nb_zero = -theta * _softplus(log_m - log_theta)
+    dropout = torch.sigmoid(logit_z - log_nb_zero)
+    return torch.where(x > 0, shrunk, dropout * m + (1 - dropout) * shrunk)

@@ -16,12 +16,13 @@ import torch
 from .data.counts import examples
 from .data.genes import gene_positions
 from .data.loader import CellBatches
-from .distributions import expected_log1p
+from .distributions import expected_log1p, posterior_rate
+from .nn.sparse import as_dense
 from .files import atomic_path, check_target
 from .nn.network import NetworkOutput, ZiPoNetwork
 
-Expectation = Literal["rate", "mixture", "lognorm"]
-EXPECTATIONS = ("rate", "mixture", "lognorm")
+Expectation = Literal["rate", "mixture", "lognorm", "posterior"]
+EXPECTATIONS = ("rate", "mixture", "lognorm", "posterior")
 """What ``ZiPo.denoise(expectation=...)`` writes per cell and gene:
 
 - ``"rate"``: ``l * mu``, the expected count of the Poisson/NB component, i.e. the denoised
@@ -32,7 +33,10 @@ EXPECTATIONS = ("rate", "mixture", "lognorm")
   what scanpy's ``normalize_total(target_sum=target_sum)`` + ``log1p`` (natural log) of a new
   measurement would average; Bioconductor's ``logcounts`` is this with target_sum = the mean
   library size, divided by log(2). ``log1p`` of the rate overstates it at low expression
-  (:func:`zipo.distributions.expected_log1p`).
+  (:func:`zipo.distributions.expected_log1p`);
+- ``"posterior"``: ``E[rate | x]``, the rate updated by the cell's own count (NB/ZINB: each
+  count shrunk towards ``l * mu`` as far as the fitted dispersion says; Poisson/ZIP: the rate),
+  :func:`zipo.distributions.posterior_rate`.
 
 ``depth`` predicts a measurement at ``depth`` times each cell's predicted library size (rate
 and mixture scale by it; lognorm's rate and normaliser both do)."""
@@ -59,7 +63,7 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
                  if o.logit_z is not None else None)
             if denoised:
                 mean = expected_values(o, log_m, z, columns, expectation, depth,
-                                       target_sum).cpu().numpy()
+                                       target_sum, x).cpu().numpy()
             if zero_inflation:
                 zprob = (z if z is not None else torch.zeros_like(log_m)).cpu().numpy()
         sink.write(idx, latent, library, mean, zprob)
@@ -67,11 +71,12 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
 
 def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | None,
                     columns: torch.Tensor | None, expectation: Expectation, depth: float,
-                    target_sum: float) -> torch.Tensor:
+                    target_sum: float, x: torch.Tensor | None = None) -> torch.Tensor:
     """One batch's ``expectation`` for a measurement at ``depth`` times each cell's predicted
     library size l: rate ``depth * m``, mixture ``(1 - z) * depth * m``, lognorm
     E[log1p(target_sum * X / (depth * l))] with X ~ the fitted distribution at rate ``depth * m``
-    (z and theta unchanged: a deeper measurement samples the same cell)."""
+    (z and theta unchanged: a deeper measurement samples the same cell); posterior
+    ``depth * E[rate | x]`` for the batch's counts ``x``."""
     if expectation == "lognorm":
         logit_z, log_theta = (None if t is None else t if columns is None else t[:, columns]
                               for t in (o.logit_z, o.log_theta))
@@ -80,6 +85,12 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
         scale = target_sum * torch.exp(-(o.log_library + log_depth))[:, None]
         return expected_log1p(log_m + log_depth if depth != 1 else log_m, logit_z, log_theta,
                               scale)
+    if expectation == "posterior":
+        logit_z, log_theta = (None if t is None else t if columns is None else t[:, columns]
+                              for t in (o.logit_z, o.log_theta))
+        x = as_dense(x).to(log_m.dtype)
+        m = posterior_rate(x if columns is None else x[:, columns], log_m, logit_z, log_theta)
+        return m * depth if depth != 1 else m
     m = torch.exp(log_m)
     if depth != 1:
         m = m * depth
@@ -95,8 +106,9 @@ def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bo
                           depth: float = 1.0, target_sum: float = 1e4) -> None:
     """Refuse a combination of :meth:`zipo.ZiPo.denoise` arguments that cannot be served."""
     if expectation not in EXPECTATIONS:
-        raise ValueError("expectation must be 'rate', 'mixture' or 'lognorm' (log-normalised, "
-                         f"like scanpy's normalize_total + log1p), got {expectation!r}")
+        raise ValueError("expectation must be 'rate', 'mixture', 'lognorm' (log-normalised, "
+                         "like scanpy's normalize_total + log1p) or 'posterior' (the rate given "
+                         f"each count), got {expectation!r}")
     _positive(depth, "depth", "1 = each cell's own predicted library size, 2 = twice as deep")
     _positive(target_sum, "target_sum", "the counts per cell of normalize_total, e.g. 1e4")
     if adata is None:
