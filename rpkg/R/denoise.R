@@ -56,7 +56,10 @@
 #' scanpy's `normalize_total()` + `log1p()`) that a new measurement would
 #' average. A `logcounts` assay as `scuttle::logNormCounts()` makes it is this
 #' with `target_sum` = the mean library size, divided by `log(2)`. The log of
-#' the rate would overstate it at low expression.
+#' the rate would overstate it at low expression. `"posterior"` gives the rate
+#' given each cell's own count: with `likelihood = "zinb"` or `"nb"` each count is
+#' shrunk towards `l * mu` as far as the fitted dispersion says (as SAVER
+#' denoises); with `"zip"` or `"poisson"` it is the rate.
 #'
 #' @param x A SingleCellExperiment or a Seurat object.
 #' @param ... Training options when no `model` is given: `verbose` and any ZiPo
@@ -86,7 +89,8 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @param epochs Maximum number of training epochs.
 #' @param seed Random seed.
 #' @param model A trained `zipo_model` to apply instead of training one.
-#' @param expectation `"rate"`, `"mixture"` or `"lognorm"` (see Details).
+#' @param expectation `"rate"`, `"mixture"`, `"lognorm"` or `"posterior"` (see
+#'   Details).
 #' @param target_sum Counts per cell that `"lognorm"` normalises to (default
 #'   `1e4`, Seurat's `scale.factor`); ignored by the other expectations.
 #' @param zero_inflation Also add the zero-inflation probabilities
