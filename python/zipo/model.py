@@ -2,8 +2,8 @@
 
 It composes the other parts: the config (:mod:`zipo.config`), the data checks and loader
 (:mod:`zipo.data`), the network (:mod:`zipo.nn`), training (:mod:`zipo.train`), the outputs
-(:mod:`zipo.outputs`), the model directory (:mod:`zipo.io`) and the gene programs
-(:mod:`zipo.tools.programs`).
+(:mod:`zipo.outputs`), the gene programs (:mod:`zipo.tools.programs`) and saving and loading
+(:mod:`zipo.io`, whose :class:`~zipo.io.SaveLoadMixin` gives ``ZiPo`` ``save`` and ``load``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .data.counts import CountMatrix, check_counts, gene_totals
 from .data.covariates import CovariateEncoder
 from .data.genes import check_gene_names, gene_positions, in_model_order
 from .data.loader import CellBatches, inference_batches, split_cells, training_batches
-from .io import SavedModel, read_model, write_model
+from .io import SaveLoadMixin
 from .nn.network import ZiPoNetwork
 from .outputs import (
     Expectation, check_denoise_request, output_columns, output_genes, output_sink, output_target,
@@ -34,7 +34,7 @@ from .train.evaluate import baseline_nll, evaluate
 from .train.trainer import Trainer
 
 
-class ZiPo:
+class ZiPo(SaveLoadMixin):
     """Deep zero-inflated count autoencoder for single-cell RNA-seq counts.
 
     Parameters
@@ -350,50 +350,6 @@ class ZiPo:
         """Zero the pruned first-layer weights (no-op for an unpruned model)."""
         if self._prune_mask is not None:
             self._prune_mask.apply(self.network)
-
-    # ----------------------------------------------------------------- persistence
-    def save(self, path: str | Path, overwrite: bool = False) -> None:
-        """Write the model (weights, config, genes, covariate encoding, history) to a directory,
-        atomically: a crash never leaves a half-written model at ``path``."""
-        self._enforce_pruning()
-        write_model(SavedModel(config=self.config, var_names=list(self.var_names),
-                               covariates=self.covariate_encoder.specs,
-                               weights=self.network.state_dict(), history=self.history,
-                               is_trained=self.is_trained, pruning=self.pruning),
-                    path, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | Path, adata=None, device: str = "cpu") -> "ZiPo":
-        """Load a saved model. Pass ``adata`` to keep training it (fine-tuning).
-
-        ``device`` is where the loaded model runs: denoising, and any further ``train()``
-        (its ``config.train.device`` is set to it, so a model saved on a GPU machine trains on
-        the CPU it was loaded to)."""
-        model = cls._from_saved(read_model(path), device, source=str(path))
-        if adata is not None:
-            model.attach(adata)
-        return model
-
-    @classmethod
-    def _from_saved(cls, saved: SavedModel, device: str, source: str) -> "ZiPo":
-        """A model holding what :func:`zipo.io.read_model` read, without data."""
-        encoder = CovariateEncoder(saved.covariates)
-        network = ZiPoNetwork(len(saved.var_names), encoder.width, saved.config.model)
-        try:
-            network.load_state_dict(saved.weights)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise ValueError(f"the weights in {source!r} do not fit the saved config: {e}") from None
-        model = cls.__new__(cls)
-        model._init_state(saved.config, pd.Index(saved.var_names), encoder, network)
-        model.history, model.is_trained = saved.history, saved.is_trained
-        model.device = resolve_device(device)
-        # train() reads the device from the config: keep it where the model was loaded to
-        model.config.train.device = device
-        model.network.to(model.device).eval()
-        if saved.pruning:  # the mask is re-derived from the weights that are exactly zero
-            model._prune_mask = programs.PruneMask.from_zero_weights(model.network)
-            model.pruning = dict(saved.pruning)
-        return model
 
     def plot_history(self, ax=None, path: str | Path | None = None):
         """Plot train/validation loss and learning rate per epoch; return the figure."""
