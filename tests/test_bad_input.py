@@ -295,7 +295,7 @@ def test_unknown_option_to_train(pbmc_small):
 
 
 @pytest.mark.parametrize("option, match", [
-    ({"expectation": "mean"}, r"expectation must be 'rate', 'mixture' or 'lognorm'"),
+    ({"expectation": "mean"}, r"expectation must be 'rate', 'mixture', 'lognorm' .* or 'posterior'"),
     ({"expectation": "lognorm", "target_sum": 0}, r"target_sum must be a positive number .*1e4"),
     ({"target_sum": float("nan")}, r"target_sum must be a positive number"),
     ({"depth": -1.0}, r"depth must be a positive number \(1 = each cell's own"),
