@@ -78,16 +78,14 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
     (z and theta unchanged: a deeper measurement samples the same cell); posterior
     ``depth * E[rate | x]`` for the batch's counts ``x``."""
     if expectation == "lognorm":
-        logit_z, log_theta = (None if t is None else t if columns is None else t[:, columns]
-                              for t in (o.logit_z, o.log_theta))
+        logit_z, log_theta = _distribution_heads(o, columns)
         log_depth = math.log(depth)
         # normalize_total divides by the cell's total, whose expectation is depth * l
         scale = target_sum * torch.exp(-(o.log_library + log_depth))[:, None]
         return expected_log1p(log_m + log_depth if depth != 1 else log_m, logit_z, log_theta,
                               scale)
     if expectation == "posterior":
-        logit_z, log_theta = (None if t is None else t if columns is None else t[:, columns]
-                              for t in (o.logit_z, o.log_theta))
+        logit_z, log_theta = _distribution_heads(o, columns)
         x = as_dense(x).to(log_m.dtype)
         m = posterior_rate(x if columns is None else x[:, columns], log_m, logit_z, log_theta)
         return m * depth if depth != 1 else m
@@ -95,6 +93,13 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
     if depth != 1:
         m = m * depth
     return m if expectation == "rate" or z is None else (1 - z) * m
+
+
+def _distribution_heads(o: NetworkOutput, columns: torch.Tensor | None):
+    """The zero-inflation logits and log dispersions (each None when the likelihood has none)
+    of the genes ``columns`` (all when None)."""
+    return (None if t is None else t if columns is None else t[:, columns]
+            for t in (o.logit_z, o.log_theta))
 
 
 def _positive(value, name: str, meaning: str) -> None:
