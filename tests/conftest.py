@@ -43,6 +43,15 @@ sce <- SingleCellExperiment(assays = list(counts = m), colData = obs)
 SMALL_ENCODER = [64, 16]
 
 
+def small_model(adata, **options):
+    """An untrained ZiPo with the small network, 2 epochs, batches of 32; ``options`` override."""
+    import zipo
+
+    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=2, batch_size=32, verbose=False)
+    kw.update(options)
+    return zipo.ZiPo(adata, **kw)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 

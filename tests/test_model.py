@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -17,15 +16,9 @@ import torch
 import zipo
 from zipo.io import FORMAT_VERSION
 
-from conftest import SMALL_ENCODER
+from conftest import SMALL_ENCODER, small_model
 
 LAYER = "zipo_denoised"
-
-
-def _small_model(adata, **options):
-    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=2, batch_size=32, verbose=False)
-    kw.update(options)
-    return zipo.ZiPo(adata, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +126,7 @@ def test_save_load_roundtrip_is_bit_identical(trained_model, pbmc_small, referen
 def test_save_refuses_existing_path_unless_overwrite(pbmc_small, trained_model, tmp_path):
     path = tmp_path / "model"
     trained_model.save(path)
-    other = _small_model(pbmc_small, seed=99).train()
+    other = small_model(pbmc_small, seed=99).train()
     with pytest.raises(ValueError, match="already exists.*overwrite=True"):
         other.save(path)
     # unchanged
@@ -285,8 +278,8 @@ def _dense(x):
 @pytest.mark.parametrize("kind", ["csc", "dense"])
 def test_training_on_other_formats_matches_csr(pbmc_small, kind):
     """Training sees the same batches whatever the storage format: identical histories."""
-    csr = _small_model(_as(pbmc_small, "csr"), seed=4).train()
-    other = _small_model(_as(pbmc_small, kind), seed=4).train()
+    csr = small_model(_as(pbmc_small, "csr"), seed=4).train()
+    other = small_model(_as(pbmc_small, kind), seed=4).train()
     cols = [c for c in csr.history.columns if c not in ("seconds", "data_wait_seconds")]
     pd.testing.assert_frame_equal(csr.history[cols], other.history[cols], check_exact=False,
                                   rtol=1e-6)
@@ -298,7 +291,7 @@ def test_counts_from_a_layer(pbmc_small, trained_model, reference):
     a.layers["counts"] = a.X.copy()
     lib = np.asarray(a.X.sum(axis=1))
     a.X = sp.csr_matrix(np.log1p(a.X.toarray() / lib * 1e4))
-    model = _small_model(a, layer="counts", seed=0, max_epochs=3).train()
+    model = small_model(a, layer="counts", seed=0, max_epochs=3).train()
     np.testing.assert_array_equal(model.history["train_loss"], trained_model.history["train_loss"])
     out = model.denoise(a, copy=True)
     np.testing.assert_array_equal(out.layers[LAYER], reference.layers[LAYER])
@@ -309,7 +302,7 @@ def test_counts_from_a_layer(pbmc_small, trained_model, reference):
 def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
     """Outputs of every likelihood: ranges, zero probabilities, expectations, heads (whether
     each one learns is checked against the no-model baseline below)."""
-    model = _small_model(pbmc_small, likelihood=likelihood).train()
+    model = small_model(pbmc_small, likelihood=likelihood).train()
     assert len(model.history) == 2
     assert np.all(np.isfinite(model.history.drop(columns=["seconds", "data_wait_seconds"]).to_numpy()))
     out = model.denoise(pbmc_small, zero_inflation=True, copy=True)
@@ -390,7 +383,7 @@ def test_categorical_and_continuous_covariates(pbmc_small, tmp_path):
     a = pbmc_small.copy()
     a.obs["batch"] = pd.Categorical(np.where(np.arange(a.n_obs) % 2 == 0, "b1", "b2"))
     a.obs["depth"] = np.log(a.obs["nCount_RNA"].to_numpy(dtype=np.float64))
-    model = _small_model(a, covariates=["batch", "groups", "depth"]).train()
+    model = small_model(a, covariates=["batch", "groups", "depth"]).train()
     # one-hot of 2 + 2 categories, plus one standardised number
     assert model.covariate_encoder.width == 5
     assert model.network.n_covariates == 5
@@ -440,115 +433,10 @@ def test_one_call_denoise(pbmc_small):
 
 
 def test_repr(pbmc_small, trained_model):
-    untrained = _small_model(pbmc_small)
+    untrained = small_model(pbmc_small)
     text = repr(untrained)
     assert text.startswith("ZiPo(likelihood='zip', genes=230, encoder=[64, 16]")
     assert "not trained" in text
     assert "trained 3 epochs" in repr(trained_model)
     n_params = sum(p.numel() for p in trained_model.network.parameters())
     assert f"parameters={n_params:,}" in repr(trained_model)
-
-
-# --------------------------------------------------------------------------- observed library
-def test_observed_library_is_the_input_total_dense_and_sparse():
-    from zipo.config import ModelConfig
-    from zipo.data.loader import csr_to_torch
-    from zipo.nn.network import ZiPoNetwork
-
-    torch.manual_seed(0)
-    net = ZiPoNetwork(120, 0, ModelConfig(encoder_dims=[32, 8], library="observed")).eval()
-    assert net.library_net is None
-    assert not any(k.startswith("library_net") for k in net.state_dict())
-    x = sp.random(30, 120, density=0.1, format="lil", dtype=np.float32,
-                  random_state=np.random.default_rng(1), data_rvs=lambda n: np.arange(1, n + 1) % 7 + 1)
-    x[4, :] = 0  # an empty cell: its library is floored at 1, as the input normalisation's
-    x = x.tocsr()
-    totals = np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1)
-    c = torch.zeros(30, 0)
-    with torch.no_grad():
-        dense = net(torch.from_numpy(x.toarray()), c)
-        sparse = net(csr_to_torch(x), c)
-    kept = torch.sigmoid(-dense.logit_z)  # 1 - pi, zero inflation's share let through
-    np.testing.assert_allclose(
-        dense.log_library.numpy(),
-        np.log(totals) - torch.log((kept * torch.exp(dense.log_mu)).sum(1)).numpy(), rtol=1e-5)
-    torch.testing.assert_close(sparse.log_library, dense.log_library, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sparse.log_mu, dense.log_mu, rtol=1e-5, atol=1e-5)
-    # each row of the expected counts (1 - pi) l mu sums to the observed total, and the rate
-    # l mu exceeds it by the molecules zero inflation removed
-    np.testing.assert_allclose((kept * torch.exp(dense.log_mean)).sum(1).numpy(), totals,
-                               rtol=1e-5)
-    assert np.all(torch.exp(dense.log_mean).sum(1).numpy() > totals)
-    with pytest.raises(ValueError, match="observed"):
-        net.decode(dense.latent, c)
-
-
-@pytest.mark.parametrize("first_layer", ["dense", "sparse"])
-def test_observed_library_trains_denoises_and_round_trips(pbmc_small, tmp_path, first_layer):
-    model = _small_model(pbmc_small, library="observed", first_layer=first_layer).train()
-    assert model.network.library_net is None and model.config.model.library == "observed"
-    assert np.all(np.isfinite(model.history["validation_heldout_nll"]))
-    out = model.denoise(pbmc_small, zero_inflation=True, copy=True)
-    observed = np.asarray(pbmc_small.X.sum(axis=1)).ravel()
-    den = out.layers[LAYER]
-    assert np.all(np.isfinite(den)) and np.all(den >= 0)
-    np.testing.assert_allclose(den.sum(axis=1, dtype=np.float64), out.obs["zipo_library_size"],
-                               rtol=1e-4)
-    # the expected counts (1 - pi) l mu keep each cell's observed total
-    expected = (1 - out.layers["zipo_zero_prob"]) * den
-    np.testing.assert_allclose(expected.sum(axis=1, dtype=np.float64), observed, rtol=1e-4)
-    assert np.all(out.obs["zipo_library_size"] >= observed)
-    # a deeper measurement scales the observed library
-    deeper = model.denoise(pbmc_small, depth=2.0, copy=True).layers[LAYER]
-    np.testing.assert_allclose(deeper, 2 * den, rtol=1e-5)
-    lognorm = model.denoise(pbmc_small, expectation="lognorm", copy=True).layers[LAYER]
-    assert np.all(np.isfinite(lognorm)) and np.all(lognorm >= 0)
-
-    model.save(tmp_path / "m")
-    assert zipo.load_config(tmp_path / "m" / "config.toml").model.library == "observed"
-    loaded = zipo.ZiPo.load(tmp_path / "m")
-    assert loaded.config.model.library == "observed" and loaded.network.library_net is None
-    again = loaded.denoise(pbmc_small, zero_inflation=True, copy=True)
-    np.testing.assert_array_equal(again.layers[LAYER], den)
-    np.testing.assert_array_equal(again.obsm["X_zipo"], out.obsm["X_zipo"])
-    # and training continues from the loaded model
-    assert len(zipo.ZiPo.load(tmp_path / "m", pbmc_small).train(max_epochs=1).history) == 3
-
-
-def test_observed_library_under_the_paper_objective(pbmc_small):
-    # without Noise2Self the network reads whole cells; the library is their totals
-    model = _small_model(pbmc_small, library="observed", preset="paper").train()
-    assert model.network.library_net is None
-    assert np.all(np.isfinite(model.history["validation_loss"]))
-
-
-def test_bad_library_option_is_refused(pbmc_small):
-    with pytest.raises(ValueError, match=r"library must be one of \('predicted', 'observed'\)"):
-        _small_model(pbmc_small, library="size")
-
-
-def test_observed_library_is_the_kept_molecules_total_under_noise2self(pbmc_small, monkeypatch):
-    # Noise2Self training feeds the network the kept ~90% x' of each cell: l is x''s total
-    # (the trainer rescales the rate by q / (1 - q) for the held-out x'').
-    from zipo.nn.network import ZiPoNetwork
-
-    seen = []
-    forward = ZiPoNetwork.forward
-
-    def spy(self, x, covariates):
-        out = forward(self, x, covariates)
-        if self.training:
-            lib = out.log_library + ZiPoNetwork.log_kept_fraction(out.log_mu, out.logit_z)
-            seen.append((ZiPoNetwork.input_totals(x).detach(), lib.detach()))
-        return out
-
-    monkeypatch.setattr(ZiPoNetwork, "forward", spy)
-    model = _small_model(pbmc_small, library="observed", max_epochs=1, validation_fraction=0.0,
-                         objective_heldout=0.1, heldout_molecules=0.0).train()
-    assert seen
-    kept = torch.cat([t for t, _ in seen]).numpy()
-    np.testing.assert_allclose(torch.cat([l for _, l in seen]).numpy(), np.log(kept), rtol=1e-6)
-    full = np.asarray(pbmc_small.X.sum(axis=1)).ravel()
-    # about 90% of all molecules were fed (cells in shuffled order, so compare sums)
-    assert 0.85 < kept.sum() / full.sum() < 0.95
-    assert model.network.library_net is None

@@ -24,16 +24,10 @@ from zipo.nn.sparse import sparse_linear
 
 from benchmarks.scale import choose_first_layer
 
-from conftest import SMALL_ENCODER
+from conftest import small_model
 
 LOSSES = ["train_loss", "train_nll", "validation_loss", "validation_nll"]
 LOADER = "zipo-batch-loader"
-
-
-def _small_model(adata, **options):
-    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=2, batch_size=32, verbose=False)
-    kw.update(options)
-    return zipo.ZiPo(adata, **kw)
 
 
 def _random_counts(n_cells, n_genes, density, seed=0, empty_row=None) -> sp.csr_matrix:
@@ -140,7 +134,7 @@ def test_training_sparse_first_layer_matches_dense(pbmc_small):
     runs = {}
     for mode in ("sparse", "dense"):
         adata = pbmc_small.copy()
-        model = _small_model(adata, first_layer=mode, max_epochs=3, prefetch=0, seed=4).train()
+        model = small_model(adata, first_layer=mode, max_epochs=3, prefetch=0, seed=4).train()
         assert model.first_layer_mode == mode
         runs[mode] = (model, model.denoise(adata, zero_inflation=True, copy=True))
     (ms, ds), (md, dd) = runs["sparse"], runs["dense"]
@@ -171,12 +165,12 @@ def test_auto_first_layer_follows_density(pbmc_small):
     sparse_data = _very_sparse_adata()
     density = sparse_data.X.nnz / np.prod(sparse_data.shape)
     assert density < zipo.ZiPo.SPARSE_BELOW_DENSITY
-    model = _small_model(sparse_data, encoder_dims=[16, 4], max_epochs=1, prefetch=0).train()
+    model = small_model(sparse_data, encoder_dims=[16, 4], max_epochs=1, prefetch=0).train()
     assert model.config.train.first_layer == "auto" and model.first_layer_mode == "sparse"
     assert np.isfinite(model.history[LOSSES].to_numpy()).all()
 
     assert pbmc_small.X.nnz / np.prod(pbmc_small.shape) > zipo.ZiPo.SPARSE_BELOW_DENSITY
-    model = _small_model(pbmc_small, max_epochs=1, prefetch=0).train()
+    model = small_model(pbmc_small, max_epochs=1, prefetch=0).train()
     assert model.first_layer_mode == "dense"
 
 
@@ -266,10 +260,10 @@ def test_backed_empty_share_reads_nothing(pbmc_small_file):
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_backed_training_equals_in_memory(pbmc_small, pbmc_small_file, prefetch):
     options = dict(shuffle_chunk=1, max_epochs=3, seed=2)
-    memory = _small_model(pbmc_small.copy(), prefetch=0, **options).train()
+    memory = small_model(pbmc_small.copy(), prefetch=0, **options).train()
     backed = ad.read_h5ad(pbmc_small_file, backed="r")
     try:
-        model = _small_model(backed, prefetch=prefetch, **options).train()
+        model = small_model(backed, prefetch=prefetch, **options).train()
         assert backed.isbacked
         np.testing.assert_allclose(model.history[LOSSES], memory.history[LOSSES], rtol=1e-6)
         assert (model.history["data_wait_seconds"] >= 0).all()
@@ -278,7 +272,7 @@ def test_backed_training_equals_in_memory(pbmc_small, pbmc_small_file, prefetch)
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 
         # chunked shuffling (the default on disk is batch_size / 8) visits other orders
-        chunked = _small_model(backed, prefetch=prefetch, **{**options, "shuffle_chunk": 8})
+        chunked = small_model(backed, prefetch=prefetch, **{**options, "shuffle_chunk": 8})
         chunked.train()
         assert np.isfinite(chunked.history[LOSSES].to_numpy()).all()
         assert not np.allclose(chunked.history["train_loss"], memory.history["train_loss"])
@@ -412,7 +406,7 @@ def test_breaking_out_early_does_not_hang(pbmc_small):
 
 
 def test_training_with_prefetch_records_data_wait(pbmc_small):
-    model = _small_model(pbmc_small, prefetch=2, max_epochs=2).train()
+    model = small_model(pbmc_small, prefetch=2, max_epochs=2).train()
     assert "data_wait_seconds" in model.history
     waits = model.history["data_wait_seconds"].to_numpy()
     assert np.isfinite(waits).all() and (waits >= 0).all()

@@ -25,6 +25,7 @@ from .presets import PRESETS
 INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
 FIRST_LAYER_MODES = ("auto", "sparse", "dense")
 LIBRARY_MODES = ("predicted", "observed")
+DISPERSIONS = ("gene-cell", "gene")
 
 
 @dataclass
@@ -68,6 +69,11 @@ class ModelConfig:
     total."""
     library_dims: list[int] = field(default_factory=lambda: [16, 4])
     """Hidden widths of LibNet (the predicted library only)."""
+    dispersion: str = "gene-cell"
+    """NB inverse dispersion theta (ZINB/NB only), as scVI names the choice: ``gene-cell``, a
+    head from the latents per cell and gene (the paper's, as DCA), or ``gene``, one learned
+    theta per gene shared by all cells (scVI's default). A per-cell theta can explain a
+    gene's zeros in some cells by dispersion rather than by zero inflation or a low rate."""
     input_transform: str = "log1p"
     """``log1p`` of counts, or ``normalize_log1p`` (scale each cell to its median library
     size first, as DCA does). Both keep zeros zero, so the input stays sparse."""
@@ -216,6 +222,8 @@ class ZiPoConfig:
             )
         if m.library not in LIBRARY_MODES:
             raise ValueError(f"library must be one of {LIBRARY_MODES}, got {m.library!r}")
+        if m.dispersion not in DISPERSIONS:
+            raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {m.dispersion!r}")
         for name in ("encoder_dims", "decoder_dims", "library_dims"):
             dims = getattr(m, name)
             if any(d < 1 for d in dims):

@@ -10,7 +10,8 @@
     r       = A_z V + B_z                        zero-inflation logit (ZIP/ZINB)
     log mu  = log_softmax(A_mu V + B_mu)         gene proportions
     log th  = b tanh((A_th V + B_th) / b)        NB inverse dispersion per cell and gene,
-                                                 theta in (1e-4, 1e4) (b = log 1e4)
+                                                 theta in (1e-4, 1e4) (b = log 1e4); or,
+                                                 with dispersion = "gene", b tanh(t_g / b)
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ class ZiPoNetwork(nn.Module):
         n_d = dec[-1]
         self.mu_head = nn.Linear(n_d, n_genes)
         self.z_head = nn.Linear(n_d, n_genes) if self.zero_inflated else None
-        self.theta_head = nn.Linear(n_d, n_genes) if self.negative_binomial else None
+        per_cell = config.dispersion == "gene-cell"
+        self.theta_head = (nn.Linear(n_d, n_genes) if self.negative_binomial and per_cell
+                           else None)
+        # dispersion = "gene": one raw log theta per gene (starts at theta = 1, as scVI's does)
+        self.gene_log_theta = (nn.Parameter(torch.zeros(n_genes))
+                               if self.negative_binomial and not per_cell else None)
 
         # "observed": log l is the log of the input's total counts, and there is no LibNet.
         self.observed_library = config.library == "observed"
@@ -188,8 +194,16 @@ class ZiPoNetwork(nn.Module):
             log_library=log_library,
             log_mu=log_mu,
             logit_z=logit_z,
-            log_theta=self._bounded_log_theta(self.theta_head(d)) if self.theta_head is not None else None,
+            log_theta=self._log_theta(d),
         )
+
+    def _log_theta(self, d: torch.Tensor) -> torch.Tensor | None:
+        """log theta, cells x genes (a per-gene theta is broadcast over the batch's cells)."""
+        if self.theta_head is not None:
+            return self._bounded_log_theta(self.theta_head(d))
+        if self.gene_log_theta is not None:
+            return self._bounded_log_theta(self.gene_log_theta).expand(d.shape[0], -1)
+        return None
 
     @staticmethod
     def log_kept_fraction(log_mu: torch.Tensor, logit_z: torch.Tensor) -> torch.Tensor:
