@@ -3,6 +3,8 @@ that training watches it."""
 
 from __future__ import annotations
 
+import math
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -31,9 +33,10 @@ class _RateNet(torch.nn.Module):
     """A stand-in network whose rate is either the true one (a perfect denoiser of the kept
     counts) or the kept counts themselves (a network that copies its input)."""
 
-    def __init__(self, rate: np.ndarray | None, keep: float):
+    def __init__(self, rate: np.ndarray | None, keep: float, theta: float | None = None):
         super().__init__()
         self.rate = None if rate is None else torch.tensor(rate * keep, dtype=torch.float32)
+        self.log_theta = None if theta is None else math.log(theta)
         self.rows = 0
 
     def forward(self, x, c):
@@ -44,9 +47,11 @@ class _RateNet(torch.nn.Module):
             rate = self.rate[self.rows:self.rows + len(x)]
             self.rows += len(x)
         log_library = torch.log(rate.sum(dim=1))
+        log_theta = (None if self.log_theta is None
+                     else torch.full_like(rate, self.log_theta))
         return NetworkOutput(latent=torch.zeros(len(x), 2), log_library=log_library,
                              log_mu=torch.log(rate) - log_library[:, None], logit_z=None,
-                             log_theta=None)
+                             log_theta=log_theta)
 
 
 def test_score_prefers_denoising_to_copying():
@@ -56,11 +61,32 @@ def test_score_prefers_denoising_to_copying():
     counts = sp.csr_matrix(rng.poisson(rate).astype(np.float32))
     batches = CellBatches(CountMatrix(ad.AnnData(counts)), np.zeros((200, 0), np.float32),
                           np.arange(200), 64)
+    score = "validation_heldout_nll"
     oracle = heldout_molecule_nll(_RateNet(rate, 0.8), batches, 0.2, seed=0)
     copier = heldout_molecule_nll(_RateNet(None, 0.8), batches, 0.2, seed=0)
-    assert oracle < copier
+    assert set(oracle) == {score}  # Poisson: no posterior to score
+    assert oracle[score] < copier[score]
     # Same split each call: the score is a deterministic function of the network.
     assert heldout_molecule_nll(_RateNet(rate, 0.8), batches, 0.2, seed=0) == oracle
+
+
+def test_posterior_is_scored_under_nb():
+    # Counts whose per-cell rates scatter Gamma(theta, theta / m) around each gene's mean m:
+    # the kept molecules tell where a cell's rate lies, so the rate updated by them (the
+    # posterior) predicts the held-out molecules better than m alone; with a huge theta the
+    # posterior is m and both scores agree.
+    rng = np.random.default_rng(0)
+    m = np.broadcast_to(rng.gamma(2.0, 2.0, 50), (300, 50))
+    counts = sp.csr_matrix(rng.poisson(rng.gamma(1.0, m)).astype(np.float32))  # theta = 1
+    batches = CellBatches(CountMatrix(ad.AnnData(counts)), np.zeros((300, 0), np.float32),
+                          np.arange(300), 64)
+    fitted = heldout_molecule_nll(_RateNet(m, 0.8, theta=1.0), batches, 0.2, seed=0)
+    assert fitted["validation_heldout_nll_posterior"] < 0.9 * fitted["validation_heldout_nll"]
+    poisson_like = heldout_molecule_nll(_RateNet(m, 0.8, theta=1e6), batches, 0.2, seed=0)
+    assert poisson_like["validation_heldout_nll_posterior"] == pytest.approx(
+        poisson_like["validation_heldout_nll"], rel=1e-4)
+    assert poisson_like["validation_heldout_nll"] == pytest.approx(
+        fitted["validation_heldout_nll"], rel=1e-6)  # the same rate, the same split
 
 
 def test_training_watches_heldout_molecules(pbmc_small):
@@ -71,7 +97,11 @@ def test_training_watches_heldout_molecules(pbmc_small):
     # The weights kept are those of the best held-out-molecule epoch.
     best = h["validation_heldout_nll"].min()
     restored = heldout_molecule_nll(model.network, model.validation_batches(), 0.1, seed=0)
-    assert restored == pytest.approx(best, rel=1e-5)
+    assert restored["validation_heldout_nll"] == pytest.approx(best, rel=1e-5)
+    assert "validation_heldout_nll_posterior" not in h  # ZIP: the posterior is the rate
+    zinb = zipo.ZiPo(pbmc_small, encoder_dims=[32, 8], max_epochs=2, batch_size=32, seed=0,
+                     verbose=False, likelihood="zinb").train()
+    assert np.isfinite(zinb.history["validation_heldout_nll_posterior"]).all()
 
 
 def test_heldout_fraction_is_checked(pbmc_small):

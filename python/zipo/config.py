@@ -133,8 +133,10 @@ class TrainConfig:
     """Fraction of each validation cell's molecules held out by binomial thinning; above 0 the
     history gains ``validation_heldout_nll`` (the Poisson NLL of those molecules given the rate
     predicted from the rest) and the schedule and early stopping watch it instead of the
-    validation loss, which rewards copying a cell's noise (``zipo/train/heldout.py``). 0 is
-    the paper's rule (``preset="paper"``): watch the validation loss."""
+    validation loss, which rewards copying a cell's noise (``zipo/train/heldout.py``). Under
+    NB/ZINB it also gains ``validation_heldout_nll_posterior``, the same score of the rate
+    given the kept counts (``denoise(expectation="posterior")``); it is reported, not watched.
+    0 is the paper's rule (``preset="paper"``): watch the validation loss."""
     objective_heldout: float = 0.1
     """Above 0, each training step holds out this fraction of every cell's molecules by
     binomial thinning, feeds the network the rest and scores it on predicting the held-out

@@ -30,6 +30,9 @@ def plot_history(history: pd.DataFrame, ax=None, path: str | Path | None = None)
     if "validation_heldout_nll" in history:
         ax.plot(history["epoch"], history["validation_heldout_nll"],
                 label="validation NLL, held-out molecules")
+    if "validation_heldout_nll_posterior" in history:
+        ax.plot(history["epoch"], history["validation_heldout_nll_posterior"],
+                label="... of the rate given the kept counts")
     # The epoch whose weights the model keeps (best of what early stopping watches).
     kept = kept_row(history)
     ax.axvline(history["epoch"].iloc[kept], color="black", ls=":", lw=1, label="kept epoch")

@@ -5,6 +5,9 @@ A validation cell's counts are split by binomial thinning, ``x' ~ Binomial(x, 1 
 against ``x''`` (Batson, Royer & Webber 2019). A network that copies each cell's noise through
 to its output reconstructs ``x`` well but predicts ``x''`` badly, so this figure, unlike the
 NLL of whole held-out cells, tells denoising from copying.
+
+Under NB/ZINB the rate given the kept counts (``denoise(expectation="posterior")``) is scored
+as well, so a choice between likelihoods and outputs can be made on validation cells.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import torch
 
 from ..data.loader import CellBatches
+from ..distributions import posterior_rate
 from ..nn.sparse import as_dense
 from .distributed import all_reduce_sum, world
 
@@ -39,23 +43,39 @@ def binomial_split(x: torch.Tensor, heldout: float, generator: torch.Generator
     return kept, as_dense(x) - as_dense(kept)
 
 
+def _poisson_nll_sum(log_rate: torch.Tensor, target: torch.Tensor) -> float:
+    nll = torch.exp(log_rate) - target * log_rate + torch.lgamma(target + 1)
+    return nll.sum(dtype=torch.float64).item()
+
+
 @torch.no_grad()
 def heldout_molecule_nll(net: torch.nn.Module, batches: CellBatches, heldout: float,
-                         seed: int) -> float:
+                         seed: int) -> dict[str, float]:
     """Poisson NLL per entry of the held-out molecules ``x''`` given the network's rate for the
-    kept ones, rescaled; the same split every call (``seed``), pooled over processes."""
+    kept ones, rescaled (``validation_heldout_nll``), and under NB/ZINB also given the rate
+    updated by the kept counts (``validation_heldout_nll_posterior``); the same split every
+    call (``seed``), pooled over processes."""
     net.eval()
     # One stream per process (each splits its own share of the validation cells).
     generator = torch.Generator(device=batches.device).manual_seed(split_seed(seed))
-    total, n = 0.0, 0.0
+    scale = math.log(heldout / (1 - heldout))
+    rate_total, posterior_total, n, negative_binomial = 0.0, 0.0, 0.0, False
     for x, c, idx, _ in batches.batches():
         if not len(idx):
             continue
         kept, target = binomial_split(x, heldout, generator)
         out = net(kept, c)
-        log_rate = out.log_mean.float() + math.log(heldout / (1 - heldout))
-        nll = torch.exp(log_rate) - target * log_rate + torch.lgamma(target + 1)
-        total += nll.sum(dtype=torch.float64).item()
+        log_mean = out.log_mean.float()
+        rate_total += _poisson_nll_sum(log_mean + scale, target)
+        if out.log_theta is not None:
+            negative_binomial = True
+            logit_z = out.logit_z.float() if out.logit_z is not None else None
+            posterior = posterior_rate(as_dense(kept).float(), log_mean, logit_z,
+                                       out.log_theta.float())
+            posterior_total += _poisson_nll_sum(torch.log(posterior) + scale, target)
         n += target.numel()
-    total, n = all_reduce_sum([total, n])
-    return total / n
+    rate_total, posterior_total, n = all_reduce_sum([rate_total, posterior_total, n])
+    scores = {"validation_heldout_nll": rate_total / n}
+    if negative_binomial:
+        scores["validation_heldout_nll_posterior"] = posterior_total / n
+    return scores

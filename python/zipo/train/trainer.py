@@ -227,8 +227,8 @@ class Trainer:
                     self.forward, self.val_batches, self.model_config, self.autocast
                 )
                 if tc.heldout_molecules > 0:
-                    row["validation_heldout_nll"] = heldout_molecule_nll(
-                        self.forward, self.val_batches, tc.heldout_molecules, tc.seed)
+                    row.update(heldout_molecule_nll(
+                        self.forward, self.val_batches, tc.heldout_molecules, tc.seed))
             row["learning_rate"] = lr
             row["seconds"] = time.perf_counter() - started
             # Time the training step sat waiting for the loader (0 when it keeps up).
