@@ -211,6 +211,27 @@ def test_load_refuses_newer_format_version(trained_model, tmp_path):
         zipo.ZiPo.load(path)
 
 
+def test_older_saves_keep_the_options_they_were_trained_with(trained_model, pbmc_small,
+                                                             reference, tmp_path):
+    # A model saved before an option existed was built and trained as that option's old
+    # value says, whatever today's default is.
+    from zipo.io import OLDER_SAVES
+
+    path = tmp_path / "model"
+    trained_model.save(path)
+    meta = json.loads((path / "zipo.json").read_text())
+    for section, options in OLDER_SAVES.items():
+        for name in options:
+            del meta["config"][section][name]
+    (path / "zipo.json").write_text(json.dumps(meta))
+    loaded = zipo.ZiPo.load(path)
+    assert loaded.config.model.library == "predicted" and loaded.network.library_net is not None
+    assert loaded.config.model.dispersion == "gene-cell"
+    assert loaded.config.train.heldout_molecules == 0 == loaded.config.train.objective_heldout
+    np.testing.assert_array_equal(loaded.denoise(pbmc_small, copy=True).layers[LAYER],
+                                  reference.layers[LAYER])
+
+
 def test_load_with_data_continues_training(trained_model, pbmc_small, tmp_path):
     trained_model.save(tmp_path / "model")
     loaded = zipo.ZiPo.load(tmp_path / "model", adata=pbmc_small)

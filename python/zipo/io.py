@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 FORMAT = "zipo-model"
 FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE, HISTORY_FILE = "zipo.json", "weights.pt", "history.csv"
+# Options that models saved by older zipo versions lack, with the values those versions used
+# (so a saved model keeps its network and training whatever today's defaults are).
+OLDER_SAVES = {"model": {"library": "predicted", "dispersion": "gene-cell"},
+               "train": {"heldout_molecules": 0.0, "objective_heldout": 0.0}}
 CONFIG_FILE = "config.toml"  # the effective config, reusable with `zipo train --config`
 
 
@@ -113,7 +117,11 @@ def read_model(path: str | Path) -> SavedModel:
         raise ValueError(
             f"{str(path / META_FILE)!r} is corrupt (it lacks {', '.join(missing)}); save the model again"
         )
-    config = ZiPoConfig.from_dict(meta["config"], source=str(path / META_FILE))
+    saved = meta["config"]
+    if isinstance(saved, dict):
+        saved = {section: {**OLDER_SAVES.get(section, {}), **values}
+                 if isinstance(values, dict) else values for section, values in saved.items()}
+    config = ZiPoConfig.from_dict(saved, source=str(path / META_FILE))
     history_file = path / HISTORY_FILE
     try:
         history = pd.read_csv(history_file) if history_file.stat().st_size > 1 else pd.DataFrame()
