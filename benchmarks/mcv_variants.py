@@ -55,7 +55,7 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     model = zipo.ZiPo(adata, seed=seed, verbose=False, device="cpu", max_epochs=max_epochs,
                       **options).train()
     fit_seconds = time.perf_counter() - started
-    pred = model.denoise(adata, copy=True).layers["zipo_denoised"]
+    pred = model.denoise(adata, expectation="rate", copy=True).layers["zipo_denoised"]
     full = P.mean_baseline(np.asarray(x1.sum(axis=1)).ravel(), P.gene_proportions(x1))
     full[:, expressed] = pred
     h = model.history
