@@ -8,6 +8,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 import zipo
@@ -166,6 +167,31 @@ def test_early_stopping_restores_best_weights(pbmc_small):
     assert model.evaluate(val)["loss"] == pytest.approx(h["validation_loss"].iloc[best], rel=1e-5)
     assert not math.isclose(h["validation_loss"].iloc[-1], h["validation_loss"].iloc[best],
                             rel_tol=1e-5)
+
+
+def test_early_stopping_threshold_ignores_small_gains_but_keeps_their_weights():
+    from zipo.train.trainer import EarlyStopping
+
+    net = torch.nn.Linear(2, 1)
+    # 1.0, then gains of 0.05% a step: below a 0.1% threshold they are not progress
+    values = [1.0] + [1.0 - 0.0005 * k for k in range(1, 10)]
+    plain, strict = EarlyStopping(3), EarlyStopping(3, threshold=0.001)
+    stops = {}
+    for epoch, v in enumerate(values):
+        with torch.no_grad():
+            net.bias.fill_(v)
+        for name, s in (("plain", plain), ("strict", strict)):
+            if name not in stops and s.update(epoch, v, net):
+                stops[name] = epoch
+    assert stops == {"strict": 3}  # 3 epochs after epoch 0; any gain keeps plain going
+    assert strict.best_epoch == 3 and strict.best_state["bias"].item() == pytest.approx(values[3])
+    # a gain above the threshold is progress again
+    assert not strict.update(4, values[3] * 0.99, net) and strict.progress_epoch == 4
+
+
+def test_early_stopping_threshold_is_checked(pbmc_small):
+    with pytest.raises(ValueError, match="early_stopping_threshold"):
+        _small_model(pbmc_small, early_stopping_threshold=1.5)
 
 
 # --------------------------------------------------------------------------- plotting

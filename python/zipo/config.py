@@ -129,6 +129,9 @@ class TrainConfig:
     """Relative improvement in validation loss that counts as progress (0.1%)."""
     plateau_factor: float = 0.1
     early_stopping_patience: int = 30
+    early_stopping_threshold: float = 0.0
+    """Relative improvement on the best epoch that early stopping counts as progress (0: any).
+    Smaller gains still update the weights a trained model keeps."""
     heldout_molecules: float = 0.1
     """Fraction of each validation cell's molecules held out by binomial thinning; above 0 the
     history gains ``validation_heldout_nll`` (the Poisson NLL of those molecules given the rate
@@ -254,6 +257,9 @@ class ZiPoConfig:
         for name in ("learning_rate", "lr_min"):
             if getattr(t, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(t, name)}")
+        if not 0 <= t.early_stopping_threshold < 1:
+            raise ValueError("early_stopping_threshold must be in [0, 1), got "
+                             f"{t.early_stopping_threshold}")
         if not 0 < t.lr_decay <= 1 or not 0 < t.plateau_factor <= 1:
             raise ValueError("lr_decay and plateau_factor must be in (0, 1]")
 

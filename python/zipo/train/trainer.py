@@ -80,17 +80,25 @@ class LearningRateSchedule:
 
 @dataclass
 class EarlyStopping:
+    """Keeps the best epoch's weights, and stops ``patience`` epochs after the last epoch that
+    improved on the best by more than ``threshold`` (relative): smaller gains still update the
+    weights kept but do not extend training."""
+
     patience: int
+    threshold: float = 0.0
     best: float = math.inf
     best_epoch: int = -1
     best_state: dict | None = field(default=None, repr=False)
+    progress_epoch: int = -1
 
     def update(self, epoch: int, monitored: float, net: torch.nn.Module) -> bool:
         """Record the epoch; return True when training should stop."""
+        if monitored < self.best - self.threshold * abs(self.best) or self.best_epoch < 0:
+            self.progress_epoch = epoch
         if monitored < self.best:
             self.best, self.best_epoch = monitored, epoch
             self.best_state = copy.deepcopy(net.state_dict())
-        return epoch - self.best_epoch >= self.patience
+        return epoch - self.progress_epoch >= self.patience
 
 
 class Trainer:
@@ -116,7 +124,8 @@ class Trainer:
         self.optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate,
                                           fused=_fused_adam_supported(net))
         self.schedule = LearningRateSchedule(train_config)
-        self.stopper = EarlyStopping(train_config.early_stopping_patience)
+        self.stopper = EarlyStopping(train_config.early_stopping_patience,
+                                     train_config.early_stopping_threshold)
         self.history: list[dict] = []
         self.first_layer = "sparse" if train_batches.sparse else "dense"
         self.epoch = 0  # epochs completed
@@ -138,7 +147,8 @@ class Trainer:
             "optimiser": self.optimiser.state_dict(),
             "schedule": self.schedule.state_dict(),
             "stopper": {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch,
-                        "best_state": self.stopper.best_state},
+                        "best_state": self.stopper.best_state,
+                        "progress_epoch": self.stopper.progress_epoch},
             "history": self.history,
             "shuffle_rng": self.train_batches.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -153,6 +163,8 @@ class Trainer:
         s = state["stopper"]
         self.stopper.best, self.stopper.best_epoch = s["best"], s["best_epoch"]
         self.stopper.best_state = s["best_state"]
+        # checkpoints written before early_stopping_threshold: every gain was progress
+        self.stopper.progress_epoch = s.get("progress_epoch", s["best_epoch"])
         self.history = list(state["history"])
         self.train_batches.rng.bit_generator.state = state["shuffle_rng"]
         torch.set_rng_state(state["torch_rng"])
