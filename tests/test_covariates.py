@@ -221,6 +221,29 @@ def test_reference_batch_removes_most_of_the_batch_effect(batch_data, batch_mode
     assert np.corrcoef(est[hit], log2f[hit])[0, 1] > 0.9
 
 
+def test_posterior_at_reference_covariates_keeps_each_cells_deviation(small_batch_model):
+    # The posterior needs the measured counts, which were measured at the cell's own batch:
+    # at other covariates it is the cell's own posterior times the ratio of the two rates.
+    adata, _ = small_batch_model
+    model = zipo.ZiPo(adata, covariates=["batch"], max_epochs=2, likelihood="zinb",
+                      **TINY).train()
+    own = model.denoise(adata, expectation="posterior", copy=True).layers["zipo_denoised"]
+    rate = model.denoise(adata, expectation="rate", copy=True).layers["zipo_denoised"]
+    ref = {"batch": "b1"}
+    at_b1 = model.denoise(adata, expectation="posterior", copy=True, covariate_values=ref)
+    rate_b1 = model.denoise(adata, expectation="rate", copy=True, covariate_values=ref)
+    got, want = at_b1.layers["zipo_denoised"], own * rate_b1.layers["zipo_denoised"] / rate
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    in_b1 = adata.obs["batch"].to_numpy() == "b1"
+    np.testing.assert_allclose(got[in_b1], own[in_b1], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(got[~in_b1], own[~in_b1], rtol=1e-3)
+    # a covariate adata lacks is the cells' own: the posterior at it is their posterior
+    lacking = adata.copy()
+    del lacking.obs["batch"]
+    at_own = model.denoise(lacking, expectation="posterior", copy=True, covariate_values=ref)
+    np.testing.assert_allclose(at_own.layers["zipo_denoised"][in_b1], own[in_b1], rtol=1e-5)
+
+
 def test_mmd_penalty_is_added_in_training_only(small_batch_model):
     from zipo.train.loss import loss_terms
 

@@ -200,14 +200,14 @@ class ZiPo(SaveLoadMixin):
     def cell_batches(self, adata, batch_size: int | None = None,
                      covariate_values: dict[str, Any] | None = None) -> CellBatches:
         """Mini-batches over all cells of ``adata`` (same genes as the model, any order) in the
-        model's gene order, after checking its genes, counts and covariates.
-        ``covariate_values`` sets covariates to one value for every cell (see :meth:`denoise`)."""
+        model's gene order, after checking its genes, counts and covariates;
+        ``covariate_values`` gives the covariates ``adata.obs`` lacks (one value for all)."""
         gene_positions(self.var_names, adata)  # refuses other genes
         adata = in_model_order(adata, self.var_names)
         counts = CountMatrix(adata, self.config.data.layer)
         check_counts(counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer)
         cov = self.covariate_encoder.transform(
-            self.covariate_encoder.fixed(adata.obs, covariate_values))
+            self.covariate_encoder.fixed(adata.obs, covariate_values, missing_only=True))
         return inference_batches(counts, cov, self.config.train, self.device, batch_size)
 
     def validation_batches(self, device: str | torch.device | None = None) -> CellBatches | None:
@@ -265,7 +265,10 @@ class ZiPo(SaveLoadMixin):
 
         ``covariate_values`` predicts every cell as if its covariates had these values, e.g.
         ``{"batch": "donor1"}`` gives batch-corrected expected counts with donor1 as the
-        reference (the latents do not depend on covariates, so they are unchanged).
+        reference (the latents do not depend on covariates, so they are unchanged). With
+        ``expectation="posterior"`` each cell keeps its count-given deviation from the rate at
+        its own covariates, times the ratio of the reference's rate to its own. Covariates that
+        ``adata.obs`` lacks are taken to be the cells' own values.
 
         For data too large for a cells x genes matrix in memory (a million cells x 20,000 genes
         is 80 GB), choose what is kept:
@@ -288,13 +291,20 @@ class ZiPo(SaveLoadMixin):
         adata = self.adata if adata is None else adata
         check_denoise_request(adata, expectation, copy, out, denoised, depth, target_sum)
         keep = output_genes(self.var_names, genes)
+        # The cells are read at their own covariates (the posterior needs the covariates their
+        # counts were measured at) and predicted at ``reference``'s.
         batches = self.cell_batches(adata, batch_size, covariate_values)
+        reference = (self.covariate_encoder.transform(
+            self.covariate_encoder.fixed(adata.obs, covariate_values))
+            if covariate_values else None)
+        if reference is not None and np.array_equal(reference, batches.covariates):
+            reference = None  # every given covariate was missing: the cells' own
         cols, keep = output_columns(self.var_names, adata, keep)
         sink = output_sink(adata, keep, self.config.model.encoder_dims[-1], out, key_added,
                            denoised, zero_inflation, overwrite)
         with sink:
             write_predictions(self.network, batches, sink, cols, expectation, denoised,
-                              zero_inflation, depth, target_sum)
+                              zero_inflation, depth, target_sum, reference)
         if out is not None:
             return sink.result()
         target = output_target(adata, copy)

@@ -45,15 +45,19 @@ and mixture scale by it; lognorm's rate and normaliser both do)."""
 @torch.no_grad()
 def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns: np.ndarray | None,
                       expectation: Expectation, denoised: bool, zero_inflation: bool,
-                      depth: float = 1.0, target_sum: float = 1e4) -> None:
+                      depth: float = 1.0, target_sum: float = 1e4,
+                      reference: np.ndarray | None = None) -> None:
     """Run ``network`` over ``batches`` and write each batch's latents, library sizes, and
     (for the model genes ``columns``, all when None) expectations (see :func:`expected_values`)
-    and zero probabilities into ``sink``."""
+    and zero probabilities into ``sink``. ``reference`` (cells x encoded covariates) predicts
+    the cells at these covariates instead of their own (``denoise(covariate_values=...)``)."""
     device = next(network.parameters()).device
     columns = None if columns is None else torch.as_tensor(columns, device=device)
     network.eval()
     for x, c, idx in batches:
-        o = network(x, c)
+        o = own = network(x, c)
+        if reference is not None:
+            o = network(x, torch.as_tensor(reference[idx], dtype=c.dtype, device=c.device))
         latent = o.latent.cpu().numpy()
         library = torch.exp(o.log_library).cpu().numpy()
         mean = zprob = None
@@ -63,7 +67,7 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
                  if o.logit_z is not None else None)
             if denoised:
                 mean = expected_values(o, log_m, z, columns, expectation, depth,
-                                       target_sum, x).cpu().numpy()
+                                       target_sum, x, own).cpu().numpy()
             if zero_inflation:
                 zprob = (z if z is not None else torch.zeros_like(log_m)).cpu().numpy()
         sink.write(idx, latent, library, mean, zprob)
@@ -71,12 +75,16 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
 
 def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | None,
                     columns: torch.Tensor | None, expectation: Expectation, depth: float,
-                    target_sum: float, x: torch.Tensor | None = None) -> torch.Tensor:
+                    target_sum: float, x: torch.Tensor | None = None,
+                    own: NetworkOutput | None = None) -> torch.Tensor:
     """One batch's ``expectation`` for a measurement at ``depth`` times each cell's predicted
     library size l: rate ``depth * m``, mixture ``(1 - z) * depth * m``, lognorm
     E[log1p(target_sum * X / (depth * l))] with X ~ the fitted distribution at rate ``depth * m``
     (z and theta unchanged: a deeper measurement samples the same cell); posterior
-    ``depth * E[rate | x]`` for the batch's counts ``x``."""
+    ``depth * E[rate | x]`` for the batch's counts ``x``. When ``o`` predicts the cells at
+    other covariates than their own (``own``, the output at theirs, measured ``x``), the
+    posterior is the cell's own E[rate | x] times the ratio of the two rates: the cell keeps
+    its deviation from its expected rate, and the covariates' effect on the rate is swapped."""
     if expectation == "lognorm":
         logit_z, log_theta = _distribution_heads(o, columns)
         log_depth = math.log(depth)
@@ -85,9 +93,14 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
         return expected_log1p(log_m + log_depth if depth != 1 else log_m, logit_z, log_theta,
                               scale)
     if expectation == "posterior":
-        logit_z, log_theta = _distribution_heads(o, columns)
+        own = o if own is None else own
+        logit_z, log_theta = _distribution_heads(own, columns)
+        own_log_m = own.log_mean if columns is None else own.log_mean[:, columns]
         x = as_dense(x).to(log_m.dtype)
-        m = posterior_rate(x if columns is None else x[:, columns], log_m, logit_z, log_theta)
+        m = posterior_rate(x if columns is None else x[:, columns], own_log_m, logit_z,
+                           log_theta)
+        if own is not o:
+            m = m * torch.exp(log_m - own_log_m)
         return m * depth if depth != 1 else m
     m = torch.exp(log_m)
     if depth != 1:

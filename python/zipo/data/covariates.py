@@ -96,9 +96,11 @@ class CovariateEncoder:
         return np.concatenate(parts, axis=1)
 
 
-    def fixed(self, obs: pd.DataFrame, values: dict[str, Any] | None) -> pd.DataFrame:
+    def fixed(self, obs: pd.DataFrame, values: dict[str, Any] | None,
+              missing_only: bool = False) -> pd.DataFrame:
         """The covariate columns of ``obs``, with those named in ``values`` set to one value for
-        every cell (e.g. ``{"batch": "donor1"}``: predict all cells as if in that batch)."""
+        every cell (e.g. ``{"batch": "donor1"}``: predict all cells as if in that batch); with
+        ``missing_only``, only those ``obs`` lacks (the cells were measured at these values)."""
         names = self.names
         if not values:
             return obs
@@ -110,7 +112,8 @@ class CovariateEncoder:
             )
         frame = pd.DataFrame(index=obs.index)
         for name in names:
-            frame[name] = [values[name]] * len(obs) if name in values else obs[name].to_numpy()
+            use_value = name in values and (not missing_only or name not in obs.columns)
+            frame[name] = [values[name]] * len(obs) if use_value else obs[name].to_numpy()
         return frame
 
     def mmd_groups(self, alpha_mmd: float, mmd_covariates: Sequence[str]) -> list[tuple[int, int]]:
