@@ -451,6 +451,10 @@ def test_one_call_denoise(pbmc_small):
     assert isinstance(model, zipo.ZiPo) and len(model.history) == 2
     # same default seed, same result
     np.testing.assert_array_equal(out.layers[LAYER], den)
+    # a preset's likelihood is not overridden by the one-call function's defaults
+    _, dca = zipo.denoise(fresh, preset="dca", max_epochs=1, batch_size=32, verbose=False,
+                          copy=True, return_model=True)
+    assert dca.config.model.likelihood == "nb"
 
 
 def test_repr(pbmc_small, trained_model):

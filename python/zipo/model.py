@@ -379,7 +379,7 @@ class ZiPo(SaveLoadMixin):
 
 
 def denoise(adata, layer: str | None = None, covariates: list[str] | None = None,
-            likelihood: str = "zip", expectation: Expectation = "rate",
+            likelihood: str | None = None, expectation: Expectation = "rate",
             zero_inflation: bool = False, copy: bool = False, return_model: bool = False,
             covariate_values: dict[str, Any] | None = None, **options: Any):
     """Train a ZiPo model on ``adata`` and write its denoised counts into it, in one call.

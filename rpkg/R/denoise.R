@@ -85,7 +85,8 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @param subset.row Genes to denoise (names, indices or a logical vector over
 #'   the rows); `NULL` (default) for all genes.
 #' @param covariates colData (meta.data) columns used as known covariates.
-#' @param likelihood `"zip"`, `"zinb"`, `"poisson"` or `"nb"`.
+#' @param likelihood `"zip"`, `"zinb"`, `"poisson"` or `"nb"`; `NULL` (default)
+#'   for the configuration's (`"zip"`, or the `preset`'s).
 #' @param epochs Maximum number of training epochs.
 #' @param seed Random seed.
 #' @param model A trained `zipo_model` to apply instead of training one.
@@ -111,7 +112,7 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #'   old name of `assay.type` (a warning says so).
 #' @export
 setMethod("denoise", "SingleCellExperiment", function(
-    x, assay.type = "counts", subset.row = NULL, covariates = NULL, likelihood = "zip",
+    x, assay.type = "counts", subset.row = NULL, covariates = NULL, likelihood = NULL,
     epochs = NULL, seed = 0L, model = NULL, expectation = "rate", target_sum = 1e4,
     zero_inflation = FALSE, name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE,
     out = NULL, overwrite = FALSE, ..., assay = NULL) {
@@ -139,7 +140,7 @@ setMethod("denoise", "SingleCellExperiment", function(
 #' @rdname denoise
 #' @export
 setMethod("denoise", "ANY", function(x, assay = NULL, subset.row = NULL, covariates = NULL,
-                                     likelihood = "zip", epochs = NULL, seed = 0L, model = NULL,
+                                     likelihood = NULL, epochs = NULL, seed = 0L, model = NULL,
                                      expectation = "rate", target_sum = 1e4,
                                      zero_inflation = FALSE, name = "denoised", dimred = "ZIPO",
                                      allow_non_integer = FALSE, out = NULL, overwrite = FALSE,

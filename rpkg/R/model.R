@@ -56,7 +56,8 @@
 #' @param assay.type For a SingleCellExperiment, the assay with raw counts
 #'   (default `"counts"`); for a Seurat object, the same as `assay`.
 #' @param covariates colData (or meta.data) columns used as known covariates.
-#' @param likelihood `"zip"` (default), `"zinb"`, `"poisson"` or `"nb"`.
+#' @param likelihood `"zip"`, `"zinb"`, `"poisson"` or `"nb"`; `NULL` (default) for
+#'   the configuration's (`"zip"`, or the `preset`'s).
 #' @param epochs Maximum number of epochs (early stopping may end sooner).
 #' @param seed Random seed; a seed makes a CPU run reproducible.
 #' @param verbose Show the progress bar.
@@ -69,7 +70,7 @@
 #' @return A `zipo_model`.
 #' @seealso [denoise()], [save_model()], [load_model()]
 #' @export
-train <- function(x, assay.type = NULL, covariates = NULL, likelihood = "zip", epochs = NULL,
+train <- function(x, assay.type = NULL, covariates = NULL, likelihood = NULL, epochs = NULL,
                   seed = 0L, verbose = TRUE, allow_non_integer = FALSE, ..., assay = NULL) {
   assay <- .counts_assay(x, assay.type, assay, "train")
   adata <- .as_anndata(x, assay, covariates, allow_non_integer)
@@ -78,7 +79,7 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = "zip", e
 }
 
 # A model trained on an AnnData already built from the counts.
-.train_anndata <- function(adata, covariates = NULL, likelihood = "zip", epochs = NULL, seed = 0L,
+.train_anndata <- function(adata, covariates = NULL, likelihood = NULL, epochs = NULL, seed = 0L,
                            verbose = TRUE, allow_non_integer = FALSE, ...) {
   opts <- .py_options(list(covariates = covariates, likelihood = likelihood,
                            max_epochs = epochs, seed = seed, verbose = verbose,

@@ -29,6 +29,15 @@ test_that("train, print, summary, history, save, load and predict", {
   expect_identical(SingleCellExperiment::reducedDim(a, "ZIPO"), SingleCellExperiment::reducedDim(b, "ZIPO"))
 })
 
+test_that("a preset's likelihood reaches the model unless one is given", {
+  skip_without_core()
+  sce <- simulated_sce()
+  dca <- do.call(train, c(list(sce, epochs = 1, preset = "dca"), fast))
+  expect_output(print(dca), "likelihood='nb'")
+  zinb <- do.call(train, c(list(sce, epochs = 1, preset = "dca", likelihood = "zinb"), fast))
+  expect_output(print(zinb), "likelihood='zinb'")
+})
+
 test_that("a model refuses data with other genes, naming them", {
   skip_without_core()
   sce <- simulated_sce()
