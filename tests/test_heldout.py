@@ -102,6 +102,14 @@ def test_training_watches_heldout_molecules(pbmc_small):
     zinb = zipo.ZiPo(pbmc_small, encoder_dims=[32, 8], max_epochs=2, batch_size=32, seed=0,
                      verbose=False, likelihood="zinb").train()
     assert np.isfinite(zinb.history["validation_heldout_nll_posterior"]).all()
+    fig = zinb.plot_history()  # and the plot shows it
+    posterior_line = [line for line in fig.axes[0].get_lines()
+                      if line.get_label() == "... of the rate given the kept counts"]
+    np.testing.assert_allclose(posterior_line[0].get_ydata(),
+                               zinb.history["validation_heldout_nll_posterior"])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_heldout_fraction_is_checked(pbmc_small):

@@ -57,7 +57,8 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
     for x, c, idx in batches:
         o = own = network(x, c)
         if reference is not None:
-            o = network(x, torch.as_tensor(reference[idx], dtype=c.dtype, device=c.device))
+            o = network.heads(own.latent, x,
+                              torch.as_tensor(reference[idx], dtype=c.dtype, device=c.device))
         latent = o.latent.cpu().numpy()
         library = torch.exp(o.log_library).cpu().numpy()
         mean = zprob = None

@@ -223,7 +223,11 @@ class ZiPoNetwork(nn.Module):
         return self.LOG_THETA_BOUND * torch.tanh(raw / self.LOG_THETA_BOUND)
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
-        u = self.encode(x)
+        return self.heads(self.encode(x), x, covariates)
+
+    def heads(self, u: torch.Tensor, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
+        """The outputs from latents ``u`` of the counts ``x`` at ``covariates`` (the latents do
+        not depend on covariates, so one encoding serves any covariate values)."""
         # Under mixed precision only the encoder runs in low precision: the heads set the
         # rates (a softmax over thousands of genes) and stay float32.
         with torch.autocast(u.device.type, enabled=False):

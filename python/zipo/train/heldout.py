@@ -17,7 +17,7 @@ import math
 import torch
 
 from ..data.loader import CellBatches
-from ..distributions import posterior_rate
+from ..distributions import poisson_log_pmf, posterior_rate
 from ..nn.sparse import as_dense
 from .distributed import all_reduce_sum, world
 
@@ -44,8 +44,7 @@ def binomial_split(x: torch.Tensor, heldout: float, generator: torch.Generator
 
 
 def _poisson_nll_sum(log_rate: torch.Tensor, target: torch.Tensor) -> float:
-    nll = torch.exp(log_rate) - target * log_rate + torch.lgamma(target + 1)
-    return nll.sum(dtype=torch.float64).item()
+    return -poisson_log_pmf(target, log_rate).sum(dtype=torch.float64).item()
 
 
 @torch.no_grad()
@@ -74,7 +73,9 @@ def heldout_molecule_nll(net: torch.nn.Module, batches: CellBatches, heldout: fl
                                        out.log_theta.float())
             posterior_total += _poisson_nll_sum(torch.log(posterior) + scale, target)
         n += target.numel()
-    rate_total, posterior_total, n = all_reduce_sum([rate_total, posterior_total, n])
+    # pooled, so every process reports the same columns even if one had no validation cells
+    rate_total, posterior_total, n, negative_binomial = all_reduce_sum(
+        [rate_total, posterior_total, n, float(negative_binomial)])
     scores = {"validation_heldout_nll": rate_total / n}
     if negative_binomial:
         scores["validation_heldout_nll_posterior"] = posterior_total / n
