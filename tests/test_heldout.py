@@ -19,7 +19,9 @@ from zipo.train.heldout import binomial_split, heldout_molecule_nll
 
 
 def test_binomial_split_keeps_every_molecule_and_the_layout():
-    x = torch.tensor(np.random.default_rng(0).poisson(3.0, (40, 30)), dtype=torch.float32)
+    x = torch.tensor(np.random.default_rng(0).poisson(1.5, (40, 30)), dtype=torch.float32)
+    assert (x == 0).float().mean() > 0.1  # zeros, which neither layout draws for
+    splits = []
     for batch in (x, csr_to_torch(sp.csr_matrix(x.numpy()))):
         kept, held = binomial_split(batch, 0.3, torch.Generator().manual_seed(1))
         assert kept.layout == batch.layout
@@ -27,6 +29,9 @@ def test_binomial_split_keeps_every_molecule_and_the_layout():
         assert torch.equal(kept + held, x)
         assert (kept >= 0).all() and (held >= 0).all()
         assert 0.25 < held.sum() / x.sum() < 0.35
+        splits.append(held)
+    # the sparse and the dense first layer see the same split of the same cells
+    assert torch.equal(splits[0], splits[1])
 
 
 class _RateNet(torch.nn.Module):

@@ -31,15 +31,18 @@ def split_seed(seed: int) -> int:
 def binomial_split(x: torch.Tensor, heldout: float, generator: torch.Generator
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held out) counts of a dense or sparse CSR batch; the kept part keeps ``x``'s
-    layout (the sparse first layer reads it), the held-out part is dense."""
-    values = x.values() if x.layout == torch.sparse_csr else x
+    layout (the sparse first layer reads it), the held-out part is dense. Only the non-zero
+    counts are drawn (in row-major order in both layouts, so both split alike)."""
+    sparse = x.layout == torch.sparse_csr
+    nonzero = None if sparse else torch.nonzero(x, as_tuple=True)
+    values = x.values() if sparse else x[nonzero]
     counts = values.float()
     kept_values = torch.binomial(counts, torch.full_like(counts, 1 - heldout),
                                  generator=generator).to(values.dtype)
-    if x.layout == torch.sparse_csr:
+    if sparse:
         kept = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), kept_values, x.shape)
     else:
-        kept = kept_values
+        kept = torch.zeros_like(x).index_put_(nonzero, kept_values)
     return kept, as_dense(x) - as_dense(kept)
 
 
