@@ -53,13 +53,13 @@ COST = [
 ]
 FIGURE = [ACCURACY[0], ACCURACY[2], ACCURACY[3], ACCURACY[5], ACCURACY[8], ACCURACY[9],
           ACCURACY[10], LATENT[0], LATENT[2], COST[0], COST[4]]
-ORDER = ["zipo_zip", "zipo_zinb", "zipo_dca", "scvi", "magic", "mean", "pca", "oracle"]
-LABELS = {"zipo_zip": "ZiPo-ZIP", "zipo_zinb": "ZiPo-ZINB", "zipo_dca": "DCA (ZiPo preset)",
+ORDER = ["zipo", "zipo_paper", "zipo_dca", "scvi", "magic", "mean", "pca", "oracle"]
+LABELS = {"zipo": "ZiPo", "zipo_paper": "ZiPo (paper)", "zipo_dca": "DCA (ZiPo preset)",
           "scvi": "scVI", "magic": "MAGIC", "mean": "no denoising", "pca": "PCA low-rank",
           "oracle": "oracle (truth)"}
 PEERS = ["zipo_dca", "scvi", "magic"]
 BASELINES = ["mean", "pca"]
-COLORS = {"zipo_zip": "#1b6ca8", "zipo_zinb": "#6baed6", "zipo_dca": "#fd8d3c", "scvi": "#31a354",
+COLORS = {"zipo": "#1b6ca8", "zipo_paper": "#6baed6", "zipo_dca": "#fd8d3c", "scvi": "#31a354",
           "magic": "#a05195", "mean": "#969696", "pca": "#636363", "oracle": "#000000"}
 
 
@@ -123,13 +123,13 @@ def table(agg, dataset: str, rows, title: str) -> str:
 
 
 def standing(agg, dataset: str) -> str:
-    """ZiPo-ZIP (the default) against the best peer on every metric."""
-    lines = ["| metric | ZiPo-ZIP | best other ZiPo | best peer | best baseline | ZiPo-ZIP vs best peer |",
+    """ZiPo (the defaults) against the best peer on every metric."""
+    lines = ["| metric | ZiPo | best other ZiPo | best peer | best baseline | ZiPo vs best peer |",
              "| --- | --- | --- | --- | --- | --- |"]
     for proto, metric, label, lower in ACCURACY + LATENT + COST:
         if lower is None:
             continue
-        z = agg.get((dataset, proto, "zipo_zip", metric))
+        z = agg.get((dataset, proto, "zipo", metric))
         if z is None:
             continue
 
@@ -141,7 +141,7 @@ def standing(agg, dataset: str) -> str:
             m = (min if lower else max)(c, key=lambda k: c[k][0])
             return m, c[m]
 
-        om, ov = best(["zipo_zinb"])
+        om, ov = best(["zipo_paper"])
         pm, pv = best(PEERS)
         bm, bv = best(BASELINES)
         verdict = "—"
@@ -227,11 +227,11 @@ def write_report(results: Path, md_path: Path, png_path: Path | None) -> str:
         info = meta["datasets"][d]
         parts.append(f"### {d}: {info['cells']} cells x {info['genes']} genes\n")
         parts.append(info.get("note", "") + (f" Labels: `{info['labels']}`." if info.get("labels") else "") + "\n")
-        parts.append(table(agg, d, ACCURACY, "Accuracy (rate predictions)"))
+        parts.append(table(agg, d, ACCURACY, "Accuracy (each method's denoised values)"))
         parts.append(table(agg, d, MIXTURE, "Same fits, zero-inflated mixture mean as the prediction"))
         parts.append(table(agg, d, LATENT, "Latent quality (embedding of the p=0.9 fit, all cells)"))
         parts.append(table(agg, d, COST, f"Cost (the p=0.9 fit; epoch cap {meta.get('max_epochs')})"))
-        parts.append("**Where ZiPo-ZIP stands**\n")
+        parts.append("**Where ZiPo stands**\n")
         parts.append(standing(agg, d))
     bad = [r for r in records if r.get("status") != "ok"]
     if bad:

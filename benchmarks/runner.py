@@ -36,8 +36,8 @@ class Method:
 
 
 METHODS = {m.key: m for m in [
-    Method("zipo_zip", "ZiPo-ZIP", "main_worker.py", None, True, "zipo"),
-    Method("zipo_zinb", "ZiPo-ZINB", "main_worker.py", None, True, "zipo"),
+    Method("zipo", "ZiPo", "main_worker.py", None, True, "zipo"),
+    Method("zipo_paper", "ZiPo (paper)", "main_worker.py", None, True, "zipo"),
     Method("zipo_dca", "DCA (ZiPo preset)", "main_worker.py", None, True, "peer"),
     Method("scvi", "scVI", "scvi_worker.py", "scvi", True, "peer"),
     Method("magic", "MAGIC", "magic_worker.py", "magic", False, "peer"),
@@ -46,7 +46,7 @@ METHODS = {m.key: m for m in [
 ]}
 
 # Expected cost of one fit, for scheduling the slowest first (relative units).
-COST = {"zipo_zip": 10, "zipo_zinb": 10, "scvi": 4, "zipo_dca": 2, "magic": 1, "pca": 0.5,
+COST = {"zipo": 4, "zipo_paper": 10, "scvi": 4, "zipo_dca": 2, "magic": 1, "pca": 0.5,
         "mean": 0.1}
 DATA_COST = {"pbmc4k": 10, "simulated": 5, "pbmc_small": 0.2}
 ENV_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",

@@ -248,11 +248,14 @@ def plot(rows: list[dict], path: Path) -> None:
 def markdown(rows: list[dict], layer: list[dict], command: str) -> str:
     import torch
 
+    from zipo.config import ModelConfig
+
+    default_encoder = "-".join(map(str, ModelConfig().encoder_dims))
     lines = [f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d')}; machine: "
              f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
              f"Python {platform.python_version()}.", "",
-             f"Synthetic PBMC-resampled cells x {N_GENES} genes, backed .h5ad, paper architecture "
-             "(2048-1024-512-256-128) unless the command sets encoder_dims, batch 256, one epoch "
+             f"Synthetic PBMC-resampled cells x {N_GENES} genes, backed .h5ad, zipo's default "
+             f"network ({default_encoder}) unless the command sets encoder_dims, batch 256, one epoch "
              "(training + 10% validation pass).", "",
              "| cells | first layer | processes | s / epoch | cells / s | waiting for data (s) "
              "| peak RSS per process (GiB) |", "|---:|---|---:|---:|---:|---:|---:|"]

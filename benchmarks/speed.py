@@ -1,4 +1,4 @@
-"""Training and inference speed of the paper's default architecture on the shared PBMC data.
+"""Training and inference speed of zipo's default network on the shared PBMC data.
 
     python -m benchmarks.speed                      # PBMC 4k, batch sizes 128 256 512, 3 epochs
     python -m benchmarks.speed --epochs 2 --batch-sizes 256 --genes 2000   # quicker

@@ -82,7 +82,7 @@ def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(venvs, "ready", lambda name: False)  # as on a clone without --setup
     out = tmp_path / "quick"
-    code = run.main(["--quick", "--datasets", "simulated", "--methods", "zipo_zip", "mean",
+    code = run.main(["--quick", "--datasets", "simulated", "--methods", "zipo", "mean",
                      "pca", "scvi", "--out", str(out)])
     assert code == 0
     data = json.loads((out / "results.json").read_text())
@@ -93,9 +93,9 @@ def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
     assert skipped and all(r["method"] == "scvi" and "--setup" in r["error"] for r in skipped)
     got = {(r["protocol"], r["method"]) for r in ok}
     for proto in ("mcv0.9", "mcv0.5", "masked"):
-        assert {(proto, m) for m in ("zipo_zip", "mean", "pca", "oracle")} <= got
-    assert {("heldout", m) for m in ("zipo_zip", "mean", "oracle")} <= got
-    assert {("latent", "zipo_zip"), ("latent", "pca")} <= got
+        assert {(proto, m) for m in ("zipo", "mean", "pca", "oracle")} <= got
+    assert {("heldout", m) for m in ("zipo", "mean", "oracle")} <= got
+    assert {("latent", "zipo"), ("latent", "pca")} <= got
     for r in ok:
         for k, v in r.items():
             if isinstance(v, float):
@@ -105,13 +105,13 @@ def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
     assert by[("mcv0.9", "oracle")]["poisson_nll"] < by[("mcv0.9", "mean")]["poisson_nll"]
     assert by[("heldout", "oracle")]["heldout_nll"] < by[("heldout", "mean")]["heldout_nll"]
     assert -1 <= by[("latent", "pca")]["kmeans_ari"] <= 1
-    assert by[("mcv0.9", "zipo_zip")]["epochs"] <= 3
-    assert by[("mcv0.9", "zipo_zip")]["peak_rss_mb"] > 0
+    assert by[("mcv0.9", "zipo")]["epochs"] <= 3
+    assert by[("mcv0.9", "zipo")]["peak_rss_mb"] > 0
     # ZiPo's lognorm expectation is scored on the OpenProblems split, and only there.
-    assert by[("mcv0.9", "zipo_zip")]["op_mse_log1p_lognorm"] > 0
+    assert by[("mcv0.9", "zipo")]["op_mse_log1p_lognorm"] > 0
     assert "op_mse_log1p_lognorm" not in by[("mcv0.9", "mean")]
-    assert "op_mse_log1p_lognorm" not in by[("mcv0.5", "zipo_zip")]
+    assert "op_mse_log1p_lognorm" not in by[("mcv0.5", "zipo")]
     md = (out / "results.md").read_text()
-    assert "ZiPo-ZIP" in md and "Where ZiPo-ZIP stands" in md
+    assert "ZiPo" in md and "Where ZiPo stands" in md
     assert "ZiPo lognorm expectation" in md
     assert (out / "results.png").stat().st_size > 1000

@@ -69,9 +69,12 @@ def test_category_order_bool_and_constant_columns(pbmc_small):
 def test_model_gets_covariates_beside_the_latents(pbmc_small):
     model = zipo.ZiPo(pbmc_small, covariates=["groups", "nCount_RNA"], **TINY)
     assert model.network.n_covariates == 3
-    # mean head and library net read [U (8 latents), covariates (3)]
-    assert model.network.mu_head.in_features == 8 + 3
-    assert model.network.library_net[0][0].in_features == 8 + 3
+    # the heads read [U (8 latents), covariates (3)]
+    for head in (model.network.mu_head, model.network.z_head, model.network.theta_head):
+        assert head.in_features == 8 + 3
+    predicted = zipo.ZiPo(pbmc_small, covariates=["groups", "nCount_RNA"], library="predicted",
+                          **TINY)
+    assert predicted.network.library_net[0][0].in_features == 8 + 3  # LibNet too
     assert "covariates=['groups', 'nCount_RNA']" in repr(model)
 
 
@@ -224,24 +227,26 @@ def test_reference_batch_removes_most_of_the_batch_effect(batch_data, batch_mode
 def test_posterior_at_reference_covariates_keeps_each_cells_deviation(small_batch_model):
     # The posterior needs the measured counts, which were measured at the cell's own batch:
     # at other covariates it is the cell's own posterior times the ratio of the two rates.
-    adata, _ = small_batch_model
-    model = zipo.ZiPo(adata, covariates=["batch"], max_epochs=2, likelihood="zinb",
-                      **TINY).train()
+    adata, model = small_batch_model
+    assert model.config.model.likelihood == "zinb"
     own = model.denoise(adata, expectation="posterior", copy=True).layers["zipo_denoised"]
     rate = model.denoise(adata, expectation="rate", copy=True).layers["zipo_denoised"]
     ref = {"batch": "b1"}
-    at_b1 = model.denoise(adata, expectation="posterior", copy=True, covariate_values=ref)
-    rate_b1 = model.denoise(adata, expectation="rate", copy=True, covariate_values=ref)
-    got, want = at_b1.layers["zipo_denoised"], own * rate_b1.layers["zipo_denoised"] / rate
+    at_a = model.denoise(adata, expectation="posterior", copy=True, covariate_values=ref)
+    rate_a = model.denoise(adata, expectation="rate", copy=True, covariate_values=ref)
+    got, want = at_a.layers["zipo_denoised"], own * rate_a.layers["zipo_denoised"] / rate
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    in_b1 = adata.obs["batch"].to_numpy() == "b1"
-    np.testing.assert_allclose(got[in_b1], own[in_b1], rtol=1e-5, atol=1e-7)
-    assert not np.allclose(got[~in_b1], own[~in_b1], rtol=1e-3)
+    in_a = adata.obs["batch"].to_numpy() == "b1"
+    np.testing.assert_allclose(got[in_a], own[in_a], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(got[~in_a], own[~in_a], rtol=1e-3)
     # a covariate adata lacks is the cells' own: the posterior at it is their posterior
     lacking = adata.copy()
     del lacking.obs["batch"]
     at_own = model.denoise(lacking, expectation="posterior", copy=True, covariate_values=ref)
-    np.testing.assert_allclose(at_own.layers["zipo_denoised"][in_b1], own[in_b1], rtol=1e-5)
+    np.testing.assert_allclose(at_own.layers["zipo_denoised"][in_a], own[in_a], rtol=1e-5)
+    # the default expectation is this posterior
+    default = model.denoise(adata, copy=True, covariate_values=ref).layers["zipo_denoised"]
+    np.testing.assert_array_equal(default, got)
 
 
 def test_mmd_penalty_is_added_in_training_only(small_batch_model):

@@ -96,7 +96,7 @@ def test_posterior_is_scored_under_nb():
 
 def test_training_watches_heldout_molecules(pbmc_small):
     model = zipo.ZiPo(pbmc_small, encoder_dims=[32, 8], max_epochs=8, batch_size=32, seed=0,
-                      verbose=False, heldout_molecules=0.1).train()
+                      verbose=False, heldout_molecules=0.1, likelihood="zip").train()
     h = model.history
     assert np.isfinite(h["validation_heldout_nll"]).all()
     # The weights kept are those of the best held-out-molecule epoch.

@@ -312,7 +312,8 @@ def test_counts_from_a_layer(pbmc_small, trained_model, reference):
     a.layers["counts"] = a.X.copy()
     lib = np.asarray(a.X.sum(axis=1))
     a.X = sp.csr_matrix(np.log1p(a.X.toarray() / lib * 1e4))
-    model = small_model(a, layer="counts", seed=0, max_epochs=3).train()
+    model = small_model(a, layer="counts", seed=0, max_epochs=3, likelihood="zip",
+                        library="predicted").train()  # as trained_model
     np.testing.assert_array_equal(model.history["train_loss"], trained_model.history["train_loss"])
     out = model.denoise(a, copy=True)
     np.testing.assert_array_equal(out.layers[LAYER], reference.layers[LAYER])
@@ -326,7 +327,7 @@ def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
     model = small_model(pbmc_small, likelihood=likelihood).train()
     assert len(model.history) == 2
     assert np.all(np.isfinite(model.history.drop(columns=["seconds", "data_wait_seconds"]).to_numpy()))
-    out = model.denoise(pbmc_small, zero_inflation=True, copy=True)
+    out = model.denoise(pbmc_small, expectation="rate", zero_inflation=True, copy=True)
     den, z = out.layers[LAYER], out.layers["zipo_zero_prob"]
     assert np.all(np.isfinite(den)) and np.all(den >= 0)
     mixture = model.denoise(pbmc_small, expectation="mixture", copy=True).layers[LAYER]
@@ -457,10 +458,27 @@ def test_one_call_denoise(pbmc_small):
     assert dca.config.model.likelihood == "nb"
 
 
+def test_defaults_are_zinb_observed_library_and_the_posterior(pbmc_small):
+    model = small_model(pbmc_small, seed=0).train()
+    m = model.config.model
+    assert (m.likelihood, m.library, m.dispersion) == ("zinb", "observed", "gene-cell")
+    default = model.denoise(pbmc_small, copy=True).layers[LAYER]
+    posterior = model.denoise(pbmc_small, expectation="posterior", copy=True).layers[LAYER]
+    rate = model.denoise(pbmc_small, expectation="rate", copy=True).layers[LAYER]
+    np.testing.assert_array_equal(default, posterior)
+    assert np.abs(default - rate).max() > 0.1
+    # the paper's preset is the paper's model: ZIP, LibNet, and its posterior is its rate
+    paper = small_model(pbmc_small, seed=0, preset="paper").train()
+    assert paper.network.theta_head is None and paper.network.library_net is not None
+    np.testing.assert_array_equal(
+        paper.denoise(pbmc_small, copy=True).layers[LAYER],
+        paper.denoise(pbmc_small, expectation="rate", copy=True).layers[LAYER])
+
+
 def test_repr(pbmc_small, trained_model):
     untrained = small_model(pbmc_small)
     text = repr(untrained)
-    assert text.startswith("ZiPo(likelihood='zip', genes=230, encoder=[64, 16]")
+    assert text.startswith("ZiPo(likelihood='zinb', genes=230, encoder=[64, 16]")
     assert "not trained" in text
     assert "trained 3 epochs" in repr(trained_model)
     n_params = sum(p.numel() for p in trained_model.network.parameters())

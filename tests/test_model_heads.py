@@ -54,7 +54,7 @@ def test_observed_library_trains_denoises_and_round_trips(pbmc_small, tmp_path, 
     model = small_model(pbmc_small, library="observed", first_layer=first_layer).train()
     assert model.network.library_net is None and model.config.model.library == "observed"
     assert np.all(np.isfinite(model.history["validation_heldout_nll"]))
-    out = model.denoise(pbmc_small, zero_inflation=True, copy=True)
+    out = model.denoise(pbmc_small, expectation="rate", zero_inflation=True, copy=True)
     observed = np.asarray(pbmc_small.X.sum(axis=1)).ravel()
     den = out.layers[LAYER]
     assert np.all(np.isfinite(den)) and np.all(den >= 0)
@@ -65,7 +65,7 @@ def test_observed_library_trains_denoises_and_round_trips(pbmc_small, tmp_path, 
     np.testing.assert_allclose(expected.sum(axis=1, dtype=np.float64), observed, rtol=1e-4)
     assert np.all(out.obs["zipo_library_size"] >= observed)
     # a deeper measurement scales the observed library
-    deeper = model.denoise(pbmc_small, depth=2.0, copy=True).layers[LAYER]
+    deeper = model.denoise(pbmc_small, expectation="rate", depth=2.0, copy=True).layers[LAYER]
     np.testing.assert_allclose(deeper, 2 * den, rtol=1e-5)
     lognorm = model.denoise(pbmc_small, expectation="lognorm", copy=True).layers[LAYER]
     assert np.all(np.isfinite(lognorm)) and np.all(lognorm >= 0)
@@ -74,7 +74,7 @@ def test_observed_library_trains_denoises_and_round_trips(pbmc_small, tmp_path, 
     assert zipo.load_config(tmp_path / "m" / "config.toml").model.library == "observed"
     loaded = zipo.ZiPo.load(tmp_path / "m")
     assert loaded.config.model.library == "observed" and loaded.network.library_net is None
-    again = loaded.denoise(pbmc_small, zero_inflation=True, copy=True)
+    again = loaded.denoise(pbmc_small, expectation="rate", zero_inflation=True, copy=True)
     np.testing.assert_array_equal(again.layers[LAYER], den)
     np.testing.assert_array_equal(again.obsm["X_zipo"], out.obsm["X_zipo"])
     # and training continues from the loaded model

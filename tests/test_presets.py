@@ -15,22 +15,26 @@ from zipo.presets import PRESETS
 DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 
 # method.md: "dca" (NB, 128-64-128, log input, library-size normalised input), "zipdca" (the same
-# with Poisson, zero-inflated), "tuneddca" (DCA's shape with ZiPo-like settings); "zipo" is the
-# paper's best model: 2048-1024-512-256-128, residuals, sigmoid + batch norm, linear decoder, ZIP,
-# alpha_z = alpha_w = 0.1; "paper" is that model trained as published.
-PAPER_MODEL = {"likelihood": "zip", "encoder_dims": [2048, 1024, 512, 256, 128],
-               "decoder_dims": [], "residuals": True, "activation": "sigmoid",
-               "batch_norm": True, "input_transform": "log1p", "alpha_z": 0.1, "alpha_w": 0.1}
+# with Poisson, zero-inflated), "tuneddca" (DCA's shape with ZiPo-like settings), all with the
+# paper's LibNet library; "paper" is the paper's best model: 2048-1024-512-256-128, residuals,
+# sigmoid + batch norm, linear decoder, ZIP, predicted library, alpha_z = alpha_w = 0.1, trained
+# as published; "zipo" (the defaults) is its kind of network, 512-256-128 wide, with ZINB heads
+# and the observed library.
+PAPER_NETWORK = {"encoder_dims": [2048, 1024, 512, 256, 128], "decoder_dims": [],
+                 "residuals": True, "activation": "sigmoid", "batch_norm": True,
+                 "input_transform": "log1p", "alpha_z": 0.1, "alpha_w": 0.1}
+PREDICTED = {"library": "predicted"}
 EXPECTED = {
-    "zipo": PAPER_MODEL,
-    "paper": PAPER_MODEL,
-    "dca": {"likelihood": "nb", **DCA_LIKE, "residuals": False, "activation": "relu",
-            "input_transform": "normalize_log1p", "alpha_w": 0.0},
-    "zipdca": {"likelihood": "zip", **DCA_LIKE, "residuals": False, "activation": "relu",
-               "input_transform": "normalize_log1p", "alpha_w": 0.0},
-    "tuneddca": {"likelihood": "zip", **DCA_LIKE, "residuals": True, "activation": "sigmoid",
-                 "batch_norm": True, "input_transform": "log1p", "alpha_z": 0.1,
-                 "alpha_w": 0.1},
+    "zipo": {**PAPER_NETWORK, "encoder_dims": [512, 256, 128], "likelihood": "zinb",
+             "library": "observed"},
+    "paper": {**PAPER_NETWORK, **PREDICTED, "likelihood": "zip"},
+    "dca": {"likelihood": "nb", **DCA_LIKE, **PREDICTED, "residuals": False,
+            "activation": "relu", "input_transform": "normalize_log1p", "alpha_w": 0.0},
+    "zipdca": {"likelihood": "zip", **DCA_LIKE, **PREDICTED, "residuals": False,
+               "activation": "relu", "input_transform": "normalize_log1p", "alpha_w": 0.0},
+    "tuneddca": {"likelihood": "zip", **DCA_LIKE, **PREDICTED, "residuals": True,
+                 "activation": "sigmoid", "batch_norm": True, "input_transform": "log1p",
+                 "alpha_z": 0.1, "alpha_w": 0.1},
 }
 
 

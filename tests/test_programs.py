@@ -85,13 +85,13 @@ def test_prune_rejects_bad_delta(model):
 def test_prune_reports_nll_and_mse(model, pbmc_small):
     before = model.evaluate(pbmc_small)["nll"]
     dense_x = _dense(pbmc_small).astype(np.float64)
-    rate = model.denoise(pbmc_small, copy=True).layers["zipo_denoised"].astype(np.float64)
+    rate = model.denoise(pbmc_small, expectation="rate", copy=True).layers["zipo_denoised"].astype(np.float64)
     report = model.prune(delta=0.05, adata=pbmc_small)
     assert all(np.isfinite(report[k]) for k in REPORT_KEYS)
     assert report["nll_before"] == pytest.approx(before, rel=1e-6)
     assert report["nll_after"] == pytest.approx(model.evaluate(pbmc_small)["nll"], rel=1e-6)
     assert report["mse_before"] == pytest.approx(np.mean((dense_x - rate) ** 2), rel=1e-4)
-    rate_after = model.denoise(pbmc_small, copy=True).layers["zipo_denoised"]
+    rate_after = model.denoise(pbmc_small, expectation="rate", copy=True).layers["zipo_denoised"]
     assert report["mse_after"] == pytest.approx(np.mean((dense_x - rate_after) ** 2), rel=1e-4)
     assert report["weights_pruned"] > 0 and report["nll_after"] != report["nll_before"]
 

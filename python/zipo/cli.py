@@ -212,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("model", help="model directory written by 'zipo train'")
     d.add_argument("data", help="input .h5ad with the model's genes")
     d.add_argument("--out", required=True, help="output .h5ad")
-    d.add_argument("--expectation", choices=EXPECTATIONS, default="rate",
-                   help="rate: l*mu (default); mixture: (1-z)*l*mu; lognorm: E[log1p(target_sum "
+    d.add_argument("--expectation", choices=EXPECTATIONS, default="posterior",
+                   help="posterior: the rate given each count (default; the rate under ZIP); "
+                        "rate: l*mu; mixture: (1-z)*l*mu; lognorm: E[log1p(target_sum "
                         "* X / l)], what normalize_total + log1p (natural log) would average")
     d.add_argument("--target-sum", type=float, default=1e4,
                    help="counts per cell that lognorm normalises to (default 1e4)")

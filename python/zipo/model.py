@@ -50,11 +50,12 @@ class ZiPo(SaveLoadMixin):
         the latents across a categorical covariate's categories, then
         ``denoise(covariate_values={"batch": ref})`` for batch-corrected counts.
     likelihood
-        ``"zip"`` (default), ``"zinb"``, ``"poisson"`` or ``"nb"``.
+        ``"zinb"`` (default), ``"zip"`` (the paper's), ``"poisson"`` or ``"nb"``.
     config
         A :class:`~zipo.config.ZiPoConfig` or the path of a TOML config file.
     preset
-        Starting configuration: ``"zipo"`` (the defaults), ``"dca"``, ``"zipdca"`` or
+        Starting configuration: ``"zipo"`` (the defaults), ``"paper"`` (the paper's model and
+        training), ``"dca"``, ``"zipdca"`` or
         ``"tuneddca"`` (see :mod:`zipo.presets`). ``config`` and ``options`` override it.
     **options
         Any other option by name (``encoder_dims=[512, 128]``, ``alpha_z=0.1``,
@@ -246,7 +247,7 @@ class ZiPo(SaveLoadMixin):
         self.network.eval()
         return np.concatenate([self.network.encode(x).cpu().numpy() for x, _, _ in batches])
 
-    def denoise(self, adata=None, expectation: Expectation = "rate", zero_inflation: bool = False,
+    def denoise(self, adata=None, expectation: Expectation = "posterior", zero_inflation: bool = False,
                 key_added: str = "zipo", batch_size: int | None = None, copy: bool = False,
                 covariate_values: dict[str, Any] | None = None,
                 genes: Sequence[str] | None = None, out: str | Path | None = None,
@@ -256,9 +257,12 @@ class ZiPo(SaveLoadMixin):
 
         By default they are written into ``adata``: ``layers[f"{key_added}_denoised"]`` (cells x
         genes, float32), ``obsm[f"X_{key_added}"]`` (latents), ``obs[f"{key_added}_library_size"]``
-        (predicted l), and with ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
+        (l: predicted by LibNet or taken from the counts, ``model.library``), and with
+        ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
 
-        ``expectation``: ``"rate"`` (default, ``l * mu``), ``"mixture"`` (``(1 - z) l mu``) or
+        ``expectation``: ``"posterior"`` (default: E[rate | the cell's counts], the rate
+        ``l * mu`` updated by each count as far as the fitted dispersion allows; the rate itself
+        under ZIP/Poisson), ``"rate"`` (``l * mu``), ``"mixture"`` (``(1 - z) l mu``) or
         ``"lognorm"`` (E[log1p(target_sum * X / l)], a ``logcounts``-style value); ``depth``
         predicts a measurement at ``depth`` x each cell's library size. See
         :data:`zipo.outputs.EXPECTATIONS`.
@@ -379,7 +383,7 @@ class ZiPo(SaveLoadMixin):
 
 
 def denoise(adata, layer: str | None = None, covariates: list[str] | None = None,
-            likelihood: str | None = None, expectation: Expectation = "rate",
+            likelihood: str | None = None, expectation: Expectation = "posterior",
             zero_inflation: bool = False, copy: bool = False, return_model: bool = False,
             covariate_values: dict[str, Any] | None = None, **options: Any):
     """Train a ZiPo model on ``adata`` and write its denoised counts into it, in one call.

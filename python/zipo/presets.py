@@ -13,25 +13,32 @@ from typing import Any
 _DCA_SHAPE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 # The paper's (and DCA's) training: reconstruct all counts, stop on the validation cells' loss.
 _RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0}
+# The paper's heads: ZIP with LibNet's predicted library (the defaults are ZINB with the
+# observed library). The DCA-like presets keep LibNet, as in the paper.
+_PAPER_HEADS = {"likelihood": "zip", "library": "predicted"}
+# The paper's best encoder (the defaults use a narrower one of the same kind).
+_PAPER_ENCODER = {"encoder_dims": [2048, 1024, 512, 256, 128]}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # ZiPo's defaults: the paper's best model, trained and stopped on held-out molecules.
+    # ZiPo's defaults: the paper's kind of network, 512-256-128 wide, with ZINB heads and the
+    # observed library, trained and stopped on held-out molecules.
     "zipo": {},
-    # The paper's best model exactly as published: reconstruct all counts, stop on the
-    # validation cells' loss (README, "where we differ from the paper").
-    "paper": {"train": _RECONSTRUCT},
+    # The paper's best model exactly as published: 2048-1024-512-256-128, ZIP, predicted
+    # library, reconstruct all counts, stop on the validation cells' loss (README, "where we
+    # differ from the paper").
+    "paper": {"model": {**_PAPER_HEADS, **_PAPER_ENCODER}, "train": _RECONSTRUCT},
     # DCA as its authors recommend: NB, 128-64-128, ReLU, no residuals, log input of
     # library-size-normalised counts, no first-layer sparsity penalty.
-    "dca": {"model": {**_DCA_SHAPE, "likelihood": "nb", "activation": "relu",
+    "dca": {"model": {**_PAPER_HEADS, **_DCA_SHAPE, "likelihood": "nb", "activation": "relu",
                       "residuals": False, "input_transform": "normalize_log1p",
                       "alpha_w": 0.0}, "train": _RECONSTRUCT},
     # The same with a zero-inflated Poisson likelihood ("zipDCA" in the paper).
-    "zipdca": {"model": {**_DCA_SHAPE, "likelihood": "zip", "activation": "relu",
+    "zipdca": {"model": {**_PAPER_HEADS, **_DCA_SHAPE, "likelihood": "zip", "activation": "relu",
                          "residuals": False, "input_transform": "normalize_log1p",
                          "alpha_w": 0.0}, "train": _RECONSTRUCT},
     # DCA's shape with ZiPo's settings: ZIP, sigmoid + batch norm, residuals, log1p input,
     # alpha_z = alpha_w = 0.1 ("tunedDCA").
-    "tuneddca": {"model": {**_DCA_SHAPE, "likelihood": "zip", "activation": "sigmoid",
+    "tuneddca": {"model": {**_PAPER_HEADS, **_DCA_SHAPE, "likelihood": "zip", "activation": "sigmoid",
                            "residuals": True, "input_transform": "log1p",
                            "alpha_z": 0.1, "alpha_w": 0.1}, "train": _RECONSTRUCT},
 }

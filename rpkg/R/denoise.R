@@ -1,7 +1,7 @@
 #' Denoise single-cell counts with ZiPo
 #'
 #' Trains a ZiPo model on the raw counts (or uses `model`) and adds the denoised
-#' expected counts, the latent embedding and the predicted library size. The
+#' counts, the latent embedding and the library size. The
 #' counts are converted to Python once per call, for training and denoising.
 #'
 #' For a SingleCellExperiment: assay `name` (default `"denoised"`; genes x cells,
@@ -48,18 +48,18 @@
 #' changes what earlier objects see). Both need the Bioconductor package
 #' HDF5Array.
 #'
-#' `expectation = "rate"` (default) gives `l * mu`, the expected count with
-#' technical zeros removed; `"mixture"` gives `(1 - z) * l * mu`, the mean of the
+#' `expectation = "posterior"` (default) gives the rate given each cell's own
+#' count: with `likelihood = "zinb"` (default) or `"nb"` each count is shrunk
+#' towards `l * mu` as far as the fitted dispersion says (as SAVER denoises);
+#' with `"zip"` or `"poisson"` it is the rate. `"rate"` gives `l * mu`, the
+#' expected count with technical zeros removed; `"mixture"` gives `(1 - z) * l * mu`, the mean of the
 #' whole zero-inflated distribution; `"lognorm"` gives the expectation of
 #' `log1p(target_sum * X / l)` with `X` drawn from the fitted distribution: the
 #' log-normalised expression (natural log, as Seurat's `NormalizeData()` and
 #' scanpy's `normalize_total()` + `log1p()`) that a new measurement would
 #' average. A `logcounts` assay as `scuttle::logNormCounts()` makes it is this
 #' with `target_sum` = the mean library size, divided by `log(2)`. The log of
-#' the rate would overstate it at low expression. `"posterior"` gives the rate
-#' given each cell's own count: with `likelihood = "zinb"` or `"nb"` each count is
-#' shrunk towards `l * mu` as far as the fitted dispersion says (as SAVER
-#' denoises); with `"zip"` or `"poisson"` it is the rate.
+#' the rate would overstate it at low expression.
 #'
 #' @param x A SingleCellExperiment or a Seurat object.
 #' @param ... Training options when no `model` is given: `verbose` and any ZiPo
@@ -85,13 +85,13 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @param subset.row Genes to denoise (names, indices or a logical vector over
 #'   the rows); `NULL` (default) for all genes.
 #' @param covariates colData (meta.data) columns used as known covariates.
-#' @param likelihood `"zip"`, `"zinb"`, `"poisson"` or `"nb"`; `NULL` (default)
-#'   for the configuration's (`"zip"`, or the `preset`'s).
+#' @param likelihood `"zinb"`, `"zip"`, `"poisson"` or `"nb"`; `NULL` (default)
+#'   for the configuration's (`"zinb"`, or the `preset`'s).
 #' @param epochs Maximum number of training epochs.
 #' @param seed Random seed.
 #' @param model A trained `zipo_model` to apply instead of training one.
-#' @param expectation `"rate"`, `"mixture"`, `"lognorm"` or `"posterior"` (see
-#'   Details).
+#' @param expectation `"posterior"` (default), `"rate"`, `"mixture"` or
+#'   `"lognorm"` (see Details).
 #' @param target_sum Counts per cell that `"lognorm"` normalises to (default
 #'   `1e4`, Seurat's `scale.factor`); ignored by the other expectations.
 #' @param zero_inflation Also add the zero-inflation probabilities
@@ -113,7 +113,7 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @export
 setMethod("denoise", "SingleCellExperiment", function(
     x, assay.type = "counts", subset.row = NULL, covariates = NULL, likelihood = NULL,
-    epochs = NULL, seed = 0L, model = NULL, expectation = "rate", target_sum = 1e4,
+    epochs = NULL, seed = 0L, model = NULL, expectation = "posterior", target_sum = 1e4,
     zero_inflation = FALSE, name = "denoised", dimred = "ZIPO", allow_non_integer = FALSE,
     out = NULL, overwrite = FALSE, ..., assay = NULL) {
   assay.type <- .counts_assay(x, if (!missing(assay.type)) assay.type, assay, "denoise")
@@ -141,7 +141,7 @@ setMethod("denoise", "SingleCellExperiment", function(
 #' @export
 setMethod("denoise", "ANY", function(x, assay = NULL, subset.row = NULL, covariates = NULL,
                                      likelihood = NULL, epochs = NULL, seed = 0L, model = NULL,
-                                     expectation = "rate", target_sum = 1e4,
+                                     expectation = "posterior", target_sum = 1e4,
                                      zero_inflation = FALSE, name = "denoised", dimred = "ZIPO",
                                      allow_non_integer = FALSE, out = NULL, overwrite = FALSE,
                                      ..., assay.type = NULL) {

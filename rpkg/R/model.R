@@ -56,8 +56,8 @@
 #' @param assay.type For a SingleCellExperiment, the assay with raw counts
 #'   (default `"counts"`); for a Seurat object, the same as `assay`.
 #' @param covariates colData (or meta.data) columns used as known covariates.
-#' @param likelihood `"zip"`, `"zinb"`, `"poisson"` or `"nb"`; `NULL` (default) for
-#'   the configuration's (`"zip"`, or the `preset`'s).
+#' @param likelihood `"zinb"`, `"zip"` (the paper's), `"poisson"` or `"nb"`;
+#'   `NULL` (default) for the configuration's (`"zinb"`, or the `preset`'s).
 #' @param epochs Maximum number of epochs (early stopping may end sooner).
 #' @param seed Random seed; a seed makes a CPU run reproducible.
 #' @param verbose Show the progress bar.

@@ -24,7 +24,12 @@ test_that("one seed gives identical results; the mixture expectation is below th
   expect_identical(SummarizedExperiment::assay(a, "denoised"), SummarizedExperiment::assay(b, "denoised"))
   expect_false(identical(SummarizedExperiment::assay(a, "denoised"), SummarizedExperiment::assay(c, "denoised")))
   model <- do.call(train, c(list(sce, epochs = 2, seed = 7), fast))
-  rate <- SummarizedExperiment::assay(denoise(sce, model = model), "denoised")
+  rate <- SummarizedExperiment::assay(denoise(sce, model = model, expectation = "rate"), "denoised")
+  # the default, the rate given each count (ZINB), moves the rate towards the counts
+  default <- SummarizedExperiment::assay(denoise(sce, model = model), "denoised")
+  expect_identical(default, SummarizedExperiment::assay(
+    denoise(sce, model = model, expectation = "posterior"), "denoised"))
+  expect_gt(max(abs(default - rate)), 0.01)
   mixture <- SummarizedExperiment::assay(denoise(sce, model = model, expectation = "mixture"), "denoised")
   expect_true(all(mixture <= rate))
   expect_true(any(mixture < rate))

@@ -3,7 +3,7 @@ test_that("train, print, summary, history, save, load and predict", {
   sce <- simulated_sce()
   model <- do.call(train, c(list(sce, epochs = 3, seed = 2), fast))
   expect_s3_class(model, "zipo_model")
-  expect_output(print(model), "ZiPo\\(likelihood='zip', genes=40")
+  expect_output(print(model), "ZiPo\\(likelihood='zinb', genes=40")
   s <- summary(model)
   expect_s3_class(s, "summary.zipo_model")
   expect_identical(s$genes, 40L)
