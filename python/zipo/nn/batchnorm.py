@@ -21,12 +21,14 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # autograd-aware
 
-        c = x.shape[1]
+        # Two passes (the mean, then squared deviations from it), as BatchNorm1d computes the
+        # variance: E[x^2] - mean^2 cancels badly where a sigmoid unit varies little around a
+        # large mean, and two processes then trained measurably apart from one.
         count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
+        stats = all_reduce(torch.cat([x.sum(0), count]))
         n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        mean = stats[:-1] / n
+        var = all_reduce((x - mean).pow(2).sum(0)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
