@@ -55,8 +55,8 @@ class ModelConfig:
     ``denoise(expectation="posterior")`` update the rates by each cell's own counts."""
     encoder_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
     """Widths of the encoder layers; the last is the number of latents. The paper's
-    2048-1024-512-256-128 scored the same on held-out molecules but cost about 3x per epoch
-    and trained for more epochs (README, "where we differ from the paper")."""
+    2048-1024-512-256-128 scored the same on held-out molecules at about twice the cost per
+    epoch and twice the epochs (README, "where we differ from the paper")."""
     residuals: bool = True
     """Residual maps from every earlier encoder layer into the latent layer."""
     activation: str = "sigmoid"
@@ -67,14 +67,11 @@ class ModelConfig:
     """Where each cell's library size l (the scale of its rates) comes from: ``predicted``, the
     paper's LibNet, a small network from the latents (``library_dims``), or ``observed``, the
     total counts of the cell the network reads (no LibNet), divided under zero inflation by
-    sum_g (1 - pi_g) mu_g so that the expected counts sum to that total. With the predicted library the
-    latents must encode each cell's depth for LibNet to read it (on PBMC 4k a latent component
-    correlated 0.99 with log library size, 12.5% of the latents' variance), which blurs
-    clusters of cell types; the observed library takes depth from the counts (as scVI does by
-    default) and the latents need not carry it. Under the Noise2Self objective the network
-    reads the kept molecules x', so l is x''s total and the rate of the held-out molecules is
-    rescaled by q / (1 - q) as for the predicted library; when denoising, l is the cell's own
-    total."""
+    sum_g (1 - pi_g) mu_g so that the expected counts sum to that total. A predicted library
+    makes the latents encode each cell's depth (on PBMC 4k one latent component correlated
+    0.99 with log library size), which blurs clusters of cell types; the observed one (as in
+    scVI) does not. Under Noise2Self l is the kept molecules' total and the held-out rate is
+    rescaled by q / (1 - q); when denoising, l is the cell's own total."""
     library_dims: list[int] = field(default_factory=lambda: [16, 4])
     """Hidden widths of LibNet (the predicted library only)."""
     dispersion: str = "gene-cell"

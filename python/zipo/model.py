@@ -295,8 +295,8 @@ class ZiPo(SaveLoadMixin):
         adata = self.adata if adata is None else adata
         check_denoise_request(adata, expectation, copy, out, denoised, depth, target_sum)
         keep = output_genes(self.var_names, genes)
-        # The cells are read at their own covariates (the posterior needs the covariates their
-        # counts were measured at) and predicted at ``reference``'s.
+        # Cells are read at their own covariates (where their counts were measured), predicted
+        # at ``reference``'s.
         batches = self.cell_batches(adata, batch_size, covariate_values)
         reference = (self.covariate_encoder.transform(
             self.covariate_encoder.fixed(adata.obs, covariate_values))
@@ -388,11 +388,9 @@ def denoise(adata, layer: str | None = None, covariates: list[str] | None = None
             covariate_values: dict[str, Any] | None = None, **options: Any):
     """Train a ZiPo model on ``adata`` and write its denoised counts into it, in one call.
 
-    ``options`` are any config options (``max_epochs``, ``seed``, ``encoder_dims``,
-    ``alpha_mmd``, ...). ``covariate_values`` (e.g. ``{"batch": "A"}``) predicts every cell at
-    these covariate values. See :meth:`ZiPo.denoise` for what is written. Returns the AnnData
-    when ``copy=True``, the model when ``return_model=True`` (both: a tuple), else None.
-    """
+    ``options`` are any config options (``max_epochs``, ``seed``, ``alpha_mmd``, ...);
+    ``covariate_values`` and what is written as in :meth:`ZiPo.denoise`. Returns the AnnData
+    when ``copy=True``, the model when ``return_model=True`` (both: a tuple), else None."""
     model = ZiPo(adata, layer=layer, covariates=covariates, likelihood=likelihood, **options)
     model.train()
     result = model.denoise(adata, expectation=expectation, zero_inflation=zero_inflation, copy=copy,
