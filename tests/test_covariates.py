@@ -69,9 +69,12 @@ def test_category_order_bool_and_constant_columns(pbmc_small):
 def test_model_gets_covariates_beside_the_latents(pbmc_small):
     model = zipo.ZiPo(pbmc_small, covariates=["groups", "nCount_RNA"], **TINY)
     assert model.network.n_covariates == 3
-    # the heads read [U (8 latents), covariates (3)]
+    # the decoder reads [U (8 latents), covariates (3)]; the heads its last layer and them
+    assert model.network.decoder[0][0].in_features == 8 + 3
     for head in (model.network.mu_head, model.network.z_head, model.network.theta_head):
-        assert head.in_features == 8 + 3
+        assert head.in_features == model.config.model.decoder_dims[-1] + 3
+    linear = zipo.ZiPo(pbmc_small, covariates=["groups", "nCount_RNA"], decoder_dims=[], **TINY)
+    assert linear.network.mu_head.in_features == 8 + 3  # a linear decoder: the heads read them
     predicted = zipo.ZiPo(pbmc_small, covariates=["groups", "nCount_RNA"], library="predicted",
                           **TINY)
     assert predicted.network.library_net[0][0].in_features == 8 + 3  # LibNet too

@@ -156,3 +156,29 @@ def test_gene_cell_dispersion_is_the_paper_head(pbmc_small):
 def test_bad_dispersion_option_is_refused(pbmc_small):
     with pytest.raises(ValueError, match=r"dispersion must be one of \('gene-cell', 'gene'\)"):
         small_model(pbmc_small, likelihood="zinb", dispersion="cell")
+
+
+# --------------------------------------------------------------------------- mean head start
+@pytest.mark.parametrize("decoder_dims", [[16], [16, 8]])
+def test_mean_head_after_hidden_decoder_layers_starts_at_the_gene_proportions(decoder_dims):
+    """Sigmoid units average ~0.5, so random head weights would move every gene's first rate
+    at random; from zero weights every cell starts at the gene proportions (as a linear
+    decoder nearly does), and the weights still learn."""
+    from zipo.config import ModelConfig
+    from zipo.nn.network import ZiPoNetwork
+
+    torch.manual_seed(0)
+    n_genes = 50
+    net = ZiPoNetwork(n_genes, 2, ModelConfig(encoder_dims=[32, 8], decoder_dims=decoder_dims))
+    proportions = torch.distributions.Dirichlet(torch.ones(n_genes)).sample()
+    net.initialise_from_data(proportions, 5.0, 100.0)
+    assert torch.count_nonzero(net.mu_head.weight) == 0
+    x = torch.poisson(torch.full((20, n_genes), 2.0))
+    out = net.train()(x, torch.randn(20, 2))
+    torch.testing.assert_close(out.log_mu, torch.log(proportions).expand(20, -1))
+    out.log_mu[:, 0].sum().backward()  # the head's weights get a gradient at once
+    assert net.mu_head.weight.grad.abs().sum() > 0
+
+    linear = ZiPoNetwork(n_genes, 2, ModelConfig(encoder_dims=[32, 8], decoder_dims=[]))
+    linear.initialise_from_data(proportions, 5.0, 100.0)
+    assert torch.count_nonzero(linear.mu_head.weight) > 0  # the paper's decoder: as it was

@@ -36,11 +36,14 @@ def _adata(x):
 def run_zipo(method, task, x, t, seed, max_epochs, threads, depth=None):
     import torch
     import zipo
+    from zipo.config import TrainConfig
 
     torch.set_num_threads(threads)
     kw = dict(ZIPO_METHODS[method])
     preset = kw.pop("preset", None)
     adata = _adata(x)
+    # The harness's cap never raises ZiPo's own limit (300 epochs), as min(rule, cap) for scVI.
+    max_epochs = min(max_epochs, TrainConfig().max_epochs)
     model = zipo.ZiPo(adata, preset=preset, max_epochs=max_epochs, seed=seed, verbose=False,
                       device="cpu", num_threads=threads, **kw)
     started = time.perf_counter()

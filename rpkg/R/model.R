@@ -156,7 +156,7 @@ print.zipo_model <- function(x, ...) {
 #' @param object A `zipo_model`.
 #' @param ... Unused.
 #' @return A list of class `summary.zipo_model`: likelihood, genes, latent size,
-#'   covariates, epochs trained, the kept epoch (the best of the figure training
+#'   encoder and decoder widths (`decoder` empty: the paper's linear decoder), covariates, epochs trained, the kept epoch (the best of the figure training
 #'   followed: `validation_heldout_nll` by default, see [training_history()]), that
 #'   figure's name (`monitored`) and value (`best`, per matrix entry) and the training
 #'   history as a data.frame.
@@ -171,6 +171,7 @@ summary.zipo_model <- function(object, ...) {
     genes = length(.r(py$var_names$to_list())),
     latent = utils::tail(unlist(cfg$model$encoder_dims), 1),
     encoder = unlist(cfg$model$encoder_dims),
+    decoder = as.integer(unlist(cfg$model$decoder_dims)),
     covariates = unlist(cfg$data$covariates),
     epochs = nrow(history),
     kept_epoch = as.integer(kept$epoch),
@@ -186,6 +187,7 @@ print.summary.zipo_model <- function(x, ...) {
   cat("  likelihood:          ", x$likelihood, "\n")
   cat("  genes:               ", x$genes, "\n")
   cat("  encoder:             ", paste(x$encoder, collapse = "-"), "\n")
+  cat("  decoder:             ", if (length(x$decoder)) paste(x$decoder, collapse = "-") else "linear", "\n")
   cat("  covariates:          ", if (length(x$covariates)) paste(x$covariates, collapse = ", ") else "none", "\n")
   cat("  epochs trained:      ", x$epochs, "\n")
   cat("  kept epoch:          ", x$kept_epoch, "\n")

@@ -90,7 +90,11 @@ class ZiPoNetwork(nn.Module):
         self.decoder = nn.Sequential(
             *(_block(dec[i], dec[i + 1], act, bn) for i in range(len(dec) - 1))
         )
-        n_d = dec[-1]
+        # With hidden decoder layers the heads read the covariates again beside the last one,
+        # so a covariate's effect on a gene stays one linear term on the log scale (through the
+        # layers alone, predicting at another batch removed 8% of a simulated batch effect
+        # instead of a quarter).
+        n_d = dec[-1] + (n_covariates if config.decoder_dims else 0)
         self.mu_head = nn.Linear(n_d, n_genes)
         self.z_head = nn.Linear(n_d, n_genes) if self.zero_inflated else None
         per_cell = config.dispersion == "gene-cell"
@@ -128,6 +132,10 @@ class ZiPoNetwork(nn.Module):
         """Start the mean and library heads at the data's average cell (our choice, it saves
         the first epochs of learning the per-gene offsets of a 30k-way softmax)."""
         self.mu_head.bias.copy_(torch.log(gene_proportions))
+        if len(self.decoder):
+            # Sigmoid units average ~0.5, so random head weights would shift each gene's first
+            # rate at random; from zero weights the first rates are the gene proportions.
+            self.mu_head.weight.zero_()
         if self.library_net is not None:
             self.library_net[-1].bias.fill_(mean_log_library)
         self.target_library.fill_(median_library)
@@ -181,6 +189,8 @@ class ZiPoNetwork(nn.Module):
         library and ignored (LibNet predicts it) otherwise."""
         v = torch.cat([u, covariates], dim=1) if self.n_covariates else u
         d = self.decoder(v)
+        if self.n_covariates and len(self.decoder):
+            d = torch.cat([d, covariates], dim=1)
         log_mu = torch.log_softmax(self.mu_head(d), dim=1)
         logit_z = self.z_head(d) if self.z_head is not None else None
         if self.library_net is not None:

@@ -8,6 +8,8 @@ test_that("train, print, summary, history, save, load and predict", {
   expect_s3_class(s, "summary.zipo_model")
   expect_identical(s$genes, 40L)
   expect_identical(s$epochs, 3L)
+  expect_identical(s$decoder, 128L)  # the default hidden decoder layer
+  expect_output(print(s), "decoder: +128")
   h <- training_history(model)
   # the kept epoch is the best of what training followed (held-out molecules by default)
   expect_identical(s$monitored, "validation_heldout_nll")
