@@ -156,7 +156,8 @@ print.zipo_model <- function(x, ...) {
 #' @param object A `zipo_model`.
 #' @param ... Unused.
 #' @return A list of class `summary.zipo_model`: likelihood, genes, latent size,
-#'   encoder and decoder widths (`decoder` empty: the paper's linear decoder), covariates, epochs trained, the kept epoch (the best of the figure training
+#'   encoder and decoder widths (`decoder` empty: the paper's linear decoder),
+#'   covariates, epochs trained, the kept epoch (the best of the figure training
 #'   followed: `validation_heldout_nll` by default, see [training_history()]), that
 #'   figure's name (`monitored`) and value (`best`, per matrix entry) and the training
 #'   history as a data.frame.
