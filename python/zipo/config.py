@@ -62,8 +62,7 @@ class ModelConfig:
     activation: str = "sigmoid"
     batch_norm: bool = True
     decoder_dims: list[int] = field(default_factory=lambda: [128])
-    """Hidden decoder layers before the heads; empty is the paper's linear decoder (one layer
-    of 128 scored better on real data's held-out molecules: README, "where we differ")."""
+    """Hidden decoder layers before the heads; empty is the paper's linear decoder (README)."""
     library: str = "observed"
     """Where each cell's library size l (the scale of its rates) comes from: ``predicted``, the
     paper's LibNet, a small network from the latents (``library_dims``), or ``observed``, the
