@@ -114,7 +114,8 @@ def main(argv=None) -> int:
                    help="one worker process per method and dataset (default: quick only)")
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/out/{quick,full}")
     p.add_argument("--resume", action="store_true",
-                   help="keep the finished fits of OUT/results.json and run only the others")
+                   help="keep the finished fits of OUT/results.json (and embeddings in "
+                        "OUT/latents) and run only the others")
     p.add_argument("--write-results", action="store_true",
                    help="rewrite benchmarks/RESULTS.md and benchmarks/results.png")
     a = p.parse_args(argv)

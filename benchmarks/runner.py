@@ -78,6 +78,11 @@ def run_worker(cmd: list[str], cwd: Path, timeout: float, threads: int, log_path
     return code, time.perf_counter() - started, usage.ru_maxrss / 1024.0
 
 
+def wants_latent(ds: D.Dataset, protocol: str, key: str) -> bool:
+    """The latent step scores each method's embedding of the labelled data's MCV p = 0.9 fit."""
+    return protocol == "mcv0.9" and key != "mean" and ds.labels is not None
+
+
 # --------------------------------------------------------------------------- the run
 class Runner:
     def __init__(self, args, out: Path):
@@ -85,7 +90,7 @@ class Runner:
         self.out = out
         self.records: list[dict] = []
         self.lock = threading.Lock()
-        self.latents: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+        self.latents: dict[tuple[str, int, str], np.ndarray] = {}
         self.split_lock = threading.Lock()
         self.done = 0
         self.total = 0
@@ -94,13 +99,43 @@ class Runner:
 
     def resume(self, path: Path) -> None:
         """Keep the finished records of an earlier run in ``path``; only the rest is run.
-        (Latent scores of the kept fits are kept too; new fits get theirs.)"""
+        A kept fit's embedding comes from ``latents/`` when its latent scores are not yet
+        recorded; a kept fit with neither is run again (``run``)."""
         old = json.loads(path.read_text())
         self.records = [r for r in old["records"] if r.get("status") == "ok"]
         self.finished = {(r["dataset"], r["seed"], r["protocol"], r["method"]) for r in self.records}
         self.meta["resumed_from"] = {k: old["meta"].get(k) for k in ("command", "started", "finished")}
         self.meta["kept_records"] = len(self.records)
         print(f"resume: keeping {len(self.records)} finished records of {path}", flush=True)
+
+    def latent_path(self, dataset: str, seed: int, key: str) -> Path:
+        return self.out / "latents" / f"{dataset}-s{seed}-{key}.npy"
+
+    def save_latent(self, dataset: str, seed: int, key: str, emb: np.ndarray) -> None:
+        """Kept on disk as it comes, so an interrupted run's resume still scores it."""
+        path = self.latent_path(dataset, seed, key)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, emb)
+        os.replace(tmp, path)
+        with self.lock:
+            self.latents[(dataset, seed, key)] = emb
+
+    def kept(self, ds: D.Dataset, seed: int, proto: str, key: str) -> bool:
+        """Whether a resumed run keeps this fit: it finished, and its embedding is scored or
+        saved where the latent step needs one."""
+        if (ds.name, seed, proto, key) not in self.finished:
+            return False
+        if not wants_latent(ds, proto, key) or (ds.name, seed, "latent", key) in self.finished:
+            return True
+        path = self.latent_path(ds.name, seed, key)
+        if path.is_file():
+            self.latents[(ds.name, seed, key)] = np.load(path)
+            return True
+        self.records = [r for r in self.records
+                        if (r["dataset"], r["seed"], r["protocol"], r["method"])
+                        != (ds.name, seed, proto, key)]
+        return False
 
     def save(self) -> None:
         with self.lock:
@@ -165,9 +200,8 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - one bad score must not stop the run
                 self.add({**b, "status": "failed", "error": f"scoring: {e!r}"})
                 continue
-            if s.protocol == "mcv0.9" and "latent" in arrays:
-                with self.lock:
-                    self.latents[(ds.name, s.seed, m.key)] = arrays["latent"]
+            if wants_latent(ds, s.protocol, m.key) and "latent" in arrays:
+                self.save_latent(ds.name, s.seed, m.key, arrays["latent"])
             # The worker's own VmHWM (cumulative over the fits of a batched process).
             own = info.pop("peak_rss_mb", None)
             extra = {"peak_rss_mb": own if own is not None else rss, "process_fits": len(items)}
@@ -207,6 +241,7 @@ class Runner:
             tmp: Path):
         self.tmp = tmp
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        (self.out / "latents").mkdir(exist_ok=True)
         data = {n: D.load(n, quick=self.a.quick) for n in names}
         self.meta["datasets"] = {n: {"cells": d.shape[0], "genes": d.shape[1], "note": d.note,
                                      "labels": d.label_key} for n, d in data.items()}
@@ -224,7 +259,7 @@ class Runner:
                         m = METHODS[key]
                         if proto == "heldout" and not m.likelihood:
                             continue
-                        if (n, seed, proto, key) in self.finished:  # --resume
+                        if self.kept(ds, seed, proto, key):  # --resume
                             continue
                         # Full run: one fit per process. Quick: one process per method and
                         # dataset (interpreter and import time dominate there).
@@ -234,8 +269,8 @@ class Runner:
                         g[2].append((ds, s))
                         n_fits += 1
         jobs = sorted(groups.values(), key=lambda g: g[0])
-        self.total = n_fits + sum(1 for g in jobs for _, s in g[2] if s.protocol == "mcv0.9"
-                                  and g[1].key != "mean" and data[s.dataset].labels is not None)
+        self.total = n_fits + sum(1 for g in jobs for ds, s in g[2]
+                                  if wants_latent(ds, s.protocol, g[1].key))
         print(f"{n_fits} fits in {len(jobs)} processes, {self.a.jobs} at a time, "
               f"{self.a.threads} thread(s) each; results in {self.out}", flush=True)
         with ThreadPoolExecutor(self.a.jobs) as pool:

@@ -77,7 +77,7 @@ def test_openproblems_score_of_a_log_scale_prediction():
         np.mean((full - P.log_normalize(target)) ** 2), rel=1e-12)
 
 
-def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
+def test_quick_run_without_peer_venvs(tmp_path, monkeypatch, capsys):
     from benchmarks import run, venvs
 
     monkeypatch.setattr(venvs, "ready", lambda name: False)  # as on a clone without --setup
@@ -115,3 +115,18 @@ def test_quick_run_without_peer_venvs(tmp_path, monkeypatch):
     assert "ZiPo" in md and "Where ZiPo stands" in md
     assert "ZiPo lognorm expectation" in md
     assert (out / "results.png").stat().st_size > 1000
+
+    # An interrupted run: the latent step never ran. Resume scores the embeddings saved with
+    # the fits, and runs again only the fit whose embedding is gone.
+    data["records"] = [r for r in recs if r["protocol"] != "latent"]
+    (out / "results.json").write_text(json.dumps(data))
+    (out / "latents" / "simulated-s0-pca.npy").unlink()
+    capsys.readouterr()
+    assert run.main(["--quick", "--datasets", "simulated", "--methods", "zipo", "mean", "pca",
+                     "--out", str(out), "--resume"]) == 0
+    assert "\n1 fits in 1 processes" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())["records"]
+    assert {("latent", "zipo"), ("latent", "pca")} <= {(r["protocol"], r["method"]) for r in again}
+    assert sum((r["protocol"], r["method"]) == ("mcv0.9", "pca") for r in again) == 1
+    zipo_fit = [r for r in again if (r["protocol"], r["method"]) == ("mcv0.9", "zipo")]
+    assert zipo_fit == [by[("mcv0.9", "zipo")]]
