@@ -104,7 +104,8 @@ class Runner:
         old = json.loads(path.read_text())
         self.records = [r for r in old["records"] if r.get("status") == "ok"]
         self.finished = {(r["dataset"], r["seed"], r["protocol"], r["method"]) for r in self.records}
-        self.meta["resumed_from"] = {k: old["meta"].get(k) for k in ("command", "started", "finished")}
+        self.meta["resumed_from"] = {k: old["meta"].get(k)
+                                     for k in ("command", "started", "finished", "machine", "versions")}
         self.meta["kept_records"] = len(self.records)
         print(f"resume: keeping {len(self.records)} finished records of {path}", flush=True)
 

@@ -106,6 +106,7 @@ def run(rank, x, w, splits):
                         "running_var": bn.running_var.clone(),
                         "num_batches_tracked": int(bn.num_batches_tracked)}
     torch.save(result, OUT + "/rank" + str(rank) + ".pt")
+    dist.barrier()  # both done before either closes its connections (as zipo's spawn does)
     dist.destroy_process_group()
 
 

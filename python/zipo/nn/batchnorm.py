@@ -11,6 +11,22 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is the sum of every process's gradient (each process's
+    loss depends on every share through the pooled statistics). Ours, because
+    ``torch.distributed.nn.functional.all_reduce`` is deprecated."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
+
+
 class SyncBatchNorm1d(nn.BatchNorm1d):
     """Batch norm whose training statistics are pooled over every process's share of the
     batch. torch's own SyncBatchNorm runs on GPUs only; this one also runs on CPU (gloo).
@@ -19,8 +35,7 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not _distributed():
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # autograd-aware
-
+        all_reduce = _AllReduceSum.apply
         # Two passes (the mean, then squared deviations from it), as BatchNorm1d computes the
         # variance: E[x^2] - mean^2 cancels badly where a sigmoid unit varies little around a
         # large mean, and two processes then trained measurably apart from one.

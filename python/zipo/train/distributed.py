@@ -87,6 +87,10 @@ def _worker(rank: int, nproc: int, port: int, fn: Callable[..., Any], args: tupl
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc))
     try:
         fn(*args)
+        if dist.is_initialized():
+            # Every process is done before any closes its connections: a gloo peer whose
+            # connection closes mid-teardown can abort the whole process.
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
