@@ -215,8 +215,9 @@ def write_report(results: Path, md_path: Path, png_path: Path | None) -> str:
     if meta.get("resumed_from"):  # --resume: say which records come from the earlier run
         old = meta["resumed_from"]
         parts.append(f"Resumed: {meta.get('kept_records')} records kept from the run started "
-                     f"{old.get('started')} (`{old.get('command')}`) on {old.get('machine') or 'a machine not recorded'}; "
-                     "only the rest ran in this invocation, whose times and versions are the ones above  ")
+                     f"{old.get('started')} (`{old.get('command')}`) on "
+                     f"{old.get('machine') or 'a machine not recorded'}; only the rest ran in "
+                     "this invocation, whose times and versions are the ones above  ")
     parts.append("")
     if meta.get("setup_seconds"):
         parts.append("Peer venv setup this run: " + ", ".join(

@@ -125,8 +125,8 @@ def main(argv=None) -> None:
         adata = ad.AnnData(ds.counts.astype(np.float32))
         adata.obs_names = [f"c{j}" for j in range(adata.n_obs)]
         adata.var_names = [str(g) for g in ds.genes]
+        scvi_epochs = args.epochs or (args.scvi_epochs[i] if args.scvi_epochs else 0)
         for method in ("zipo",) if args.skip_scvi else ("zipo", "scvi"):
-            scvi_epochs = args.epochs or (args.scvi_epochs[i] if args.scvi_epochs else 0)
             rec = (time_zipo(adata, args.epochs, zipo_options) if method == "zipo"
                    else time_scvi(adata, scvi_epochs, args.threads))
             if method == "scvi" and scvi_epochs:
