@@ -182,3 +182,51 @@ def test_mean_head_after_hidden_decoder_layers_starts_at_the_gene_proportions(de
     linear = ZiPoNetwork(n_genes, 2, ModelConfig(encoder_dims=[32, 8], decoder_dims=[]))
     linear.initialise_from_data(proportions, 5.0, 100.0)
     assert torch.count_nonzero(linear.mu_head.weight) > 0  # the paper's decoder: as it was
+
+
+# --------------------------------------------------------------------------- variational latents
+def test_alpha_kl_draws_latents_in_training_and_decodes_their_means_at_inference():
+    """alpha_kl > 0 adds a log-variance head: training decodes a draw from N(U, var) and the
+    loss adds alpha_kl / genes x KL per cell; eval mode and the reported latents use U."""
+    from zipo.config import ModelConfig
+    from zipo.nn.network import ZiPoNetwork
+    from zipo.train.loss import loss_terms
+
+    torch.manual_seed(0)
+    n_genes = 40
+    x = torch.poisson(torch.full((16, n_genes), 2.0))
+    c = torch.zeros(16, 0)
+    plain = ZiPoNetwork(n_genes, 0, ModelConfig(encoder_dims=[32, 8]))
+    assert plain.latent_log_var is None and plain.train()(x, c).latent_log_var is None
+
+    config = ModelConfig(encoder_dims=[32, 8], alpha_kl=0.5)
+    net = ZiPoNetwork(n_genes, 0, config).train()
+    a, b = net(x, c), net(x, c)
+    torch.testing.assert_close(a.latent, b.latent)  # the latents are the means
+    assert not torch.allclose(a.log_mu, b.log_mu)  # decoded from different draws
+    net.eval()
+    e = net(x, c)
+    torch.testing.assert_close(e.latent, net.encode(x))
+    torch.testing.assert_close(e.log_mu, net.heads(net.encode(x), x, c).log_mu)
+
+    # The KL term is the closed form, per cell, over the genes, times alpha_kl.
+    var = e.latent_log_var.exp()
+    kl = 0.5 * (e.latent.pow(2) + var - 1 - e.latent_log_var).sum(1).mean() / n_genes
+    without = loss_terms(net, e, x, ModelConfig(encoder_dims=[32, 8], alpha_kl=0.0))
+    with_kl = loss_terms(net, e, x, config)
+    torch.testing.assert_close(with_kl.total - without.total, 0.5 * kl)
+    torch.testing.assert_close(with_kl.nll, without.nll)
+
+
+def test_alpha_kl_trains_saves_and_loads(pbmc_small, tmp_path):
+    model = small_model(pbmc_small, alpha_kl=1.0).train()
+    latent = model.get_latent()
+    assert latent.shape == (pbmc_small.n_obs, 16) and np.isfinite(latent).all()
+    model.save(tmp_path / "m")
+    loaded = zipo.ZiPo.load(tmp_path / "m")
+    assert loaded.network.latent_log_var is not None
+    np.testing.assert_allclose(loaded.get_latent(pbmc_small), latent, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pass adata"):
+        loaded.get_latent()
+    with pytest.raises(ValueError, match="alpha_kl"):
+        small_model(pbmc_small, alpha_kl=-1.0)

@@ -75,10 +75,9 @@ class ModelConfig:
     library_dims: list[int] = field(default_factory=lambda: [16, 4])
     """Hidden widths of LibNet (the predicted library only)."""
     dispersion: str = "gene-cell"
-    """NB inverse dispersion theta (ZINB/NB only), as scVI names the choice: ``gene-cell``, a
-    head from the latents per cell and gene (the paper's, as DCA), or ``gene``, one learned
-    theta per gene shared by all cells (scVI's default). A per-cell theta can explain a
-    gene's zeros in some cells by dispersion rather than by zero inflation or a low rate."""
+    """NB inverse dispersion theta (ZINB/NB only), named as in scVI: ``gene-cell``, a head from
+    the latents per cell and gene (the paper's, as DCA), or ``gene``, one theta per gene
+    (scVI's default). A per-cell theta can explain zeros by dispersion, not a low rate."""
     input_transform: str = "log1p"
     """``log1p`` of counts, or ``normalize_log1p`` (scale each cell to its median library
     size first, as DCA does). Both keep zeros zero, so the input stays sparse."""
@@ -95,18 +94,20 @@ class ModelConfig:
     (ZINB/NB only), relative to the NLL of a whole cell: the loss adds ``mse_weight / genes *
     E[(l mu - x)^2]`` to the NLL per entry. (Unscaled, 0.1 x the rate MSE was half the loss on
     PBMC 4k and ZINB fitted barely better than no model.)"""
+    alpha_kl: float = 0.0
+    """Weight of KL(N(U, var) || N(0, I)) on the latents (0: deterministic latents). Above 0
+    training decodes a draw from N(U, var), var from a head on U, and the loss adds
+    ``alpha_kl / genes * KL`` per cell (1: an ELBO, as scVI's); inference uses the means U."""
     alpha_mmd: float = 0.0
-    """Weight of a batch-mixing penalty on the latents (0: off). In every training mini-batch,
-    for each category of each categorical covariate, the squared MMD (RBF kernels at 0.25x,
-    1x and 4x the batch's median squared distance) between the latents of that category's
-    cells and those of the other cells is added to the loss. Covariates alone do not remove a
-    batch effect from the latents (the encoder sees the affected counts); with this penalty
-    the latents mix across batches and ``denoise(covariate_values={"batch": ref})`` removes
-    most of the effect. 1.0 mixed two simulated PBMC batches fully at +0.02 validation NLL
-    (benchmarks/batch_correction.py). Needs a categorical covariate. Caveat: it assumes the
-    categories hold similar cell-type make-ups; where a cell type is in one batch only it pulls
-    that type onto others and erases real biology. Not part of the validation loss, so
-    ``train_loss`` exceeds ``validation_loss`` by the penalty."""
+    """Weight of a batch-mixing penalty on the latents (0: off): in every training mini-batch,
+    for each category of each categorical covariate, the squared MMD (RBF kernels at 0.25x, 1x
+    and 4x the batch's median squared distance) between the latents of its cells and of the
+    others. Covariates alone do not remove a batch effect from the latents (the encoder sees
+    the affected counts); with it the latents mix across batches and
+    ``denoise(covariate_values={"batch": ref})`` removes most of the effect (1.0 mixed two
+    simulated PBMC batches at +0.02 validation NLL; benchmarks/batch_correction.py). It assumes
+    the categories hold similar cell-type make-ups: a type in one batch only is pulled onto
+    others. Not in the validation loss, so ``train_loss`` exceeds it by the penalty."""
     mmd_covariates: list[str] = field(default_factory=list)
     """Which categorical covariates ``alpha_mmd`` mixes over (empty: all categorical
     covariates); e.g. mix over "batch" but not over a "condition" that is real biology."""
@@ -121,11 +122,10 @@ class TrainConfig:
     batch_size: int = 256
     validation_fraction: float = 0.1
     learning_rate: float = 0.001
-    """Starting learning rate. The paper starts at 0.0212 (then x0.9 per epoch down to
-    ``lr_min``) because its library-size head had to climb from zero; ours starts at the data's
-    mean log library size and gene proportions, and on PBMC 4k a 0.0212 start drove training
-    into a minimum where zero inflation explains most zeros (validation NLL 1.519 vs 1.319 at
-    0.001, B-cell markers spread over T cells). Set 0.0212 for the paper's schedule."""
+    """Starting learning rate. The paper's 0.0212 (x0.9 per epoch down to ``lr_min``) let its
+    library head climb from zero; ours starts at the data's mean log library and gene
+    proportions, and on PBMC 4k 0.0212 led to zero inflation explaining most zeros
+    (validation NLL 1.519 vs 1.319 at 0.001). Set 0.0212 for the paper's schedule."""
     lr_decay: float = 0.9
     """Multiplied into the learning rate every epoch until it reaches ``lr_min``."""
     lr_min: float = 0.001
@@ -240,7 +240,7 @@ class ZiPoConfig:
                 raise ValueError(f"{name} must hold positive layer widths, got {dims}")
         if not m.encoder_dims:
             raise ValueError("encoder_dims needs at least one layer (its last width is the latent size)")
-        for name in ("alpha_z", "alpha_w", "alpha_theta", "mse_weight", "alpha_mmd"):
+        for name in ("alpha_z", "alpha_w", "alpha_theta", "mse_weight", "alpha_kl", "alpha_mmd"):
             if getattr(m, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(m, name)}")
         if not 0 <= t.validation_fraction < 1:

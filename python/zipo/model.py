@@ -55,11 +55,10 @@ class ZiPo(SaveLoadMixin):
         A :class:`~zipo.config.ZiPoConfig` or the path of a TOML config file.
     preset
         Starting configuration: ``"zipo"`` (the defaults), ``"paper"`` (the paper's model and
-        training), ``"dca"``, ``"zipdca"`` or
-        ``"tuneddca"`` (see :mod:`zipo.presets`). ``config`` and ``options`` override it.
+        training), ``"dca"``, ``"zipdca"`` or ``"tuneddca"`` (:mod:`zipo.presets`).
     **options
-        Any other option by name (``encoder_dims=[512, 128]``, ``alpha_z=0.1``,
-        ``max_epochs=50``...); they override ``config``. See ``zipo.config``.
+        Any other option by name (``encoder_dims=[512, 128]``, ``max_epochs=50``...); they
+        override ``preset`` and ``config``. See ``zipo.config``.
     """
 
     # Measured with benchmarks/scale.py (paper architecture, batch 256, 2 CPU threads): the
@@ -109,9 +108,8 @@ class ZiPo(SaveLoadMixin):
               seed: int | None = None, verbose: bool | None = None,
               checkpoint_dir: str | Path | None = None, resume: bool = False,
               callback: Callable[[Trainer], None] | None = None, **options: Any) -> "ZiPo":
-        """Train on the AnnData given at construction (Adam, the paper's schedule, early
-        stopping on a held-out validation split of cells). Calling it again continues from the
-        current weights. Returns ``self``.
+        """Train on the AnnData given at construction (Adam, early stopping on held-out cells'
+        held-out molecules); again, it continues from the current weights. Returns ``self``.
 
         With ``checkpoint_dir``, the whole training state (weights, optimiser, schedule,
         early-stopping record, shuffling RNG) is written there atomically every
@@ -203,6 +201,8 @@ class ZiPo(SaveLoadMixin):
         """Mini-batches over all cells of ``adata`` (same genes as the model, any order) in the
         model's gene order, after checking its genes, counts and covariates;
         ``covariate_values`` gives the covariates ``adata.obs`` lacks (one value for all)."""
+        if adata is None:
+            raise ValueError("no cells given and the model holds none (loaded without data): pass adata")
         gene_positions(self.var_names, adata)  # refuses other genes
         adata = in_model_order(adata, self.var_names)
         counts = CountMatrix(adata, self.config.data.layer)

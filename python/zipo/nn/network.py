@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,13 +46,15 @@ class NetworkOutput:
     log_mu: torch.Tensor  # cells x genes, logsumexp over genes = 0
     logit_z: torch.Tensor | None  # cells x genes, None without zero inflation
     log_theta: torch.Tensor | None  # cells x genes, None for Poisson
+    # cells x latents, the log variance of q(z | x) around ``latent`` (alpha_kl > 0 only)
+    latent_log_var: torch.Tensor | None = None
 
     def float(self) -> "NetworkOutput":
         """All outputs in float32 (after a mixed-precision forward pass)."""
         def f(t):
             return t.float() if t is not None else None
         return NetworkOutput(f(self.latent), f(self.log_library), f(self.log_mu),
-                             f(self.logit_z), f(self.log_theta))
+                             f(self.logit_z), f(self.log_theta), f(self.latent_log_var))
 
     @property
     def log_mean(self) -> torch.Tensor:
@@ -84,6 +87,8 @@ class ZiPoNetwork(nn.Module):
         self.residuals = nn.ModuleList(
             nn.Linear(d, n_latent, bias=False) for d in config.encoder_dims[:-1]
         ) if config.residuals else nn.ModuleList()
+        # alpha_kl > 0: a variational bottleneck, q(z | x) = N(U, diag exp(log_var(U))).
+        self.latent_log_var = nn.Linear(n_latent, n_latent) if config.alpha_kl > 0 else None
 
         n_v = n_latent + n_covariates
         dec = [n_v, *config.decoder_dims]
@@ -233,7 +238,15 @@ class ZiPoNetwork(nn.Module):
         return self.LOG_THETA_BOUND * torch.tanh(raw / self.LOG_THETA_BOUND)
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
-        return self.heads(self.encode(x), x, covariates)
+        u = self.encode(x)
+        if self.latent_log_var is None:
+            return self.heads(u, x, covariates)
+        # Training decodes a draw from q(z | x); inference decodes its mean U, and the latents
+        # reported are U in both.
+        log_var = self.latent_log_var(u)
+        z = u + torch.randn_like(u) * torch.exp(0.5 * log_var) if self.training else u
+        return dataclasses.replace(self.heads(z, x, covariates), latent=u,
+                                   latent_log_var=log_var)
 
     def heads(self, u: torch.Tensor, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
         """The outputs from latents ``u`` of the counts ``x`` at ``covariates`` (the latents do

@@ -106,6 +106,11 @@ def loss_terms(
         theta_penalty = config.alpha_theta * torch.exp(2 * out.log_theta).mean()
         rate_mse = config.mse_weight * (torch.exp(log_m) - x).pow(2).mean()
         total = total + per_cell_scale * (theta_penalty + rate_mse)
+    if out.latent_log_var is not None:
+        # KL(N(U, exp(log_var)) || N(0, I)) of a cell, weighed against a whole cell's NLL as
+        # in an ELBO (alpha_kl = 1), hence the division by the number of genes.
+        kl = 0.5 * (out.latent.pow(2) + out.latent_log_var.exp() - 1 - out.latent_log_var)
+        total = total + config.alpha_kl * kl.sum(dim=1).mean() / x.shape[1]
     if config.alpha_mmd > 0 and mmd_groups and covariates is not None and net.training:
         penalty = sum(mmd2(out.latent, covariates[:, a:b]) for a, b in mmd_groups)
         total = total + config.alpha_mmd * penalty
