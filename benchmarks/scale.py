@@ -12,8 +12,9 @@ PBMC's. They are written once to backed ``.h5ad`` files under ``benchmarks/.scal
 Each run is ``zipo train DATA --backed --set train.max_epochs=1`` in a fresh process (the
 paper's architecture, default batch 256), so its peak RSS is that of training alone, reading
 the counts from disk. Rows compare the dense and sparse first layer and 1 vs 2 processes
-(DDP over gloo). A second table times the first layer alone and a whole epoch on the real
-PBMC 4k data with all its expressed genes, dense vs sparse, at PBMC's own density.
+(DDP over gloo). A second table times a whole training step, dense vs sparse first layer, on
+the real PBMC 4k data at 2,000 to all its expressed genes (39% down to 7% non-zeros), and at
+all genes the first layer alone and a whole epoch (``--first-layer-only``: just that table).
 """
 
 from __future__ import annotations
@@ -183,8 +184,39 @@ def choose_first_layer(net, batch, repeats: int = 3) -> tuple[str, dict]:
     return min(seconds, key=seconds.get), seconds
 
 
-def first_layer_rows(repeats: int = 5, epochs: bool = True, log=print) -> list[dict]:
-    """Dense vs sparse first layer on the real PBMC 4k data at its own density."""
+def training_step_seconds(net, config, batch, repeats: int = 4) -> float:
+    """Seconds per training step as the Trainer takes it (Noise2Self split, forward, loss,
+    backward, Adam) on one batch, dense or sparse CSR; the first is a warm-up."""
+    import torch
+
+    from zipo.train.heldout import binomial_split
+    from zipo.train.loss import loss_terms
+
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    generator = torch.Generator().manual_seed(0)
+    covariates = torch.zeros(batch.shape[0], 0)
+    net.train()
+
+    def step() -> None:
+        x, target = binomial_split(batch, 0.1, generator)
+        loss = loss_terms(net, net(x, covariates), target, config, rate_scale=0.1 / 0.9)
+        optimiser.zero_grad(set_to_none=True)
+        loss.total.backward()
+        optimiser.step()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - started) / repeats
+
+
+def first_layer_rows(repeats: int = 5, epochs: bool = True, log=print,
+                     gene_counts=(2000, 5000, 10000, 0)) -> list[dict]:
+    """Dense vs sparse first layer on the real PBMC 4k data: a whole training step (batch 256)
+    on its ``gene_counts`` most-detected genes (0: every expressed gene), which sets the
+    density; at all genes also the first layer alone and, with ``epochs``, a whole epoch
+    (``ZiPo.SPARSE_BELOW_DENSITY`` follows whole epochs, which are noisier: RESULTS.md)."""
     import torch
 
     import zipo
@@ -192,27 +224,35 @@ def first_layer_rows(repeats: int = 5, epochs: bool = True, log=print) -> list[d
     from zipo.data.loader import csr_to_torch
     from zipo.nn.network import ZiPoNetwork
 
-    x, genes = _pbmc_counts()
-    expressed = np.flatnonzero(np.asarray(x.sum(axis=0)).ravel() > 0)
-    x = x[:, expressed].tocsr()
-    density = x.nnz / (x.shape[0] * x.shape[1])
-    torch.manual_seed(0)
-    net = ZiPoNetwork(x.shape[1], 0, ModelConfig())
-    _, seconds = choose_first_layer(net, csr_to_torch(x[:256]), repeats=repeats)
-    row = {"data": f"PBMC 4k, {x.shape[0]} x {x.shape[1]} expressed genes",
-           "density": density, "layer_dense_s": seconds["dense"],
-           "layer_sparse_s": seconds["sparse"]}
-    if epochs:
-        import anndata as ad
+    counts, genes = _pbmc_counts()
+    rows = []
+    for n in gene_counts:
+        keep = (_most_detected(counts, n) if n else
+                np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0))
+        x = counts[:, keep].tocsr()
+        torch.manual_seed(0)
+        config = ModelConfig()
+        net = ZiPoNetwork(x.shape[1], 0, config)
+        batch = csr_to_torch(x[256:512])
+        row = {"data": f"PBMC 4k, {x.shape[0]} x {x.shape[1]} genes",
+               "density": x.nnz / (x.shape[0] * x.shape[1]),
+               "step_dense_s": training_step_seconds(net, config, batch.to_dense(), repeats),
+               "step_sparse_s": training_step_seconds(net, config, batch, repeats)}
+        if not n:
+            _, seconds = choose_first_layer(net, csr_to_torch(x[:256]), repeats=repeats)
+            row.update(layer_dense_s=seconds["dense"], layer_sparse_s=seconds["sparse"])
+        if not n and epochs:
+            import anndata as ad
 
-        a = ad.AnnData(x, var={"gene": genes[expressed]})
-        a.var_names = genes[expressed]
-        for mode in ("dense", "sparse"):
-            m = zipo.ZiPo(a, max_epochs=2, verbose=False, first_layer=mode)
-            m.train()
-            row[f"epoch_{mode}_s"] = float(m.history["seconds"].iloc[-1])
-    log(json.dumps(row))
-    return [row]
+            a = ad.AnnData(x, var={"gene": genes[keep]})
+            a.var_names = genes[keep]
+            for mode in ("dense", "sparse"):
+                m = zipo.ZiPo(a, max_epochs=2, verbose=False, first_layer=mode)
+                m.train()
+                row[f"epoch_{mode}_s"] = float(m.history["seconds"].iloc[-1])
+        log(json.dumps(row))
+        rows.append(row)
+    return rows
 
 
 def loglog_slope(rows: list[dict]) -> float | None:
@@ -253,12 +293,13 @@ def markdown(rows: list[dict], layer: list[dict], command: str) -> str:
     default_encoder = "-".join(map(str, ModelConfig().encoder_dims))
     lines = [f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d')}; machine: "
              f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-             f"Python {platform.python_version()}.", "",
-             f"Synthetic PBMC-resampled cells x {N_GENES} genes, backed .h5ad, zipo's default "
-             f"network ({default_encoder}) unless the command sets encoder_dims, batch 256, one epoch "
-             "(training + 10% validation pass).", "",
-             "| cells | first layer | processes | s / epoch | cells / s | waiting for data (s) "
-             "| peak RSS per process (GiB) |", "|---:|---|---:|---:|---:|---:|---:|"]
+             f"Python {platform.python_version()}."]
+    if rows:
+        lines += ["", f"Synthetic PBMC-resampled cells x {N_GENES} genes, backed .h5ad, zipo's "
+                  f"default network ({default_encoder}) unless the command sets encoder_dims, "
+                  "batch 256, one epoch (training + 10% validation pass).", "",
+                  "| cells | first layer | processes | s / epoch | cells / s | waiting for data "
+                  "(s) | peak RSS per process (GiB) |", "|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['cells']:,} | {r['first_layer']} | {r['nproc']} | "
                      f"{r['epoch_seconds']:.1f} | {r['cells_per_second']:.0f} | "
@@ -268,15 +309,22 @@ def markdown(rows: list[dict], layer: list[dict], command: str) -> str:
         lines += ["", f"Log-log slope of seconds per epoch against cells "
                       f"({rows[0]['first_layer']} first layer, {rows[0]['nproc']} process): "
                       f"**{slope:.3f}**."]
+    if layer:
+        lines += ["", "Dense against sparse first layer on PBMC 4k's most-detected genes, zipo's "
+                  "default network, one training step of 256 cells (Noise2Self split, forward, "
+                  "loss, backward, Adam):", "",
+                  "| data | non-zeros | dense step (s) | sparse step (s) | sparse / dense |",
+                  "|---|---:|---:|---:|---:|"]
     for r in layer:
-        lines += ["", f"First layer at PBMC density ({r['data']}, {100 * r['density']:.1f}% "
-                      "non-zero), batch 256, forward + weight gradient: dense "
-                      f"{r['layer_dense_s']:.3f} s, sparse {r['layer_sparse_s']:.3f} s "
-                      f"(sparse speed-up x{r['layer_dense_s'] / r['layer_sparse_s']:.2f})."]
+        lines.append(f"| {r['data']} | {100 * r['density']:.1f}% | {r['step_dense_s']:.3f} | "
+                     f"{r['step_sparse_s']:.3f} | {r['step_sparse_s'] / r['step_dense_s']:.2f} |")
+    for r in layer:
+        if "layer_dense_s" in r:
+            lines += ["", f"{r['data']}: the first layer alone (forward + weight gradient) "
+                          f"dense {r['layer_dense_s']:.3f} s, sparse {r['layer_sparse_s']:.3f} s."]
         if "epoch_dense_s" in r:
             lines[-1] += (f" Whole epoch: dense {r['epoch_dense_s']:.1f} s, sparse "
-                          f"{r['epoch_sparse_s']:.1f} s "
-                          f"(x{r['epoch_dense_s'] / r['epoch_sparse_s']:.2f}).")
+                          f"{r['epoch_sparse_s']:.1f} s.")
     return "\n".join(lines) + "\n"
 
 
@@ -288,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--quick", action="store_true", help="2k and 6k cells, small network")
     p.add_argument("--skip-first-layer", action="store_true")
+    p.add_argument("--first-layer-only", action="store_true",
+                   help="only the dense-vs-sparse table on PBMC 4k (no synthetic runs)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the runs already in benchmarks/.scale_data/rows.jsonl")
     p.add_argument("--out", type=Path, help="write the markdown table (and a .png plot beside)")
@@ -296,14 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes = [2000, 6000]
         extra = ["--set", "model.encoder_dims=[64, 16]"]
-    rows = scale_rows(args.sizes, args.modes, args.nprocs, extra, resume=args.resume)
+    rows = [] if args.first_layer_only else scale_rows(args.sizes, args.modes, args.nprocs,
+                                                       extra, resume=args.resume)
     layer = [] if args.skip_first_layer else first_layer_rows(
         repeats=1 if args.quick else 5, epochs=not args.quick)
     text = markdown(rows, layer, "python -m benchmarks.scale " + " ".join(argv or sys.argv[1:]))
     print(text)
     if args.out:
         args.out.write_text(text)
-        plot(rows, args.out.with_suffix(".png"))
+        if rows:
+            plot(rows, args.out.with_suffix(".png"))
     return 0
 
 
