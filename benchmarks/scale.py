@@ -189,17 +189,19 @@ def training_step_seconds(net, config, batch, repeats: int = 4) -> float:
     backward, Adam) on one batch, dense or sparse CSR; the first is a warm-up."""
     import torch
 
+    from zipo.config import TrainConfig
     from zipo.train.heldout import binomial_split
     from zipo.train.loss import loss_terms
 
+    q = TrainConfig().objective_heldout  # the default training split, as the Trainer's
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
     generator = torch.Generator().manual_seed(0)
     covariates = torch.zeros(batch.shape[0], 0)
     net.train()
 
     def step() -> None:
-        x, target = binomial_split(batch, 0.1, generator)
-        loss = loss_terms(net, net(x, covariates), target, config, rate_scale=0.1 / 0.9)
+        x, target = binomial_split(batch, q, generator)
+        loss = loss_terms(net, net(x, covariates), target, config, rate_scale=q / (1 - q))
         optimiser.zero_grad(set_to_none=True)
         loss.total.backward()
         optimiser.step()

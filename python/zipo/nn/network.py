@@ -16,8 +16,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -245,8 +244,7 @@ class ZiPoNetwork(nn.Module):
         # reported are U in both.
         log_var = self.latent_log_var(u)
         z = u + torch.randn_like(u) * torch.exp(0.5 * log_var) if self.training else u
-        return dataclasses.replace(self.heads(z, x, covariates), latent=u,
-                                   latent_log_var=log_var)
+        return replace(self.heads(z, x, covariates), latent=u, latent_log_var=log_var)
 
     def heads(self, u: torch.Tensor, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
         """The outputs from latents ``u`` of the counts ``x`` at ``covariates`` (the latents do
