@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 
 from zipo.distributions import (
-    base_log_pmf, expected_log1p, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf,
+    expected_log1p, likelihood_flags, log_prob, nb_log_pmf, poisson_log_pmf,
     posterior_rate,
 )
 
@@ -177,8 +177,6 @@ def test_plain_is_zero_inflated_with_logit_minus_inf(moderate_grid, nb):
                      log_theta)
     assert torch.all(torch.isfinite(limit))
     torch.testing.assert_close(limit, plain, rtol=0, atol=0)
-    # and plain is the base pmf
-    torch.testing.assert_close(plain, base_log_pmf(t64(x), t64(np.log(m)), log_theta), rtol=0, atol=0)
 
 
 def test_log_prob_is_a_normalised_distribution():
@@ -251,26 +249,65 @@ def test_gradients_are_correct():
     assert torch.autograd.gradcheck(zinb, args)
 
 
-def test_lgamma_terms_on_the_non_zeros_equal_the_whole_formula():
-    """The pmfs evaluate lgamma on the non-zero counts only; values and gradients must equal the
-    textbook formula on every entry, also for a per-gene theta broadcast over cells."""
-    rng = np.random.default_rng(0)
-    x = t64(rng.poisson(0.3, (6, 5)))
-    x[0] = 0.0  # a cell without counts
-    log_m = t64(rng.normal(0, 1, (6, 5))).requires_grad_()
-    for log_theta in (t64(rng.normal(0, 1, (6, 5))), t64(rng.normal(0, 1, 5))):
-        log_theta.requires_grad_()
+def _textbook_log_prob(x, log_m, logit_z, log_theta):
+    """The mixture's log-pmf on every entry, as written in method.md, for autograd."""
+    m = torch.exp(log_m)
+    if log_theta is None:
+        f = x * log_m - m - torch.lgamma(x + 1)
+    else:
         theta = torch.exp(log_theta)
-        expected = (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
-                    - theta * torch.log1p(torch.exp(log_m) / theta)
-                    + x * (log_m - torch.log(theta + torch.exp(log_m))))
-        got = nb_log_pmf(x, log_m, log_theta)
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-        grads = torch.autograd.grad(got.sum(), (log_m, log_theta))
-        for g, e in zip(grads, torch.autograd.grad(expected.sum(), (log_m, log_theta))):
-            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
-    expected = x * log_m - torch.exp(log_m) - torch.lgamma(x + 1)
-    torch.testing.assert_close(poisson_log_pmf(x, log_m), expected, rtol=0, atol=1e-14)
+        f = (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+             - theta * torch.log1p(m / theta) + x * (log_m - torch.log(theta + m)))
+    if logit_z is None:
+        return f
+    z = torch.sigmoid(logit_z)
+    return torch.where(x == 0, torch.log(z + (1 - z) * torch.exp(f)), torch.log(1 - z) + f)
+
+
+@pytest.mark.parametrize("likelihood", ["poisson", "nb", "zip", "zinb"])
+@pytest.mark.parametrize("per_gene_theta", [False, True], ids=["theta_per_entry", "theta_per_gene"])
+def test_written_out_gradients_equal_autograd_of_the_formula(likelihood, per_gene_theta):
+    """log_prob computes the terms that are 0 at x = 0 on the non-zeros only and writes its
+    derivatives out: values and gradients must equal autograd's on the textbook formula on every
+    entry, also for a per-gene theta broadcast over cells and for a cell without counts; and a
+    retained graph must give the same gradients twice (backward must not spend what it saved)."""
+    zero_inflated, nb = likelihood_flags(likelihood)
+    rng = np.random.default_rng(0)
+    x = t64(rng.poisson(0.6, (6, 5)))
+    x[0] = 0.0
+    log_m = t64(rng.normal(0, 1, (6, 5))).requires_grad_()
+    logit_z = t64(rng.normal(-1, 1.5, (6, 5))).requires_grad_() if zero_inflated else None
+    log_theta = (t64(rng.normal(0, 1, 5 if per_gene_theta else (6, 5))).requires_grad_()
+                 if nb else None)
+    params = [t for t in (log_m, logit_z, log_theta) if t is not None]
+    got = log_prob(x, log_m, logit_z, log_theta)
+    expected = _textbook_log_prob(x, log_m, logit_z, log_theta)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    weights = t64(rng.normal(0, 1, (6, 5)))  # a non-uniform upstream gradient
+    first = torch.autograd.grad((got * weights).sum(), params, retain_graph=True)
+    again = torch.autograd.grad((got * weights).sum(), params)
+    for g, g2, e in zip(first, again, torch.autograd.grad((expected * weights).sum(), params)):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g2, g, rtol=0, atol=0)
+
+    def from_present(*present):
+        it = iter(present)
+        return log_prob(x, next(it), next(it) if zero_inflated else None, next(it) if nb else None)
+
+    assert torch.autograd.gradcheck(from_present, tuple(params))
+
+
+def test_log_prob_without_gradients_gives_the_same_values():
+    """Under no_grad (validation, scoring) log_prob skips the derivatives, not the values."""
+    rng = np.random.default_rng(1)
+    x = t64(rng.poisson(1.0, (4, 7)))
+    args = [t64(rng.normal(0, 1, (4, 7))).requires_grad_() for _ in range(3)]
+    with_grad = log_prob(x, *args)
+    with torch.no_grad():
+        without = log_prob(x, *args)
+    assert not without.requires_grad
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
 
 
 def test_float64_in_float64_out():

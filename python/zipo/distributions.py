@@ -30,47 +30,87 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def _count_terms(x: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-    """lgamma(x + theta) - lgamma(theta) - lgamma(x + 1), or -lgamma(x + 1) when ``theta`` is
-    None: the pmfs' terms that are 0 at x = 0, computed on the non-zero entries only. Counts are
-    mostly zeros (the molecules held out by ``train.objective_heldout`` about 95% on PBMC 4k),
-    and lgamma with its gradient, digamma, was a quarter of a ZINB training step; gathering the
-    non-zeros first is 4x faster at 5% density and gives the same values and gradients."""
-    shape = x.shape if theta is None else torch.broadcast_shapes(x.shape, theta.shape)
-    x = x.expand(shape)
-    nonzero = torch.nonzero(x, as_tuple=True)  # found once: each boolean index would search again
-    xs = x[nonzero]
-    values = -torch.lgamma(xs + 1)
-    if theta is not None:
-        ts = theta.expand(shape)[nonzero]
-        values = values + torch.lgamma(xs + ts) - torch.lgamma(ts)
-    return torch.zeros(shape, dtype=values.dtype, device=x.device).index_put(nonzero, values)
+def _log_prob_and_grads(x, log_m, logit_z, log_theta, with_grads: bool):
+    """log P(x) of :func:`log_prob` and, with ``with_grads``, its derivatives by log m, logit z
+    and log theta (None where a parameter is absent), all of the broadcast shape.
 
-
-def poisson_log_pmf(x: torch.Tensor, log_m: torch.Tensor) -> torch.Tensor:
-    """log Poisson(x; m) = x log m - m - lgamma(x + 1)."""
-    return x * log_m - torch.exp(log_m) + _count_terms(x)
-
-
-def nb_log_pmf(x: torch.Tensor, log_m: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
-    """log NB(x; mean m, inverse dispersion theta).
-
-    theta log(theta/(theta+m)) = -theta softplus(log m - log theta) and
-    x log(m/(theta+m)) = -x softplus(log theta - log m), so no ratio is formed in linear space.
+    Terms that are 0 at x = 0 (lgamma, x log m, x log(m / (theta + m)) and their derivatives)
+    are computed on the non-zero counts only (held-out molecules are ~95% zeros on PBMC 4k), and
+    the rest in as few passes over the entries as the formulas allow.
+    With theta = e^b, m = e^a, d = a - b, s = softplus(d), p = sigmoid(d):
+      NB:      f = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) - theta s - x softplus(-d)
+               df/da = -theta p + x (1 - p)
+               df/db = theta (p - s) - x (1 - p) + theta (digamma(x + theta) - digamma(theta))
+      Poisson: f = x a - m - lgamma(x + 1),  df/da = x - m
+      zero inflation, r = logit z, w = sigmoid(r - f(0)) (the chance a zero is structural):
+               log P = (logaddexp(r, f(0)) if x = 0 else f) - softplus(r)
+               dlogP/dr = w [x = 0] - sigmoid(r);  dlogP/d(a, b) = df/d(a, b) (1 - w [x = 0])
     """
-    theta = torch.exp(log_theta)
-    return (
-        _count_terms(x, theta)
-        - theta * _softplus(log_m - log_theta)
-        - x * _softplus(log_theta - log_m)
-    )
+    params = [t for t in (log_m, logit_z, log_theta) if t is not None]
+    shape = torch.broadcast_shapes(x.shape, *(t.shape for t in params))
+    # Flat indices of the non-zeros, found once; take/put_ read the (possibly broadcast)
+    # tensors in row-major order.
+    nonzero = torch.nonzero(x.expand(shape).reshape(-1)).squeeze(1)
+    xs = torch.take(x.expand(shape), nonzero)
+    d_log_theta = None
+    if log_theta is None:
+        log_f0 = -torch.exp(log_m).expand(shape)  # log f(0) = -m
+        f_nonzero = xs * torch.take(log_m.expand(shape), nonzero) - torch.lgamma(xs + 1)
+        d_log_m = log_f0.clone().put_(nonzero, xs, accumulate=True) if with_grads else None
+    else:
+        theta = torch.exp(log_theta).expand(shape)
+        d = (log_m - log_theta).expand(shape)
+        s = _softplus(d)
+        theta_s = theta * s
+        log_f0 = theta_s.neg()
+        ts, ds = torch.take(theta, nonzero), torch.take(d, nonzero)
+        f_nonzero = (torch.lgamma(xs + ts) - torch.lgamma(ts) - torch.lgamma(xs + 1)
+                     - xs * _softplus(-ds))
+        if with_grads:
+            theta_p = theta * torch.sigmoid(d)
+            x_q = xs * torch.sigmoid(-ds)  # x (1 - p) on the non-zeros
+            d_log_m = theta_p.neg().put_(nonzero, x_q, accumulate=True)
+            d_log_theta = theta_p.sub_(theta_s).put_(
+                nonzero, ts * (torch.digamma(xs + ts) - torch.digamma(ts)) - x_q, accumulate=True)
+    if logit_z is None:
+        value = log_f0.clone().put_(nonzero, f_nonzero, accumulate=True)
+        return value, (d_log_m, None, d_log_theta) if with_grads else None
+    r = logit_z.expand(shape)
+    value = torch.logaddexp(r, log_f0)
+    value.put_(nonzero, f_nonzero + torch.take(log_f0, nonzero)).sub_(_softplus(r))
+    if not with_grads:
+        return value, None
+    w = torch.sigmoid(r - log_f0).put_(nonzero, torch.zeros_like(xs))
+    d_logit_z = w - torch.sigmoid(r)
+    kept = torch.sub(1, w)
+    d_log_m.mul_(kept)
+    if d_log_theta is not None:
+        d_log_theta.mul_(kept)
+    return value, (d_log_m, d_logit_z, d_log_theta)
 
 
-def base_log_pmf(
-    x: torch.Tensor, log_m: torch.Tensor, log_theta: torch.Tensor | None = None
-) -> torch.Tensor:
-    """f(x; m[, theta]): Poisson when ``log_theta`` is None, else NB."""
-    return poisson_log_pmf(x, log_m) if log_theta is None else nb_log_pmf(x, log_m, log_theta)
+class _LogProb(torch.autograd.Function):
+    """:func:`log_prob` with its first derivatives written out. Autograd's graph of the same
+    formula walked ~100 passes over cells x genes (softplus, logaddexp, where and lgamma each
+    saved and differentiated). At PBMC 4k's 18,368 genes this takes the likelihood's forward and
+    backward from 136 to 82 ms and a ZINB training step from 0.51 to 0.40 s (2 threads).
+    Not twice differentiable; ``x`` gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, log_m, logit_z, log_theta):
+        value, grads = _log_prob_and_grads(x, log_m, logit_z, log_theta, with_grads=True)
+        ctx.shapes = [None if t is None else t.shape for t in (log_m, logit_z, log_theta)]
+        ctx.save_for_backward(*(g for g in grads if g is not None))
+        ctx.present = [g is not None for g in grads]
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        saved = iter(ctx.saved_tensors)
+        out = [(next(saved) * grad).sum_to_size(shape) if present else None
+               for present, shape in zip(ctx.present, ctx.shapes)]
+        return (None, *out)
 
 
 def log_prob(
@@ -81,15 +121,30 @@ def log_prob(
 ) -> torch.Tensor:
     """Element-wise log P(x) of the (zero-inflated) Poisson/NB mixture.
 
-    P(x) = z delta_0(x) + (1 - z) exp f(x), with r = logit z:
+    P(x) = z delta_0(x) + (1 - z) exp f(x), with r = logit z and f the Poisson (``log_theta``
+    None) or NB log-pmf:
       x = 0: log P = logsigmoid(-r) + logaddexp(r, f(0))
       x > 0: log P = logsigmoid(-r) + f(x)
-    ``logit_z=None`` is the limit r -> -inf (no zero inflation).
+    ``logit_z=None`` is the limit r -> -inf (no zero inflation). The arguments broadcast.
     """
-    f = base_log_pmf(x, log_m, log_theta)
-    if logit_z is None:
-        return f
-    return F.logsigmoid(-logit_z) + torch.where(x == 0, torch.logaddexp(logit_z, f), f)
+    params = [t for t in (log_m, logit_z, log_theta) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in params):
+        return _LogProb.apply(x, log_m, logit_z, log_theta)
+    return _log_prob_and_grads(x, log_m, logit_z, log_theta, with_grads=False)[0]
+
+
+def poisson_log_pmf(x: torch.Tensor, log_m: torch.Tensor) -> torch.Tensor:
+    """log Poisson(x; m) = x log m - m - lgamma(x + 1)."""
+    return log_prob(x, log_m)
+
+
+def nb_log_pmf(x: torch.Tensor, log_m: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """log NB(x; mean m, inverse dispersion theta).
+
+    theta log(theta/(theta+m)) = -theta softplus(log m - log theta) and
+    x log(m/(theta+m)) = -x softplus(log theta - log m), so no ratio is formed in linear space.
+    """
+    return log_prob(x, log_m, None, log_theta)
 
 
 def likelihood_flags(likelihood: str) -> tuple[bool, bool]:
