@@ -39,11 +39,13 @@ def binomial_split(x: torch.Tensor, heldout: float, generator: torch.Generator
     counts = values.float()
     kept_values = torch.binomial(counts, torch.full_like(counts, 1 - heldout),
                                  generator=generator).to(values.dtype)
+    held_values = values - kept_values
     if sparse:
-        kept = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), kept_values, x.shape)
-    else:
-        kept = torch.zeros_like(x).index_put_(nonzero, kept_values)
-    return kept, as_dense(x) - as_dense(kept)
+        def like_x(v):
+            return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), v, x.shape)
+        return like_x(kept_values), like_x(held_values).to_dense()
+    return (torch.zeros_like(x).index_put_(nonzero, kept_values),
+            torch.zeros_like(x).index_put_(nonzero, held_values))
 
 
 def _poisson_nll_sum(log_rate: torch.Tensor, target: torch.Tensor) -> float:
