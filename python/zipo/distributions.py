@@ -92,8 +92,9 @@ def _log_prob_and_grads(x, log_m, logit_z, log_theta, with_grads: bool):
 class _LogProb(torch.autograd.Function):
     """:func:`log_prob` with its first derivatives written out. Autograd's graph of the same
     formula walked ~100 passes over cells x genes (softplus, logaddexp, where and lgamma each
-    saved and differentiated). At PBMC 4k's 18,368 genes this takes the likelihood's forward and
-    backward from 136 to 82 ms and a ZINB training step from 0.51 to 0.40 s (2 threads).
+    saved and differentiated). At PBMC 4k's 18,368 genes this takes the ZINB likelihood's forward
+    and backward from 136 ms (the earlier formula) to 77-82 ms and a training step from 0.51 to
+    0.40 s, 2 threads (``python -m benchmarks.speed --likelihood``).
     Not twice differentiable; ``x`` gets no gradient."""
 
     @staticmethod
