@@ -80,6 +80,28 @@ def normalized_mutual_info(truth, pred) -> float:
     return float(mi / denom) if denom > 0 else 0.0
 
 
+def r_squared(z: np.ndarray, y: np.ndarray) -> float:
+    """R^2 of the least-squares fit of ``y`` from the columns of ``z`` and an intercept."""
+    design = np.c_[np.asarray(z, dtype=np.float64), np.ones(len(z))]
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ coef
+    return float(1 - residual @ residual / ((y - y.mean()) @ (y - y.mean())))
+
+
+def depth_r2_within_labels(embedding: np.ndarray, log_library: np.ndarray,
+                           labels: np.ndarray) -> float:
+    """How much of each cell's sequencing depth the embedding holds beyond its cell type: R^2
+    of log library size from the embedding within each label, weighed by the label's cells
+    (``None`` labels are left out). Depth varies with cell type, so only the within-label part
+    says the embedding tracks a technical quantity."""
+    mask = np.array([lab is not None for lab in labels])
+    truth = np.asarray(labels[mask]).astype(str)
+    z, y = np.asarray(embedding)[mask], np.asarray(log_library, dtype=np.float64)[mask]
+    names = np.unique(truth)
+    return float(sum((truth == n).sum() * r_squared(z[truth == n], y[truth == n])
+                     for n in names) / len(truth))
+
+
 def latent_scores(embedding: np.ndarray, labels: np.ndarray, seed: int = 0,
                   leiden: np.ndarray | None = None) -> dict[str, float]:
     """ARI/NMI of k-means (k = number of label categories) and, when given, Leiden clusters

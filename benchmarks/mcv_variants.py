@@ -40,7 +40,7 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     from zipo.train.trainer import kept_row
 
     from . import datasets as D
-    from .clustering import latent_scores
+    from .clustering import depth_r2_within_labels, latent_scores
     from . import protocols as P
     from .splits import PROTOCOLS
 
@@ -71,7 +71,10 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
         if column in h:
             rec[column] = float(kept[column])
     if ds.labels is not None:  # as benchmarks.run scores latents (k-means, k = label count)
-        rec.update(latent_scores(model.get_latent(adata), ds.labels, seed=seed))
+        latent = model.get_latent(adata)
+        rec.update(latent_scores(latent, ds.labels, seed=seed))
+        log_library = np.log(np.maximum(np.asarray(x1.sum(axis=1)).ravel(), 1))
+        rec["latent_depth_r2"] = depth_r2_within_labels(latent, log_library, ds.labels)
     if ds.truth:  # as benchmarks.run scores the simulation
         rec["truth_sqrt_mse"] = truth_sqrt_mse(full, ds, p)
     if model.network.negative_binomial:  # the rate given each count, scored the same way
@@ -109,7 +112,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     metrics = ["poisson_nll", "poisson_deviance", "sqrt_mse", "op_mse_log1p",
-               "op_mse_log1p_lognorm", "truth_sqrt_mse", "kmeans_ari",
+               "op_mse_log1p_lognorm", "truth_sqrt_mse", "kmeans_ari", "kmeans_nmi",
+               "latent_depth_r2",
                "validation_heldout_nll", "validation_heldout_nll_posterior", "epochs", "fit_s", "posterior_poisson_nll",
                "posterior_sqrt_mse", "posterior_truth_sqrt_mse"]
     rows = {}
