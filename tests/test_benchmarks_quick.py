@@ -53,6 +53,21 @@ def test_scores_prefer_the_truth():
     assert np.allclose(np.exp(-P.zinb_nll_entries(x, m, th, pi)).sum(axis=0), 1.0, atol=1e-6)
 
 
+def test_depth_r2_within_labels_sees_depth_beyond_cell_type():
+    from benchmarks.clustering import depth_r2_within_labels
+
+    rng = np.random.default_rng(4)
+    labels = np.array(["a"] * 150 + ["b"] * 150 + [None] * 20, dtype=object)
+    type_depth = np.where(labels == "a", 7.0, 8.5)  # depth differs between the types
+    log_library = type_depth + rng.normal(0, 0.4, len(labels))
+    biology = np.c_[(labels == "a").astype(float), rng.normal(size=(len(labels), 3))]
+    # only the type: the within-label part of depth is not in it
+    assert depth_r2_within_labels(biology, log_library, labels) < 0.05
+    # the type and the cell's own depth (as a latent that tracks depth would)
+    tracking = np.c_[biology, log_library]
+    assert depth_r2_within_labels(tracking, log_library, labels) == pytest.approx(1.0)
+
+
 def test_openproblems_score_of_a_log_scale_prediction():
     rng = np.random.default_rng(4)
     rate = rng.gamma(0.5, 2.0, (300, 20))
