@@ -40,7 +40,7 @@ EXPECTED = {
 
 # The paper's and DCA's training: reconstruct all counts, stop on the validation cells' loss
 # (zipo's default trains and stops on held-out molecules).
-RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0}
+RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop": 0}
 EXPECTED_TRAIN = {"zipo": {}, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
                   "tuneddca": RECONSTRUCT}
 

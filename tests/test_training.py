@@ -170,6 +170,22 @@ def test_early_stopping_restores_best_weights(pbmc_small):
                             rel_tol=1e-5)
 
 
+def test_training_ends_at_the_plateaus_last_cut(pbmc_small):
+    # Every epoch after the first misses a 50% improvement, so with patience 1 the plateau cuts
+    # the rate after epochs 3 and 5 (1-based); early stopping alone would run all 8 epochs.
+    options = dict(max_epochs=8, plateau_patience=1, plateau_threshold=0.5,
+                   early_stopping_patience=100)
+    model = _small_model(pbmc_small, plateau_stop=2, **options).train()
+    np.testing.assert_allclose(model.history["learning_rate"], [1e-3] * 3 + [1e-4] * 2)
+    h = model.history
+    val = pbmc_small[model.validation_indices].copy()
+    best = int(h[monitored_column(h)].idxmin())
+    assert model.evaluate(val)["loss"] == pytest.approx(h["validation_loss"].iloc[best], rel=1e-5)
+    assert len(_small_model(pbmc_small, plateau_stop=0, **options).train().history) == 8
+    with pytest.raises(ValueError, match="plateau_stop"):
+        _small_model(pbmc_small, plateau_stop=-1)
+
+
 def test_early_stopping_threshold_ignores_small_gains_but_keeps_their_weights():
     from zipo.train.trainer import EarlyStopping
 

@@ -68,9 +68,9 @@ class ModelConfig:
     paper's LibNet, a small network from the latents (``library_dims``), or ``observed``, the
     total counts of the cell the network reads (no LibNet), divided under zero inflation by
     sum_g (1 - pi_g) mu_g so that the expected counts sum to that total. A predicted library
-    makes the latents encode each cell's depth (on PBMC 4k one latent component correlated
-    0.99 with log library size), which blurs clusters of cell types; the observed one (as in
-    scVI) does not. Under Noise2Self l is the kept molecules' total and the held-out rate is
+    needs the latents to encode each cell's depth; the observed one (as in scVI) does not,
+    though they still follow it (the encoder reads raw depth; RESULTS.md, "Depth in the
+    latents"). Under Noise2Self l is the kept molecules' total and the held-out rate is
     rescaled by q / (1 - q); when denoising, l is the cell's own total."""
     library_dims: list[int] = field(default_factory=lambda: [16, 4])
     """Hidden widths of LibNet (the predicted library only)."""
@@ -99,15 +99,13 @@ class ModelConfig:
     training decodes a draw from N(U, var), var from a head on U, and the loss adds
     ``alpha_kl / genes * KL`` per cell (1: an ELBO, as scVI's); inference uses the means U."""
     alpha_mmd: float = 0.0
-    """Weight of a batch-mixing penalty on the latents (0: off): in every training mini-batch,
-    for each category of each categorical covariate, the squared MMD (RBF kernels at 0.25x, 1x
-    and 4x the batch's median squared distance) between the latents of its cells and of the
-    others. Covariates alone do not remove a batch effect from the latents (the encoder sees
-    the affected counts); with it the latents mix across batches and
-    ``denoise(covariate_values={"batch": ref})`` removes most of the effect (1.0 mixed two
-    simulated PBMC batches at +0.02 validation NLL; benchmarks/batch_correction.py). It assumes
-    the categories hold similar cell-type make-ups: a type in one batch only is pulled onto
-    others. Not in the validation loss, so ``train_loss`` exceeds it by the penalty."""
+    """Weight of a batch-mixing penalty on the latents (0: off): per training mini-batch and
+    category of each categorical covariate, the squared MMD (RBF kernels, ``train/loss.py``)
+    between its cells' latents and the others'. Covariates alone leave a batch effect in the
+    latents (the encoder sees the affected counts); with it they mix and
+    ``denoise(covariate_values={"batch": ref})`` removes most of the effect
+    (benchmarks/batch_correction.py). It assumes similar cell-type make-ups across categories.
+    Not in the validation loss, so ``train_loss`` exceeds it by the penalty."""
     mmd_covariates: list[str] = field(default_factory=list)
     """Which categorical covariates ``alpha_mmd`` mixes over (empty: all categorical
     covariates); e.g. mix over "batch" but not over a "condition" that is real biology."""
@@ -133,6 +131,9 @@ class TrainConfig:
     plateau_threshold: float = 0.001
     """Relative improvement in validation loss that counts as progress (0.1%)."""
     plateau_factor: float = 0.1
+    plateau_stop: int = 2
+    """Training also ends at the plateau's n-th cut of the learning rate (0: never); the best
+    epoch's weights are kept (RESULTS.md, "Stopping at the second learning-rate cut")."""
     early_stopping_patience: int = 30
     early_stopping_threshold: float = 0.0
     """Relative improvement on the best epoch that early stopping counts as progress (0: any).
@@ -254,6 +255,8 @@ class ZiPoConfig:
             raise ValueError(f"checkpoint_every must be >= 1, got {t.checkpoint_every}")
         if t.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {t.max_epochs}")
+        if t.plateau_stop < 0:
+            raise ValueError(f"plateau_stop must be >= 0 (0: never), got {t.plateau_stop}")
         if t.first_layer not in FIRST_LAYER_MODES:
             raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {t.first_layer!r}")
         if t.prefetch < 0 or t.shuffle_chunk < 0:

@@ -45,7 +45,8 @@ class LearningRateSchedule:
     With ``learning_rate=0.0212`` this is the paper's warm-down (0.0212 * 0.9^30 ~= 0.001); with
     the default start of 0.001 it is flat at ``lr_min``. On top of it a
     reduce-on-plateau multiplies ``plateau_scale`` by ``factor`` after ``patience`` epochs
-    without a relative improvement of ``threshold`` in the monitored loss.
+    without a relative improvement of ``threshold`` in the monitored loss; ``cuts`` counts
+    those reductions (``plateau_stop`` of them end training).
     """
 
     def __init__(self, config: TrainConfig):
@@ -54,6 +55,7 @@ class LearningRateSchedule:
         self.plateau_scale = 1.0
         self.best = math.inf
         self.bad_epochs = 0
+        self.cuts = 0
 
     @property
     def lr(self) -> float:
@@ -68,10 +70,17 @@ class LearningRateSchedule:
             if self.bad_epochs > self.c.plateau_patience:
                 self.plateau_scale *= self.c.plateau_factor
                 self.bad_epochs = 0
+                self.cuts += 1
         self.epoch += 1
 
+    @property
+    def finished(self) -> bool:
+        """Whether the plateau has cut the rate ``plateau_stop`` times (never when it is 0)."""
+        return 0 < self.c.plateau_stop <= self.cuts
+
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("epoch", "plateau_scale", "best", "bad_epochs")}
+        return {k: getattr(self, k)
+                for k in ("epoch", "plateau_scale", "best", "bad_epochs", "cuts")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
@@ -219,7 +228,7 @@ class Trainer:
     def run(self, checkpoint: Callable[["Trainer"], None] | None = None,
             checkpoint_every: int = 0,
             callback: Callable[["Trainer"], None] | None = None) -> list[dict]:
-        """Train until early stopping or ``max_epochs``; call ``checkpoint(self)`` every
+        """Train until early stopping, the plateau's last cut or ``max_epochs``; call ``checkpoint(self)`` every
         ``checkpoint_every`` epochs and ``callback(self)`` after every epoch. The
         best-validation weights are loaded back at the end, also when ``callback`` raises."""
         tc = self.train_config
@@ -248,7 +257,9 @@ class Trainer:
             self.history.append(row)
             monitored = row[monitored_column(row)]
             self.schedule.step(monitored)
-            self.stopped = self.stopper.update(epoch, monitored, self.net)
+            # update() first: it records the epoch's weights when they are the best
+            self.stopped = (self.stopper.update(epoch, monitored, self.net)
+                            or self.schedule.finished)
             self.epoch = epoch + 1
             bar.set_postfix(train=f"{row['train_loss']:.4f}",
                             val=f"{row.get('validation_loss', float('nan')):.4f}", lr=f"{lr:.2g}")
