@@ -120,10 +120,8 @@ class TrainConfig:
     batch_size: int = 256
     validation_fraction: float = 0.1
     learning_rate: float = 0.001
-    """Starting learning rate. The paper's 0.0212 (x0.9 per epoch down to ``lr_min``) let its
-    library head climb from zero; ours starts at the data's mean log library and gene
-    proportions, and on PBMC 4k 0.0212 led to zero inflation explaining most zeros
-    (validation NLL 1.519 vs 1.319 at 0.001). Set 0.0212 for the paper's schedule."""
+    """Starting learning rate; 0.0212 is the paper's schedule (x0.9 per epoch down to
+    ``lr_min``), which on PBMC 4k let zero inflation explain most zeros (README)."""
     lr_decay: float = 0.9
     """Multiplied into the learning rate every epoch until it reaches ``lr_min``."""
     lr_min: float = 0.001
@@ -132,8 +130,8 @@ class TrainConfig:
     """Relative improvement in validation loss that counts as progress (0.1%)."""
     plateau_factor: float = 0.1
     plateau_stop: int = 2
-    """Training also ends at the plateau's n-th cut of the learning rate (0: never); the best
-    epoch's weights are kept (RESULTS.md, "Stopping at the second learning-rate cut")."""
+    """Training also ends at the plateau's n-th cut of the learning rate (0: never), keeping
+    the best epoch's weights (benchmarks/RESULTS.md, "Stopping at the second ... cut")."""
     early_stopping_patience: int = 30
     early_stopping_threshold: float = 0.0
     """Relative improvement on the best epoch that early stopping counts as progress (0: any).
