@@ -228,9 +228,10 @@ class Trainer:
     def run(self, checkpoint: Callable[["Trainer"], None] | None = None,
             checkpoint_every: int = 0,
             callback: Callable[["Trainer"], None] | None = None) -> list[dict]:
-        """Train until early stopping, the plateau's last cut or ``max_epochs``; call ``checkpoint(self)`` every
-        ``checkpoint_every`` epochs and ``callback(self)`` after every epoch. The
-        best-validation weights are loaded back at the end, also when ``callback`` raises."""
+        """Train until early stopping, the plateau's last cut or ``max_epochs``; call
+        ``checkpoint(self)`` every ``checkpoint_every`` epochs and ``callback(self)`` after
+        every epoch. The best-validation weights are loaded back at the end, also when
+        ``callback`` raises."""
         tc = self.train_config
         bar = tqdm(range(self.epoch, tc.max_epochs), desc="ZiPo training", unit="epoch",
                    disable=not tc.verbose or world()[0] > 0, dynamic_ncols=True, initial=self.epoch,
