@@ -130,8 +130,7 @@ class TrainConfig:
     """Relative improvement in validation loss that counts as progress (0.1%)."""
     plateau_factor: float = 0.1
     plateau_stop: int = 2
-    """Training also ends at the plateau's n-th cut of the learning rate (0: never), keeping
-    the best epoch's weights (benchmarks/RESULTS.md, "Stopping at the second ... cut")."""
+    """Training also ends at the plateau's n-th learning-rate cut (0: never), best weights kept."""
     early_stopping_patience: int = 30
     early_stopping_threshold: float = 0.0
     """Relative improvement on the best epoch that early stopping counts as progress (0: any).
