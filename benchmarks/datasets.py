@@ -1,4 +1,5 @@
-"""Benchmark datasets: the shared real PBMC data and a simulation with known true rates.
+"""Benchmark datasets: the shared real PBMC data, a simulation with known true rates, and one
+real dataset from outside ``shared/`` (a check that the defaults are not fitted to PBMC 4k).
 
 Each loader returns a :class:`Dataset`: CSR raw counts (cells x genes, float32), gene names,
 cell-type labels (``None`` for cells without one) and, for the simulation, the truth.
@@ -146,15 +147,65 @@ def simulate(n_cells: int = 2000, n_genes: int = 1000, n_types: int = 5, seed: i
         {"rate": rate.astype(np.float64), "pi": pi.astype(np.float64)})
 
 
-DATASETS = {"pbmc4k": pbmc4k, "pbmc_small": pbmc_small, "simulated": simulate}
+CELLTYPIST = "celltypist==1.7.1"
+CELLTYPIST_SAMPLE = "celltypist/data/samples/sample_cell_by_gene.csv"
+CACHE = Path(__file__).resolve().parent / ".data_cache"
 
-QUICK_SIZES = {"pbmc4k": (300, 300), "pbmc_small": (None, None), "simulated": (300, 200)}
+
+def _celltypist_csv() -> Path:
+    """The sample CSV of CellTypist's wheel, fetched once from PyPI into ``CACHE``."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    path = CACHE / "celltypist_sample_cell_by_gene.csv"
+    if path.is_file():
+        return path
+    CACHE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                               "-d", tmp, CELLTYPIST], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("celltypist-*.whl"))
+        if done.returncode or not wheels:
+            raise FileNotFoundError(f"could not fetch {CELLTYPIST} from PyPI for its sample "
+                                    f"data: {done.stderr.strip()[-300:]}")
+        partial = path.with_suffix(".part")
+        with zipfile.ZipFile(wheels[0]) as z, z.open(CELLTYPIST_SAMPLE) as src:
+            partial.write_bytes(src.read())
+        partial.rename(path)
+    return path
+
+
+def celltypist_sample(n_genes: int | None = 2000) -> Dataset:
+    """The raw UMI counts CellTypist 1.7.1 ships as its sample (559 immune cells, mostly
+    myeloid, x 32,786 genes with GRCh37 names; 10x), a real dataset from outside ``shared/``,
+    restricted to its ``n_genes`` most-detected genes. Unlabelled."""
+    import pandas as pd
+
+    table = pd.read_csv(_celltypist_csv(), index_col=0)
+    x = sp.csr_matrix(table.to_numpy(dtype=np.float32))
+    genes = _most_detected(x, n_genes) if n_genes is not None else np.flatnonzero(
+        np.asarray((x > 0).sum(axis=0)).ravel() > 0)
+    return Dataset(
+        "celltypist_sample", x[:, genes].tocsr(), np.asarray(table.columns)[genes], None, None,
+        f"CellTypist 1.7.1's sample data ({CELLTYPIST_SAMPLE} of its PyPI wheel): all "
+        f"{x.shape[0]} cells, the {len(genes)} most-detected of its {x.shape[1]} genes.")
+
+
+# The committed run's datasets; EXTRA_DATASETS are run when named (--datasets).
+DATASETS = {"pbmc4k": pbmc4k, "pbmc_small": pbmc_small, "simulated": simulate}
+EXTRA_DATASETS = {"celltypist_sample": celltypist_sample}
+
+QUICK_SIZES = {"pbmc4k": (300, 300), "pbmc_small": (None, None), "simulated": (300, 200),
+               "celltypist_sample": (200, 300)}
 
 
 def load(name: str, quick: bool = False) -> Dataset:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    ds = DATASETS[name]()
+    loaders = {**DATASETS, **EXTRA_DATASETS}
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(loaders)}")
+    ds = loaders[name]()
     if quick:
         n_cells, n_genes = QUICK_SIZES[name]
         if n_cells or n_genes:

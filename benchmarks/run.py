@@ -100,7 +100,10 @@ def main(argv=None) -> int:
     mode.add_argument("--quick", action="store_true",
                       help="1 seed, small subsamples, 3 epochs (CI: shape and sanity only)")
     mode.add_argument("--full", action="store_true", help="the committed run (default)")
-    p.add_argument("--datasets", nargs="+", default=list(D.DATASETS), choices=list(D.DATASETS))
+    p.add_argument("--datasets", nargs="+", default=list(D.DATASETS),
+                   choices=[*D.DATASETS, *D.EXTRA_DATASETS],
+                   help="default: the shared PBMC data and the simulation; celltypist_sample "
+                        "(real, outside shared/) is fetched from PyPI when named")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--protocols", nargs="+", default=PROTOCOLS, choices=PROTOCOLS)
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (full: 3, quick: 1)")

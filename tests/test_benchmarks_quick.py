@@ -68,6 +68,25 @@ def test_depth_r2_within_labels_sees_depth_beyond_cell_type():
     assert depth_r2_within_labels(tracking, log_library, labels) == pytest.approx(1.0)
 
 
+def test_celltypist_sample_reads_the_cached_table(tmp_path, monkeypatch):
+    """The extra dataset keeps its most-detected genes and names them (the cached CSV stands
+    in for the one fetched from PyPI, so the test needs no network)."""
+    import pandas as pd
+
+    from benchmarks import datasets as D
+
+    x = np.zeros((5, 4), dtype=np.float32)
+    x[:, 1], x[:3, 3], x[0, 0] = 2, 1, 7  # detected in 5, 3 and 1 cells; gene2 never
+    cached = tmp_path / "celltypist_sample_cell_by_gene.csv"
+    pd.DataFrame(x, index=[f"Cell_{i}" for i in range(5)],
+                 columns=["g0", "g1", "g2", "g3"]).to_csv(cached)
+    monkeypatch.setattr(D, "CACHE", tmp_path)
+    ds = D.celltypist_sample(n_genes=2)
+    assert list(ds.genes) == ["g1", "g3"] and ds.labels is None
+    assert np.array_equal(ds.counts.toarray(), x[:, [1, 3]])
+    assert list(D.celltypist_sample(n_genes=None).genes) == ["g0", "g1", "g3"]
+
+
 def test_openproblems_score_of_a_log_scale_prediction():
     rng = np.random.default_rng(4)
     rate = rng.gamma(0.5, 2.0, (300, 20))
