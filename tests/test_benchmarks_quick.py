@@ -77,7 +77,7 @@ def test_celltypist_sample_reads_the_cached_table(tmp_path, monkeypatch):
 
     x = np.zeros((5, 4), dtype=np.float32)
     x[:, 1], x[:3, 3], x[0, 0] = 2, 1, 7  # detected in 5, 3 and 1 cells; gene2 never
-    cached = tmp_path / "celltypist_sample_cell_by_gene.csv"
+    cached = tmp_path / "celltypist-sample_cell_by_gene.csv"
     pd.DataFrame(x, index=[f"Cell_{i}" for i in range(5)],
                  columns=["g0", "g1", "g2", "g3"]).to_csv(cached)
     monkeypatch.setattr(D, "CACHE", tmp_path)
