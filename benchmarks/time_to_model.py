@@ -1,10 +1,10 @@
-"""Wall time to a trained model, ZiPo's defaults against scVI's, on PBMC 4k (issue 15).
+"""Wall time to a trained model, ZiPo's defaults against scVI's (issue 15).
 
     python -m benchmarks.time_to_model                       # both to their own stopping rule
     python -m benchmarks.time_to_model --epochs 5 --zipo-stop 135 140   # timed epochs, projected
 
-Each method trains on the same cells (PBMC 4k, its ``--genes`` most-detected genes, 0 meaning
-every detected gene) with its own defaults: ``zipo.ZiPo(adata).train()`` in this process, and
+Each method trains on the same cells (``--dataset``, PBMC 4k by default, its ``--genes``
+most-detected genes, 0 meaning every detected gene) with its own defaults: ``zipo.ZiPo(adata).train()`` in this process, and
 ``scvi.model.SCVI(adata).train()`` in the scVI venv (``python -m benchmarks.run --setup-only``
 makes it), both on ``--threads`` CPU threads. Without ``--epochs`` each trains to its own
 stopping rule and the time is measured. With ``--epochs N`` each trains N epochs, and the time to
@@ -88,6 +88,8 @@ def time_scvi(adata, epochs: int, threads: int) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="pbmc4k",
+                    choices=["pbmc4k", "celltypist_sample", "pancreas_100"])
     ap.add_argument("--genes", type=int, nargs="+", default=[2000, 0])
     ap.add_argument("--epochs", type=int, default=0, help="epochs to time (0: train to stop)")
     ap.add_argument("--zipo-stop", type=int, nargs="+", default=None,
@@ -116,12 +118,12 @@ def main(argv=None) -> None:
     mode = f"{args.epochs} epochs timed, projected" if args.epochs else "trained to stop"
     if args.scvi_epochs:
         mode += "; scVI projected where it timed fewer epochs than its rule"
-    print(f"PBMC 4k, time to a trained model ({mode}), {args.threads} threads, "
+    print(f"{args.dataset}, time to a trained model ({mode}), {args.threads} threads, "
           f"torch {torch.__version__}; zipo options {zipo_options or 'defaults'}")
     print("| genes | method | epochs timed | s/epoch | epochs to stop | time to model (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for i, n_genes in enumerate(args.genes):
-        ds = D.pbmc4k(n_genes or None)
+        ds = getattr(D, args.dataset)(n_genes or None)
         adata = ad.AnnData(ds.counts.astype(np.float32))
         adata.obs_names = [f"c{j}" for j in range(adata.n_obs)]
         adata.var_names = [str(g) for g in ds.genes]
