@@ -228,7 +228,8 @@ def pancreas_100(n_genes: int | None = 2000) -> Dataset:
                        f"scvelo 0.3.4's test data ({member} of its source archive)")
 
 
-def mouse_10k_subset(n_cells: int | None = 3000, seed: int = 0) -> Dataset:
+def mouse_10k_subset(n_genes: int | None = None, n_cells: int = 3000, seed: int = 0
+                     ) -> Dataset:
     """10,000 mouse cells (10x) over the first 1,000 genes in genome order (chromosome 1:
     Xkr4, Rp1, ...), raw UMIs, scanpy 1.11.5's test data; ``n_cells`` random cells of them
     (3,000 by default, for time on 2 cores: the size of the datasets issue 15 reports) with
@@ -239,13 +240,13 @@ def mouse_10k_subset(n_cells: int | None = 3000, seed: int = 0) -> Dataset:
     a = ad.read_zarr(_pypi_file("scanpy==1.11.5", member, sdist=True))
     a.var_names_make_unique()
     x = sp.csr_matrix(a.X)
-    if n_cells is not None and n_cells < x.shape[0]:
+    if n_cells < x.shape[0]:
         x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], n_cells, replace=False))]
     # At about 140 UMIs a cell here, a molecular cross-validation split can leave a cell of a
     # few UMIs with none in X' (which zipo refuses); the usual QC keeps cells of >= 20.
     drawn = x.shape[0]
     x = x[np.asarray(x.sum(axis=1)).ravel() >= 20]
-    return _real_extra("mouse_10k_subset", x, a.var_names, None,
+    return _real_extra("mouse_10k_subset", x, a.var_names, n_genes,
                        f"scanpy 1.11.5's test data ({member} of its source archive): of "
                        f"{drawn} random cells of its {a.n_obs}, those with at least 20 UMIs")
 

@@ -86,10 +86,12 @@ def time_scvi(adata, epochs: int, threads: int) -> dict:
 
 
 def main(argv=None) -> None:
+    from . import datasets as D
+
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="pbmc4k",
-                    choices=["pbmc4k", "celltypist_sample", "pancreas_100"])
+                    choices=["pbmc4k", *D.EXTRA_DATASETS])
     ap.add_argument("--genes", type=int, nargs="+", default=[2000, 0])
     ap.add_argument("--epochs", type=int, default=0, help="epochs to time (0: train to stop)")
     ap.add_argument("--zipo-stop", type=int, nargs="+", default=None,
@@ -110,7 +112,6 @@ def main(argv=None) -> None:
     import anndata as ad
     import torch
 
-    from . import datasets as D
     from .mcv_variants import parse_variant
 
     zipo_options = parse_variant(["zipo", *args.zipo_options])[1]
