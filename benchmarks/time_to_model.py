@@ -91,7 +91,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="pbmc4k",
-                    choices=["pbmc4k", *D.EXTRA_DATASETS])
+                    choices=["pbmc4k",
+                             *(n for n in D.EXTRA_DATASETS if n != "pbmc4k_all_genes")],
+                    help="PBMC 4k by default (its every gene: --genes 0)")
     ap.add_argument("--genes", type=int, nargs="+", default=[2000, 0])
     ap.add_argument("--epochs", type=int, default=0, help="epochs to time (0: train to stop)")
     ap.add_argument("--zipo-stop", type=int, nargs="+", default=None,
