@@ -4,8 +4,9 @@
     python -m benchmarks.time_to_model --epochs 5 --zipo-stop 135 140   # timed epochs, projected
 
 Each method trains on the same cells (``--dataset``, PBMC 4k by default, its ``--genes``
-most-detected genes, 0 meaning every detected gene) with its own defaults: ``zipo.ZiPo(adata).train()`` in this process, and
-``scvi.model.SCVI(adata).train()`` in the scVI venv (``python -m benchmarks.run --setup-only``
+most-detected genes, 0 meaning every detected gene) with its own defaults:
+``zipo.ZiPo(adata).train()`` in this process, and ``scvi.model.SCVI(adata).train()`` in the
+scVI venv (``python -m benchmarks.run --setup-only``
 makes it), both on ``--threads`` CPU threads. Without ``--epochs`` each trains to its own
 stopping rule and the time is measured. With ``--epochs N`` each trains N epochs, and the time to
 a trained model is projected as seconds per epoch (median after the first) times the epochs its
