@@ -5,10 +5,11 @@
 
 Each variant is ``zipo.ZiPo(adata, **options)`` trained to its own stopping rule (at most
 ``--max-epochs``) on ``X'`` of the same split ``benchmarks.run`` makes for ``mcv{p}`` and seed
-(``--dataset``: PBMC 4k with its ``--genes`` most-detected genes, pbmc_small or the
-simulation, whose error against the true rates is reported too), then scored against ``X''`` exactly as the
-harness scores (Poisson NLL and deviance of the rescaled rate, sqrt MSE; genes without counts
-in ``X'`` get the no-denoising baseline). Prints one line per fit and a mean ± sd table, so
+(``--dataset``: PBMC 4k with its ``--genes`` most-detected genes, pbmc_small, the
+simulation, whose error against the true rates is reported too, or one of the harness's extra
+datasets such as ``celltypist_sample``), then scored against ``X''`` exactly as the harness
+scores (Poisson NLL and deviance of the rescaled rate, sqrt MSE; genes without counts in ``X'``
+get the no-denoising baseline). Prints one line per fit and a mean ± sd table, so
 variants can be compared with the scVI rows of RESULTS.md without re-running scVI.
 """
 
@@ -19,6 +20,8 @@ import json
 import time
 
 import numpy as np
+
+from .datasets import DATASETS, EXTRA_DATASETS
 
 
 def parse_variant(words: list[str]) -> tuple[str, dict]:
@@ -102,7 +105,7 @@ def main(argv=None) -> None:
                     metavar="NAME [KEY=VALUE ...]", help="a name and zipo options")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--p", type=float, default=0.9, choices=[0.9, 0.5])
-    ap.add_argument("--dataset", default="pbmc4k", choices=["pbmc4k", "pbmc_small", "simulated"])
+    ap.add_argument("--dataset", default="pbmc4k", choices=[*DATASETS, *EXTRA_DATASETS])
     ap.add_argument("--genes", type=int, default=2000, help="pbmc4k: most-detected genes kept (0: every detected gene)")
     ap.add_argument("--max-epochs", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
