@@ -18,14 +18,14 @@ DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-12
 # with Poisson, zero-inflated), "tuneddca" (DCA's shape with ZiPo-like settings), all with the
 # paper's LibNet library; "paper" is the paper's best model: 2048-1024-512-256-128, residuals,
 # sigmoid + batch norm, linear decoder, ZIP, predicted library, alpha_z = alpha_w = 0.1, trained
-# as published; "zipo" (the defaults) is its kind of network, 512-256-128 wide with one decoder
+# as published; "zipo" (the defaults) is its kind of network, 512-256-32 wide with one decoder
 # layer of 128, with ZINB heads and the observed library.
 PAPER_NETWORK = {"encoder_dims": [2048, 1024, 512, 256, 128], "decoder_dims": [],
                  "residuals": True, "activation": "sigmoid", "batch_norm": True,
                  "input_transform": "log1p", "alpha_z": 0.1, "alpha_w": 0.1}
 PREDICTED = {"library": "predicted"}
 EXPECTED = {
-    "zipo": {**PAPER_NETWORK, "encoder_dims": [512, 256, 128], "decoder_dims": [128],
+    "zipo": {**PAPER_NETWORK, "encoder_dims": [512, 256, 32], "decoder_dims": [128],
              "likelihood": "zinb", "library": "observed"},
     "paper": {**PAPER_NETWORK, **PREDICTED, "likelihood": "zip"},
     "dca": {"likelihood": "nb", **DCA_LIKE, **PREDICTED, "residuals": False,

@@ -21,7 +21,7 @@ _PAPER_HEADS = {"likelihood": "zip", "library": "predicted"}
 _PAPER_SHAPE = {"encoder_dims": [2048, 1024, 512, 256, 128], "decoder_dims": []}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # ZiPo's defaults: the paper's kind of network, 512-256-128 wide with a 128 decoder layer,
+    # ZiPo's defaults: the paper's kind of network, 512-256-32 wide with a 128 decoder layer,
     # with ZINB heads and the observed library, trained and stopped on held-out molecules.
     "zipo": {},
     # The paper's best model exactly as published: 2048-1024-512-256-128, linear decoder, ZIP,
