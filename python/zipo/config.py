@@ -56,8 +56,9 @@ class ModelConfig:
     encoder_dims: list[int] = field(default_factory=lambda: [512, 256, 32])
     """Widths of the encoder layers; the last is the number of latents. The paper's
     2048-1024-512-256-128 scored the same on held-out molecules at about twice the cost per
-    epoch and twice the epochs; 32 latents instead of 128 tie on held-out molecules and
-    cluster cell types better (README, "where we differ from the paper")."""
+    epoch and twice the epochs; 32 latents instead of 128 tie on held-out molecules (from a
+    few hundred cells up; on 100 cells 128 did better) and cluster cell types better (README,
+    "where we differ from the paper")."""
     residuals: bool = True
     """Residual maps from every earlier encoder layer into the latent layer."""
     activation: str = "sigmoid"
