@@ -39,8 +39,9 @@ EXPECTED = {
 
 
 # The paper's and DCA's training: reconstruct all counts, stop on the validation cells' loss
-# (zipo's default trains and stops on held-out molecules).
-RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop": 0}
+# with patience in epochs (zipo's default trains and stops on held-out molecules).
+RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop": 0,
+               "patience_min_steps": 0}
 EXPECTED_TRAIN = {"zipo": {}, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
                   "tuneddca": RECONSTRUCT}
 

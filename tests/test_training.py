@@ -156,7 +156,7 @@ def test_learning_rate_schedule_follows_the_paper(pbmc_small):
 def test_early_stopping_restores_best_weights(pbmc_small):
     model = _small_model(
         pbmc_small, max_epochs=80, learning_rate=0.02, lr_decay=1.0, lr_min=0.02,
-        early_stopping_patience=3, seed=1,
+        early_stopping_patience=3, patience_min_steps=0, seed=1,
     ).train()
     h = model.history
     best = int(h[monitored_column(h)].idxmin())
@@ -174,7 +174,7 @@ def test_training_ends_at_the_plateaus_last_cut(pbmc_small):
     # Every epoch after the first misses a 50% improvement, so with patience 1 the plateau cuts
     # the rate after epochs 3 and 5 (1-based); early stopping alone would run all 8 epochs.
     options = dict(max_epochs=8, plateau_patience=1, plateau_threshold=0.5,
-                   early_stopping_patience=100)
+                   early_stopping_patience=100, patience_min_steps=0)
     model = _small_model(pbmc_small, plateau_stop=2, **options).train()
     np.testing.assert_allclose(model.history["learning_rate"], [1e-3] * 3 + [1e-4] * 2)
     h = model.history
@@ -184,6 +184,22 @@ def test_training_ends_at_the_plateaus_last_cut(pbmc_small):
     assert len(_small_model(pbmc_small, plateau_stop=0, **options).train().history) == 8
     with pytest.raises(ValueError, match="plateau_stop"):
         _small_model(pbmc_small, plateau_stop=-1)
+
+
+def test_patience_spans_at_least_min_steps(pbmc_small):
+    from zipo.config import TrainConfig
+    from zipo.train.trainer import patience_scale
+
+    # 15 epochs of patience: 8 steps an epoch already make 120 >= 60; one step an epoch needs x4
+    assert patience_scale(TrainConfig(), 8) == 1
+    assert patience_scale(TrainConfig(), 1) == 4
+    assert patience_scale(TrainConfig(patience_min_steps=0), 1) == 1
+    # 72 training cells in batches of 32 are 3 steps an epoch: patience 1 must span 6 steps, so
+    # the plateau waits 2 epochs and cuts after epochs 4 and 7 (1-based), not 3 and 5
+    options = dict(max_epochs=8, plateau_patience=1, plateau_threshold=0.5,
+                   early_stopping_patience=100, plateau_stop=0)
+    history = _small_model(pbmc_small, patience_min_steps=6, **options).train().history
+    np.testing.assert_allclose(history["learning_rate"], [1e-3] * 4 + [1e-4] * 3 + [1e-5])
 
 
 def test_early_stopping_threshold_ignores_small_gains_but_keeps_their_weights():

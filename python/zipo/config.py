@@ -137,6 +137,10 @@ class TrainConfig:
     early_stopping_threshold: float = 0.0
     """Relative improvement on the best epoch that early stopping counts as progress (0: any).
     Smaller gains still update the weights a trained model keeps."""
+    patience_min_steps: int = 60
+    """Both patiences are multiplied alike until the plateau's spans this many optimiser steps
+    (under ~1,000 cells an epoch is 1-3 steps and it cut the rate while training still gained;
+    RESULTS.md, "Patience in optimiser steps"). 0: epochs only (the presets, as published)."""
     heldout_molecules: float = 0.1
     """Fraction of each validation cell's molecules held out by binomial thinning; above 0 the
     history gains ``validation_heldout_nll`` (the Poisson NLL of those molecules given the rate

@@ -39,6 +39,13 @@ def kept_row(history) -> int:
     return int(history[monitored_column(history)].to_numpy().argmin())
 
 
+def patience_scale(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The factor both patiences are multiplied by so that the plateau's spans at least
+    ``config.patience_min_steps`` optimiser steps (1 where it already does)."""
+    steps = max(config.plateau_patience, 1) * max(steps_per_epoch, 1)
+    return max(1, math.ceil(config.patience_min_steps / steps))
+
+
 class LearningRateSchedule:
     """lr = max(lr0 * decay^epoch, lr_min) * plateau_scale.
 
@@ -49,8 +56,9 @@ class LearningRateSchedule:
     those reductions (``plateau_stop`` of them end training).
     """
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, patience_scale: int = 1):
         self.c = config
+        self.patience = config.plateau_patience * patience_scale
         self.epoch = 0
         self.plateau_scale = 1.0
         self.best = math.inf
@@ -67,7 +75,7 @@ class LearningRateSchedule:
             self.best, self.bad_epochs = monitored, 0
         else:
             self.bad_epochs += 1
-            if self.bad_epochs > self.c.plateau_patience:
+            if self.bad_epochs > self.patience:
                 self.plateau_scale *= self.c.plateau_factor
                 self.bad_epochs = 0
                 self.cuts += 1
@@ -132,8 +140,9 @@ class Trainer:
         # multi-tensor Adam on the genes x 2,048 first layer on CPU (0.07 s against 0.44 s).
         self.optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate,
                                           fused=_fused_adam_supported(net))
-        self.schedule = LearningRateSchedule(train_config)
-        self.stopper = EarlyStopping(train_config.early_stopping_patience,
+        scale = patience_scale(train_config, len(train_batches))
+        self.schedule = LearningRateSchedule(train_config, scale)
+        self.stopper = EarlyStopping(train_config.early_stopping_patience * scale,
                                      train_config.early_stopping_threshold)
         self.history: list[dict] = []
         self.first_layer = "sparse" if train_batches.sparse else "dense"
