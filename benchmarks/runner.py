@@ -96,6 +96,8 @@ class Runner:
         self.total = 0
         self.started = time.perf_counter()
         self.finished: set = set()
+        # The datasets of a resumed run, so a resume that names fewer still reports them all.
+        self.kept_datasets: dict = {}
 
     def resume(self, path: Path) -> None:
         """Keep the finished records of an earlier run in ``path``; only the rest is run.
@@ -107,6 +109,7 @@ class Runner:
         self.meta["resumed_from"] = {k: old["meta"].get(k)
                                      for k in ("command", "started", "finished", "machine", "versions")}
         self.meta["kept_records"] = len(self.records)
+        self.kept_datasets = old["meta"].get("datasets", {})
         print(f"resume: keeping {len(self.records)} finished records of {path}", flush=True)
 
     def latent_path(self, dataset: str, seed: int, key: str) -> Path:
@@ -244,8 +247,9 @@ class Runner:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         (self.out / "latents").mkdir(exist_ok=True)
         data = {n: D.load(n, quick=self.a.quick) for n in names}
-        self.meta["datasets"] = {n: {"cells": d.shape[0], "genes": d.shape[1], "note": d.note,
-                                     "labels": d.label_key} for n, d in data.items()}
+        self.meta["datasets"] = {**self.kept_datasets, **{
+            n: {"cells": d.shape[0], "genes": d.shape[1], "note": d.note, "labels": d.label_key}
+            for n, d in data.items()}}
         groups: dict = {}
         n_fits = 0
         for seed in seeds:

@@ -192,12 +192,17 @@ def test_quick_run_without_peer_venvs(tmp_path, monkeypatch, capsys):
     # An interrupted run: the latent step never ran. Resume scores the embeddings saved with
     # the fits, and runs again only the fit whose embedding is gone.
     data["records"] = [r for r in recs if r["protocol"] != "latent"]
+    # ... of a run over more datasets than the resume names: their tables stay in the report
+    data["meta"]["datasets"]["pbmc_small"] = dict(data["meta"]["datasets"]["simulated"])
     (out / "results.json").write_text(json.dumps(data))
     (out / "latents" / "simulated-s0-pca.npy").unlink()
     capsys.readouterr()
     assert run.main(["--quick", "--datasets", "simulated", "--methods", "zipo", "mean", "pca",
                      "--out", str(out), "--resume"]) == 0
     assert "\n1 fits in 1 processes" in capsys.readouterr().out
+    assert list(json.loads((out / "results.json").read_text())["meta"]["datasets"]) == [
+        "simulated", "pbmc_small"]
+    assert "### pbmc_small" in (out / "results.md").read_text()
     again = json.loads((out / "results.json").read_text())["records"]
     assert {("latent", "zipo"), ("latent", "pca")} <= {(r["protocol"], r["method"]) for r in again}
     assert sum((r["protocol"], r["method"]) == ("mcv0.9", "pca") for r in again) == 1
