@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, get_type_hints
+from typing import Any, Mapping, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,6 +20,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from .distributions import LIKELIHOODS
 from .nn.network import ACTIVATIONS
+from .option_types import checked_value, field_names
 from .presets import PRESETS
 
 INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
@@ -209,7 +210,7 @@ class ZiPoConfig:
                 raise ValueError(f"{source}: [{section}] must be a table of key = value")
             target = getattr(self, section)
             for key, value in values.items():
-                setattr(target, key, _checked(section, target, key, value, source))
+                setattr(target, key, checked_value(section, target, key, value, source))
         self.validate()
         return self
 
@@ -282,13 +283,13 @@ def find_option(key: str, source: str = "argument") -> tuple[str, str]:
     """Resolve ``model.alpha_z`` or a bare ``alpha_z`` to its (section, name)."""
     if "." in key:
         section, name = key.split(".", 1)
-        if section in SECTIONS and name in _field_names(SECTIONS[section]):
+        if section in SECTIONS and name in field_names(SECTIONS[section]):
             return section, name
     else:
         for section, klass in SECTIONS.items():
-            if key in _field_names(klass):
+            if key in field_names(klass):
                 return section, key
-    known = sorted(f"{s}.{n}" for s, k in SECTIONS.items() for n in _field_names(k))
+    known = sorted(f"{s}.{n}" for s, k in SECTIONS.items() for n in field_names(k))
     raise ValueError(f"{source}: unknown option {key!r}; known options: {', '.join(known)}")
 
 
@@ -351,56 +352,3 @@ def parse_assignment(item: str, flag: str, form: str) -> tuple[str, Any]:
 def load_config(path: str | Path) -> ZiPoConfig:
     """Read a TOML config file into a checked :class:`ZiPoConfig` (defaults for unset keys)."""
     return ZiPoConfig.from_dict(read_config_file(path), source=str(path))
-
-
-def _field_names(klass) -> list[str]:
-    return [f.name for f in dataclasses.fields(klass)]
-
-
-def _checked(section: str, target, key: str, value: Any, source: str) -> Any:
-    """Return ``value`` coerced to the declared type of ``section.key`` or raise ValueError."""
-    hints = get_type_hints(type(target))
-    if key not in hints:
-        raise ValueError(
-            f"{source}: unknown key {key!r} in [{section}]; valid keys are "
-            f"{', '.join(_field_names(type(target)))}"
-        )
-    hint = str(hints[key])
-    where = f"{source}: [{section}] {key}"
-    if value is None:
-        if "None" in hint:
-            return None
-        raise ValueError(f"{where} cannot be empty")
-    if "list[int]" in hint:
-        if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
-            return [int(v) for v in value]
-        raise ValueError(f"{where} must be a list of integers, got {value!r}")
-    if "list[str]" in hint:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise ValueError(f"{where} must be a list of strings, got {value!r}")
-    if hint.startswith("<class 'bool'>") or hint == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{where} must be true or false, got {value!r}")
-    if "int" in hint:
-        if _is_int(value):
-            return int(value)
-        raise ValueError(f"{where} must be an integer, got {value!r}")
-    if "float" in hint:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"{where} must be a number, got {value!r}")
-    if "str" in hint:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{where} must be a string, got {value!r}")
-    raise AssertionError(f"unhandled option type {hint} for {key}")  # pragma: no cover
-
-
-def _is_int(v: Any) -> bool:
-    return (isinstance(v, int) and not isinstance(v, bool)) or (
-        hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iu"
-    )

@@ -1,0 +1,60 @@
+"""Checking a config option's value against the type its dataclass field declares, so a
+typo or a wrong type in a config file, ``--set`` or a keyword names the key and what it wants."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, get_type_hints
+
+
+def field_names(klass) -> list[str]:
+    return [f.name for f in dataclasses.fields(klass)]
+
+
+def checked_value(section: str, target, key: str, value: Any, source: str) -> Any:
+    """Return ``value`` coerced to the declared type of ``section.key`` or raise ValueError."""
+    hints = get_type_hints(type(target))
+    if key not in hints:
+        raise ValueError(
+            f"{source}: unknown key {key!r} in [{section}]; valid keys are "
+            f"{', '.join(field_names(type(target)))}"
+        )
+    hint = str(hints[key])
+    where = f"{source}: [{section}] {key}"
+    if value is None:
+        if "None" in hint:
+            return None
+        raise ValueError(f"{where} cannot be empty")
+    if "list[int]" in hint:
+        if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
+            return [int(v) for v in value]
+        raise ValueError(f"{where} must be a list of integers, got {value!r}")
+    if "list[str]" in hint:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ValueError(f"{where} must be a list of strings, got {value!r}")
+    if hint.startswith("<class 'bool'>") or hint == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    if "int" in hint:
+        if _is_int(value):
+            return int(value)
+        raise ValueError(f"{where} must be an integer, got {value!r}")
+    if "float" in hint:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if "str" in hint:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where} must be a string, got {value!r}")
+    raise AssertionError(f"unhandled option type {hint} for {key}")  # pragma: no cover
+
+
+def _is_int(v: Any) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (
+        hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iu"
+    )
