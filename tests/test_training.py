@@ -200,6 +200,8 @@ def test_patience_spans_at_least_min_steps(pbmc_small):
                    early_stopping_patience=100, plateau_stop=0)
     history = _small_model(pbmc_small, patience_min_steps=6, **options).train().history
     np.testing.assert_allclose(history["learning_rate"], [1e-3] * 4 + [1e-4] * 3 + [1e-5])
+    with pytest.raises(ValueError, match="patience_min_steps"):
+        _small_model(pbmc_small, patience_min_steps=-1)
 
 
 def test_early_stopping_threshold_ignores_small_gains_but_keeps_their_weights():

@@ -47,8 +47,9 @@ class DataConfig:
 class ModelConfig:
     """Network shape and loss. The kind of network is the paper's best model (sigmoid, batch
     norm, residuals from every encoder layer into the latents); the widths, decoder layer,
-    likelihood and library are ours (README, "where we differ from the paper"); ``preset="paper"`` restores the paper's
-    2048-1024-512-256-128 encoder, linear decoder and ZIP with a predicted library."""
+    likelihood and library are ours (README, "where we differ from the paper");
+    ``preset="paper"`` restores the paper's 2048-1024-512-256-128 encoder, linear decoder and
+    ZIP with a predicted library."""
 
     likelihood: str = "zinb"
     """``zinb`` (default), ``zip`` (the paper's), ``nb`` or ``poisson``. With ZINB each cell's
@@ -57,9 +58,8 @@ class ModelConfig:
     encoder_dims: list[int] = field(default_factory=lambda: [512, 256, 32])
     """Widths of the encoder layers; the last is the number of latents. The paper's
     2048-1024-512-256-128 scored the same on held-out molecules at about twice the cost per
-    epoch and twice the epochs; 32 latents instead of 128 tie on held-out molecules (from a
-    few hundred cells up; on 100 cells 128 did better) and cluster cell types better (README,
-    "where we differ from the paper")."""
+    epoch and twice the epochs; 32 latents instead of 128 tie on held-out molecules and
+    cluster cell types better (README, "where we differ from the paper")."""
     residuals: bool = True
     """Residual maps from every earlier encoder layer into the latent layer."""
     activation: str = "sigmoid"
@@ -261,6 +261,9 @@ class ZiPoConfig:
             raise ValueError(f"max_epochs must be >= 1, got {t.max_epochs}")
         if t.plateau_stop < 0:
             raise ValueError(f"plateau_stop must be >= 0 (0: never), got {t.plateau_stop}")
+        if t.patience_min_steps < 0:
+            raise ValueError(
+                f"patience_min_steps must be >= 0 (0: patience in epochs), got {t.patience_min_steps}")
         if t.first_layer not in FIRST_LAYER_MODES:
             raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {t.first_layer!r}")
         if t.prefetch < 0 or t.shuffle_chunk < 0:

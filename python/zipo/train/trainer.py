@@ -56,9 +56,9 @@ class LearningRateSchedule:
     those reductions (``plateau_stop`` of them end training).
     """
 
-    def __init__(self, config: TrainConfig, patience_scale: int = 1):
+    def __init__(self, config: TrainConfig, patience: int | None = None):
         self.c = config
-        self.patience = config.plateau_patience * patience_scale
+        self.patience = config.plateau_patience if patience is None else patience
         self.epoch = 0
         self.plateau_scale = 1.0
         self.best = math.inf
@@ -141,7 +141,7 @@ class Trainer:
         self.optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate,
                                           fused=_fused_adam_supported(net))
         scale = patience_scale(train_config, len(train_batches))
-        self.schedule = LearningRateSchedule(train_config, scale)
+        self.schedule = LearningRateSchedule(train_config, train_config.plateau_patience * scale)
         self.stopper = EarlyStopping(train_config.early_stopping_patience * scale,
                                      train_config.early_stopping_threshold)
         self.history: list[dict] = []
