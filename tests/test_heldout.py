@@ -15,7 +15,7 @@ import zipo
 from zipo.data.counts import CountMatrix
 from zipo.data.loader import CellBatches, csr_to_torch
 from zipo.nn.network import NetworkOutput
-from zipo.train.heldout import binomial_split, heldout_molecule_nll
+from zipo.train.heldout import binomial, binomial_split, heldout_molecule_nll
 
 
 def test_binomial_split_keeps_every_molecule_and_the_layout():
@@ -32,6 +32,24 @@ def test_binomial_split_keeps_every_molecule_and_the_layout():
         splits.append(held)
     # the sparse and the dense first layer see the same split of the same cells
     assert torch.equal(splits[0], splits[1])
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_binomial_matches_the_binomial_distribution(p):
+    # counts of 0 to 3 (closed in the skipping rounds) and of 400 (left to torch.binomial)
+    n = torch.tensor([0.0, 1.0, 2.0, 3.0, 400.0]).repeat_interleave(20_000)
+    draws = binomial(n, p, torch.Generator().manual_seed(0)).view(5, -1)
+    assert draws[0].eq(0).all() and (draws >= 0).all()
+    assert (draws <= n.view(5, -1)).all() and torch.equal(draws, draws.round())
+    for row, count in zip(draws[1:], (1, 2, 3, 400)):
+        # each value's frequency against its probability, within 5 binomial sds
+        for k in range(count + 1) if count < 400 else ():
+            expected = math.comb(count, k) * p**k * (1 - p) ** (count - k)
+            sd = math.sqrt(expected * (1 - expected) / len(row))
+            assert abs(row.eq(k).float().mean().item() - expected) < 5 * sd + 1e-4
+        mean, var = count * p, count * p * (1 - p)
+        assert abs(row.mean().item() - mean) < 5 * math.sqrt(var / len(row))
+        assert abs(row.var().item() / var - 1) < 0.05
 
 
 class _RateNet(torch.nn.Module):
