@@ -351,6 +351,25 @@ def test_prefetch_yields_the_same_batches(pbmc_small, sparse):
     assert _loader_threads_gone()
 
 
+def test_a_pass_of_one_batch_starts_no_loader_thread(pbmc_small, monkeypatch):
+    # nothing to overlap the read with: the thread would only cost its start and hand-over
+    started = []
+    start = threading.Thread.start
+
+    def recording_start(thread):
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    counts, cov = CountMatrix(pbmc_small), np.zeros((80, 0), np.float32)
+    one = _epoch(CellBatches(counts, cov, np.arange(80), 128, prefetch=2))
+    assert len(one) == 1 and "zipo-batch-loader" not in started
+    torch.testing.assert_close(one[0][0], torch.from_numpy(pbmc_small.X.toarray()))
+    two = _epoch(CellBatches(counts, cov, np.arange(80), 40, prefetch=2))
+    assert len(two) == 2 and started.count("zipo-batch-loader") == 1
+    assert _loader_threads_gone()
+
+
 def _flaky_counts(pbmc_small, fail_on: int):
     counts = CountMatrix(pbmc_small)
     calls = {"n": 0}
