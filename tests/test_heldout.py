@@ -15,7 +15,7 @@ import zipo
 from zipo.data.counts import CountMatrix
 from zipo.data.loader import CellBatches, csr_to_torch
 from zipo.nn.network import NetworkOutput
-from zipo.train.heldout import binomial, binomial_split, heldout_molecule_nll
+from zipo.train.heldout import HeldoutMolecules, binomial, binomial_split
 
 
 def test_binomial_split_keeps_every_molecule_and_the_layout():
@@ -85,12 +85,19 @@ def test_score_prefers_denoising_to_copying():
     batches = CellBatches(CountMatrix(ad.AnnData(counts)), np.zeros((200, 0), np.float32),
                           np.arange(200), 64)
     score = "validation_heldout_nll"
-    oracle = heldout_molecule_nll(_RateNet(rate, 0.8), batches, 0.2, seed=0)
-    copier = heldout_molecule_nll(_RateNet(None, 0.8), batches, 0.2, seed=0)
+    oracle = HeldoutMolecules(batches, 0.2, seed=0).nll(_RateNet(rate, 0.8))
+    copier = HeldoutMolecules(batches, 0.2, seed=0).nll(_RateNet(None, 0.8))
     assert set(oracle) == {score}  # Poisson: no posterior to score
     assert oracle[score] < copier[score]
-    # Same split each call: the score is a deterministic function of the network.
-    assert heldout_molecule_nll(_RateNet(rate, 0.8), batches, 0.2, seed=0) == oracle
+    # Same split each call: the score is a deterministic function of the network, and the
+    # same whether the validation batches and their split are kept or drawn again.
+    assert HeldoutMolecules(batches, 0.2, seed=0).nll(_RateNet(rate, 0.8)) == oracle
+    kept = CellBatches(CountMatrix(ad.AnnData(counts)), np.zeros((200, 0), np.float32),
+                       np.arange(200), 64, keep_loaded=True)
+    scores = HeldoutMolecules(kept, 0.2, seed=0)
+    assert scores.kept_splits is not None and len(scores.kept_splits) == 4
+    assert scores.nll(_RateNet(rate, 0.8)) == oracle
+    assert scores.nll(_RateNet(None, 0.8)) == copier
 
 
 def test_posterior_is_scored_under_nb():
@@ -103,9 +110,9 @@ def test_posterior_is_scored_under_nb():
     counts = sp.csr_matrix(rng.poisson(rng.gamma(1.0, m)).astype(np.float32))  # theta = 1
     batches = CellBatches(CountMatrix(ad.AnnData(counts)), np.zeros((300, 0), np.float32),
                           np.arange(300), 64)
-    fitted = heldout_molecule_nll(_RateNet(m, 0.8, theta=1.0), batches, 0.2, seed=0)
+    fitted = HeldoutMolecules(batches, 0.2, seed=0).nll(_RateNet(m, 0.8, theta=1.0))
     assert fitted["validation_heldout_nll_posterior"] < 0.9 * fitted["validation_heldout_nll"]
-    poisson_like = heldout_molecule_nll(_RateNet(m, 0.8, theta=1e6), batches, 0.2, seed=0)
+    poisson_like = HeldoutMolecules(batches, 0.2, seed=0).nll(_RateNet(m, 0.8, theta=1e6))
     assert poisson_like["validation_heldout_nll_posterior"] == pytest.approx(
         poisson_like["validation_heldout_nll"], rel=1e-4)
     assert poisson_like["validation_heldout_nll"] == pytest.approx(
@@ -119,7 +126,7 @@ def test_training_watches_heldout_molecules(pbmc_small):
     assert np.isfinite(h["validation_heldout_nll"]).all()
     # The weights kept are those of the best held-out-molecule epoch.
     best = h["validation_heldout_nll"].min()
-    restored = heldout_molecule_nll(model.network, model.validation_batches(), 0.1, seed=0)
+    restored = HeldoutMolecules(model.validation_batches(), 0.1, seed=0).nll(model.network)
     assert restored["validation_heldout_nll"] == pytest.approx(best, rel=1e-5)
     assert "validation_heldout_nll_posterior" not in h  # ZIP: the posterior is the rate
     zinb = zipo.ZiPo(pbmc_small, encoder_dims=[32, 8], max_epochs=2, batch_size=32, seed=0,

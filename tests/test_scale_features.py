@@ -370,6 +370,26 @@ def test_a_pass_of_one_batch_starts_no_loader_thread(pbmc_small, monkeypatch):
     assert _loader_threads_gone()
 
 
+def test_kept_batches_are_read_once(pbmc_small):
+    counts, cov = CountMatrix(pbmc_small), np.zeros((80, 0), np.float32)
+    reads, rows = [], counts.rows
+    counts.rows = lambda idx: (reads.append(len(idx)), rows(idx))[1]
+    b = CellBatches(counts, cov, np.arange(80), 32, prefetch=2, keep_loaded=True)
+    gen = b.batches()
+    next(gen)
+    gen.close()  # a pass left early keeps nothing
+    early = len(reads)
+    first, second = _epoch(b), _epoch(b)
+    assert reads[early:] == [32, 32, 16]  # one whole pass read, the second from memory
+    assert len(first) == len(second) == 3
+    for (x1, _, i1, _), (x2, _, i2, _) in zip(first, second):
+        np.testing.assert_array_equal(i1, i2)
+        torch.testing.assert_close(x1, x2, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shuffle=False"):
+        CellBatches(counts, cov, np.arange(80), 32, shuffle=True, rng=np.random.default_rng(0),
+                    keep_loaded=True)
+
+
 def _flaky_counts(pbmc_small, fail_on: int):
     counts = CountMatrix(pbmc_small)
     calls = {"n": 0}

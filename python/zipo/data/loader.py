@@ -44,7 +44,8 @@ class CellBatches:
     each batch with several chunks: with ``chunk_size=1`` it is a plain permutation; larger
     chunks turn the reads of an on-disk (backed) matrix into a few contiguous slices.
     With ``prefetch > 0`` a background thread prepares the next batches while the model trains
-    on the current one (in passes of more than one batch); ``wait_seconds`` accumulates the time the consumer waited for data.
+    on the current one (in passes of more than one batch); ``keep_loaded=True`` keeps the
+    first whole pass's batches (on ``device``) and yields them again on every later pass; ``wait_seconds`` accumulates the time the consumer waited for data.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class CellBatches:
         chunk_size: int = 1,
         prefetch: int = 0,
         shard: tuple[int, int] = (0, 1),
+        keep_loaded: bool = False,
     ):
         self.counts, self.covariates = counts, covariates
         self.indices, self.batch_size = np.asarray(indices), batch_size
@@ -69,6 +71,11 @@ class CellBatches:
         # batch, so N processes see exactly the cells one process would see per step.
         self.shard = shard
         self.wait_seconds = 0.0
+        if keep_loaded and shuffle:
+            raise ValueError("keep_loaded needs the same batches every pass (shuffle=False)")
+        # The first pass's batches, yielded again by every later pass (keep_loaded=True).
+        self.keep_loaded = keep_loaded
+        self._loaded: list | None = None
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
@@ -120,6 +127,18 @@ class CellBatches:
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]]:
         """(counts, covariates, this process's cell indices, global batch size) per step."""
+        if self._loaded is not None:
+            yield from self._loaded
+            return
+        kept = [] if self.keep_loaded else None
+        for batch in self._read():
+            if kept is not None:
+                kept.append(batch)
+            yield batch
+        if kept is not None:  # a whole pass: a consumer that stopped early keeps nothing
+            self._loaded = kept
+
+    def _read(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]]:
         loaded = map(self._load, self._global_batches())
         # A pass of one batch has nothing to overlap its read with: the thread would only
         # cost its start and hand-over (~2 ms an epoch on 100 cells, 3 passes of one batch).
@@ -136,6 +155,11 @@ class CellBatches:
             yield x, c, idx
 
 
+# Validation cells x genes up to which their batches stay loaded between epochs: 64 MB of
+# float32 counts, and as much again for each of the kept and held-out molecules.
+KEEP_LOADED_ENTRIES = 2**24
+
+
 def training_batches(counts: CountMatrix, covariates: np.ndarray, train_idx: np.ndarray,
                      val_idx: np.ndarray, config, rng: np.random.Generator,
                      device: torch.device, sparse: bool,
@@ -146,7 +170,10 @@ def training_batches(counts: CountMatrix, covariates: np.ndarray, train_idx: np.
     loader = dict(device=device, sparse=sparse, prefetch=config.prefetch, shard=shard)
     train = CellBatches(counts, covariates, train_idx, config.batch_size, True, rng,
                         chunk_size=chunk, **loader)
-    val = CellBatches(counts, covariates, val_idx, config.batch_size, **loader) if len(val_idx) else None
+    # Small validation sets are read (and split, HeldoutMolecules) once, not every epoch.
+    keep = len(val_idx) * counts.n_vars <= KEEP_LOADED_ENTRIES
+    val = (CellBatches(counts, covariates, val_idx, config.batch_size, keep_loaded=keep, **loader)
+           if len(val_idx) else None)
     return train, val
 
 

@@ -81,36 +81,49 @@ def _poisson_nll_sum(log_rate: torch.Tensor, target: torch.Tensor) -> float:
     return -poisson_log_pmf(target, log_rate).sum(dtype=torch.float64).item()
 
 
-@torch.no_grad()
-def heldout_molecule_nll(net: torch.nn.Module, batches: CellBatches, heldout: float,
-                         seed: int) -> dict[str, float]:
-    """Poisson NLL per entry of the held-out molecules ``x''`` given the network's rate for the
-    kept ones, rescaled (``validation_heldout_nll``), and under NB/ZINB also given the rate
-    updated by the kept counts (``validation_heldout_nll_posterior``); the same split every
-    call (``seed``), pooled over processes."""
-    net.eval()
-    # One stream per process (each splits its own share of the validation cells).
-    generator = torch.Generator(device=batches.device).manual_seed(split_seed(seed))
-    scale = math.log(heldout / (1 - heldout))
-    rate_total, posterior_total, n, negative_binomial = 0.0, 0.0, 0.0, False
-    for x, c, idx, _ in batches.batches():
-        if not len(idx):
-            continue
-        kept, target = binomial_split(x, heldout, generator)
-        out = net(kept, c)
-        log_mean = out.log_mean.float()
-        rate_total += _poisson_nll_sum(log_mean + scale, target)
-        if out.log_theta is not None:
-            negative_binomial = True
-            logit_z = out.logit_z.float() if out.logit_z is not None else None
-            posterior = posterior_rate(as_dense(kept).float(), log_mean, logit_z,
-                                       out.log_theta.float())
-            posterior_total += _poisson_nll_sum(torch.log(posterior) + scale, target)
-        n += target.numel()
-    # pooled, so every process reports the same columns even if one had no validation cells
-    rate_total, posterior_total, n, negative_binomial = all_reduce_sum(
-        [rate_total, posterior_total, n, float(negative_binomial)])
-    scores = {"validation_heldout_nll": rate_total / n}
-    if negative_binomial:
-        scores["validation_heldout_nll_posterior"] = posterior_total / n
-    return scores
+class HeldoutMolecules:
+    """The validation cells' molecules split by binomial thinning with ``heldout`` held out,
+    the same split every time (``seed``): drawn once and kept when the batches keep their
+    loaded cells (``CellBatches.keep_loaded``, small validation sets), else drawn again batch
+    by batch on every pass."""
+
+    def __init__(self, batches: CellBatches, heldout: float, seed: int):
+        self.batches, self.heldout, self.seed = batches, heldout, seed
+        self.kept_splits = list(self._draw()) if batches.keep_loaded else None
+
+    def _draw(self):
+        # One stream per process (each splits its own share of the validation cells).
+        generator = torch.Generator(device=self.batches.device).manual_seed(
+            split_seed(self.seed))
+        for x, c, idx, _ in self.batches.batches():
+            if len(idx):
+                yield (*binomial_split(x, self.heldout, generator), c)
+
+    @torch.no_grad()
+    def nll(self, net: torch.nn.Module) -> dict[str, float]:
+        """Poisson NLL per entry of the held-out molecules ``x''`` given the network's rate for
+        the kept ones, rescaled (``validation_heldout_nll``), and under NB/ZINB also given the
+        rate updated by the kept counts (``validation_heldout_nll_posterior``), pooled over
+        processes."""
+        net.eval()
+        scale = math.log(self.heldout / (1 - self.heldout))
+        rate_total, posterior_total, n, negative_binomial = 0.0, 0.0, 0.0, False
+        splits = self.kept_splits if self.kept_splits is not None else self._draw()
+        for kept, target, c in splits:
+            out = net(kept, c)
+            log_mean = out.log_mean.float()
+            rate_total += _poisson_nll_sum(log_mean + scale, target)
+            if out.log_theta is not None:
+                negative_binomial = True
+                logit_z = out.logit_z.float() if out.logit_z is not None else None
+                posterior = posterior_rate(as_dense(kept).float(), log_mean, logit_z,
+                                           out.log_theta.float())
+                posterior_total += _poisson_nll_sum(torch.log(posterior) + scale, target)
+            n += target.numel()
+        # pooled, so every process reports the same columns even if one had no validation cells
+        rate_total, posterior_total, n, negative_binomial = all_reduce_sum(
+            [rate_total, posterior_total, n, float(negative_binomial)])
+        scores = {"validation_heldout_nll": rate_total / n}
+        if negative_binomial:
+            scores["validation_heldout_nll_posterior"] = posterior_total / n
+        return scores
