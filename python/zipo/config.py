@@ -167,7 +167,8 @@ class TrainConfig:
     mixed_precision: bool = True
     """On CUDA, run the encoder in bfloat16 (the decoder heads and likelihood stay float32)."""
     prefetch: int = 2
-    """Batches a background thread prepares ahead of the training step (0: none)."""
+    """Batches a background thread prepares ahead of the training step (0: none), in passes
+    of more than one batch."""
     shuffle_chunk: int = 0
     """Cells per shuffled chunk (each batch is several random chunks of consecutive cells).
     0 picks: 1 (a plain permutation) in memory, batch_size / 8 for an on-disk (backed) matrix,
