@@ -285,6 +285,29 @@ def test_loss_is_the_method_objective(likelihood):
     torch.testing.assert_close(terms.total, expected)
 
 
+def test_evaluation_scores_each_batch_by_the_training_loss(pbmc_small):
+    """evaluate() is the cell-weighted mean of loss_terms over its batches (it computes the
+    first layer's penalty once for all of them)."""
+    from zipo.config import ModelConfig
+    from zipo.data.counts import CountMatrix
+    from zipo.data.loader import CellBatches
+    from zipo.nn.network import ZiPoNetwork
+    from zipo.train.evaluate import evaluate
+    from zipo.train.loss import loss_terms
+
+    config = ModelConfig(encoder_dims=[16, 4], likelihood="zinb", alpha_w=0.5)
+    net = ZiPoNetwork.seeded(pbmc_small.n_vars, 0, config, seed=3).eval()
+    batches = CellBatches(CountMatrix(pbmc_small), np.zeros((80, 0), np.float32),
+                          np.arange(80), 24)  # 4 batches, the last of 8 cells
+    total = nll = 0.0
+    with torch.no_grad():
+        for x, c, idx in batches:
+            terms = loss_terms(net, net(x, c), x, config)
+            total += terms.total.item() * len(idx)
+            nll += terms.nll.item() * len(idx)
+    assert evaluate(net, batches, config) == pytest.approx((total / 80, nll / 80), rel=1e-6)
+
+
 def test_first_layer_penalty_gradient_is_that_of_its_formula():
     """The hand-written backward of the L1/L2 penalty matches autograd on the formula itself,
     and gives pruned (all-zero) neurons a zero gradient instead of autograd's NaN."""

@@ -80,7 +80,7 @@ def mmd2(latent: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
 def loss_terms(
     net: ZiPoNetwork, out: NetworkOutput, x: torch.Tensor, config: ModelConfig,
     covariates: torch.Tensor | None = None, mmd_groups: list[tuple[int, int]] | None = None,
-    rate_scale: float = 1.0,
+    rate_scale: float = 1.0, first_layer_penalty: torch.Tensor | None = None,
 ) -> LossTerms:
     """NLL + alpha_z E[z^2] + alpha_w L1/L2(W1) [+ (alpha_theta E[theta^2] + w E[(l mu - x)^2]) / genes]
     [+ alpha_mmd sum_groups MMD^2(latents by category)].
@@ -88,13 +88,16 @@ def loss_terms(
     The MMD term is added only in training mode and when ``covariates`` (the batch's encoded
     covariates) and ``mmd_groups`` (column ranges [start, stop) of the categorical covariates
     to mix over) are given. ``rate_scale`` multiplies the rate: ``x`` are then molecules held
-    out from what the network saw (``train.objective_heldout``). Computed in float32 whatever
-    precision the network ran in."""
+    out from what the network saw (``train.objective_heldout``). ``first_layer_penalty`` is
+    L1/L2(W1) when the caller has it for these weights (evaluation computes it once for all
+    its batches). Computed in float32 whatever precision the network ran in."""
     x = as_dense(x)
     out = out.float()
     log_m = out.log_mean + math.log(rate_scale) if rate_scale != 1.0 else out.log_mean
     nll = -log_prob(x, log_m, out.logit_z, out.log_theta).mean()
-    total = nll + config.alpha_w * first_layer_l1_l2(net.first_layer.weight)
+    if first_layer_penalty is None:
+        first_layer_penalty = first_layer_l1_l2(net.first_layer.weight)
+    total = nll + config.alpha_w * first_layer_penalty
     if out.logit_z is not None:
         total = total + config.alpha_z * torch.sigmoid(out.logit_z).pow(2).mean()
     if out.log_theta is not None:
