@@ -39,6 +39,8 @@ def test_binomial_matches_the_binomial_distribution(p):
     # counts of 0 to 3 (closed in the skipping rounds) and of 400 (left to torch.binomial)
     n = torch.tensor([0.0, 1.0, 2.0, 3.0, 400.0]).repeat_interleave(20_000)
     draws = binomial(n, p, torch.Generator().manual_seed(0)).view(5, -1)
+    # any layout of counts: a transposed (non-contiguous) batch keeps its shape
+    assert binomial(n.view(5, -1).t(), p, torch.Generator()).shape == (20_000, 5)
     assert draws[0].eq(0).all() and (draws >= 0).all()
     assert (draws <= n.view(5, -1)).all() and torch.equal(draws, draws.round())
     for row, count in zip(draws[1:], (1, 2, 3, 400)):

@@ -390,6 +390,20 @@ def test_kept_batches_are_read_once(pbmc_small):
                     keep_loaded=True)
 
 
+def test_validation_batches_stay_loaded_when_small(pbmc_small, monkeypatch):
+    from zipo.config import TrainConfig
+    from zipo.data import loader
+
+    counts, cov = CountMatrix(pbmc_small), np.zeros((80, 0), np.float32)
+    made = lambda: loader.training_batches(  # noqa: E731
+        counts, cov, np.arange(70), np.arange(70, 80), TrainConfig(), np.random.default_rng(0),
+        torch.device("cpu"), sparse=False, shard=(0, 1))
+    train, val = made()
+    assert val.keep_loaded and not train.keep_loaded  # 10 cells x 230 genes
+    monkeypatch.setattr(loader, "KEEP_LOADED_ENTRIES", 10 * 230 - 1)
+    assert not made()[1].keep_loaded
+
+
 def _flaky_counts(pbmc_small, fail_on: int):
     counts = CountMatrix(pbmc_small)
     calls = {"n": 0}

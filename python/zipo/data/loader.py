@@ -44,8 +44,9 @@ class CellBatches:
     each batch with several chunks: with ``chunk_size=1`` it is a plain permutation; larger
     chunks turn the reads of an on-disk (backed) matrix into a few contiguous slices.
     With ``prefetch > 0`` a background thread prepares the next batches while the model trains
-    on the current one (in passes of more than one batch); ``keep_loaded=True`` keeps the
-    first whole pass's batches (on ``device``) and yields them again on every later pass; ``wait_seconds`` accumulates the time the consumer waited for data.
+    on the current one (in passes of more than one batch); ``wait_seconds`` accumulates the
+    time the consumer waited for data. ``keep_loaded=True`` keeps the first whole pass's
+    batches (on ``device``) and yields them again on every later pass.
     """
 
     def __init__(

@@ -58,11 +58,11 @@ def binomial(n: torch.Tensor, p: float, generator: torch.Generator, rounds: int 
     their remaining trials (exact: trials are independent)."""
     if p > 0.5:
         return n - binomial(n, 1 - p, generator, rounds)
-    successes = torch.zeros_like(n)
-    if p <= 0:
-        return successes
-    open_idx = torch.arange(n.numel(), device=n.device)
     trials_left = n.reshape(-1)
+    successes = torch.zeros_like(trials_left)  # flat, whatever the layout of n
+    if p <= 0:
+        return successes.view(n.shape)
+    open_idx = torch.arange(len(trials_left), device=n.device)
     per_log_u = 1.0 / math.log1p(-p)
     for _ in range(rounds):
         u = torch.rand(trials_left.shape, generator=generator, device=n.device, dtype=n.dtype)
@@ -71,10 +71,10 @@ def binomial(n: torch.Tensor, p: float, generator: torch.Generator, rounds: int 
         hit = torch.nonzero(trials_left >= 0).squeeze(1)
         open_idx, trials_left = open_idx[hit], trials_left[hit]
         if not len(open_idx):
-            return successes
-        successes.view(-1).index_add_(0, open_idx, torch.ones_like(trials_left))
+            return successes.view(n.shape)
+        successes.index_add_(0, open_idx, torch.ones_like(trials_left))
     rest = torch.binomial(trials_left, torch.full_like(trials_left, p), generator=generator)
-    return successes.view(-1).index_add_(0, open_idx, rest).view_as(n)
+    return successes.index_add_(0, open_idx, rest).view(n.shape)
 
 
 def _poisson_nll_sum(log_rate: torch.Tensor, target: torch.Tensor) -> float:
