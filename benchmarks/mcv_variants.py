@@ -55,8 +55,8 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
     adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
     started = time.perf_counter()
-    model = zipo.ZiPo(adata, seed=seed, verbose=False, device="cpu", max_epochs=max_epochs,
-                      **options).train()
+    options = {"device": "cpu", **options}  # a variant may name device=cuda
+    model = zipo.ZiPo(adata, seed=seed, verbose=False, max_epochs=max_epochs, **options).train()
     fit_seconds = time.perf_counter() - started
     pred = model.denoise(adata, expectation="rate", copy=True).layers["zipo_denoised"]
     full = P.mean_baseline(np.asarray(x1.sum(axis=1)).ravel(), P.gene_proportions(x1))

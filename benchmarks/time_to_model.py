@@ -36,22 +36,25 @@ SCVI_SCRIPT = r"""
 import json, sys, time
 import anndata as ad, numpy as np, scvi, torch
 from scvi.model._utils import get_max_epochs_heuristic
-path, threads, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, threads, epochs, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(threads)
+if device == "cuda":  # start CUDA before the clock, as ZiPo's model does in its constructor
+    torch.zeros(1, device=device)
 scvi.settings.seed, scvi.settings.num_threads, scvi.settings.dl_num_workers = 0, threads, 0
 adata = ad.read_h5ad(path)
 scvi.model.SCVI.setup_anndata(adata)
 model = scvi.model.SCVI(adata)
 rule = get_max_epochs_heuristic(adata.n_obs)
+accelerator = "gpu" if device == "cuda" else "cpu"
 started = time.perf_counter()
-model.train(max_epochs=epochs or rule, accelerator="cpu", devices=1, enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False)
+model.train(max_epochs=epochs or rule, accelerator=accelerator, devices=1,
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "epochs": len(model.history["elbo_train"]), "rule": rule}))
 """
 
 
-def time_zipo(adata, epochs: int, options: dict | None = None) -> dict:
+def time_zipo(adata, epochs: int, options: dict | None = None, device: str = "cpu") -> dict:
     # torch.optim loads torch._dynamo on its first optimiser (0.8-1.4 s). `import scvi` loads
     # it before scVI's clock starts, so it is loaded here too: both clocks time training only.
     import torch._dynamo  # noqa: F401
@@ -61,7 +64,7 @@ def time_zipo(adata, epochs: int, options: dict | None = None) -> dict:
     options = dict(options or {})
     if epochs:
         options.update(max_epochs=epochs, early_stopping_patience=10**6)
-    model = zipo.ZiPo(adata, seed=0, verbose=False, device="cpu", **options)
+    model = zipo.ZiPo(adata, seed=0, verbose=False, device=device, **options)
     started = time.perf_counter()
     model.train()
     seconds = time.perf_counter() - started
@@ -70,7 +73,7 @@ def time_zipo(adata, epochs: int, options: dict | None = None) -> dict:
             "per_epoch": float(np.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch))}
 
 
-def time_scvi(adata, epochs: int, threads: int) -> dict:
+def time_scvi(adata, epochs: int, threads: int, device: str = "cpu") -> dict:
     from .venvs import python
 
     exe = python("scvi")
@@ -80,7 +83,7 @@ def time_scvi(adata, epochs: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "counts.h5ad"
         adata.write_h5ad(path)
-        done = subprocess.run([str(exe), "-c", SCVI_SCRIPT, str(path), str(threads), str(epochs)],
+        done = subprocess.run([str(exe), "-c", SCVI_SCRIPT, str(path), str(threads), str(epochs), device],
                               capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"scVI failed:\n{done.stderr[-3000:]}")
@@ -107,6 +110,9 @@ def main(argv=None) -> None:
                     help="without --epochs: scVI's epochs to time and project to its fixed rule, "
                          "one per --genes entry (0: train it to its rule)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where both train (cuda: scVI's accelerator='gpu', ZiPo's defaults "
+                         "incl. bfloat16 mixed precision)")
     ap.add_argument("--zipo-options", nargs="*", default=[], metavar="KEY=VALUE",
                     help="zipo options other than its defaults (e.g. likelihood=zinb)")
     ap.add_argument("--skip-scvi", action="store_true", help="time ZiPo only")
@@ -126,7 +132,9 @@ def main(argv=None) -> None:
     mode = f"{args.epochs} epochs timed, projected" if args.epochs else "trained to stop"
     if args.scvi_epochs:
         mode += "; scVI projected where it timed fewer epochs than its rule"
-    print(f"{args.dataset}, time to a trained model ({mode}), {args.threads} threads, "
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"{args.threads} threads")
+    print(f"{args.dataset}, time to a trained model ({mode}), {where}, "
           f"torch {torch.__version__}; zipo options {zipo_options or 'defaults'}")
     print("| genes | method | epochs timed | s/epoch | epochs to stop | time to model (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -137,8 +145,8 @@ def main(argv=None) -> None:
         adata.var_names = [str(g) for g in ds.genes]
         scvi_epochs = args.epochs or (args.scvi_epochs[i] if args.scvi_epochs else 0)
         for method in ("zipo",) if args.skip_scvi else ("zipo", "scvi"):
-            rec = (time_zipo(adata, args.epochs, zipo_options) if method == "zipo"
-                   else time_scvi(adata, scvi_epochs, args.threads))
+            rec = (time_zipo(adata, args.epochs, zipo_options, args.device) if method == "zipo"
+                   else time_scvi(adata, scvi_epochs, args.threads, args.device))
             if method == "scvi" and scvi_epochs:
                 stop, total = rec["rule"], rec["per_epoch"] * rec["rule"]
             elif not args.epochs:

@@ -23,6 +23,7 @@ os.environ.setdefault("XDG_CACHE_HOME", str(_SANDBOX / "cache"))
 
 import anndata as ad  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PBMC_SMALL = DATA_DIR / "pbmc_small.h5ad"
@@ -54,6 +55,19 @@ def small_model(adata, **options):
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+# The suite's figures are CPU figures (bit-identical save/load round trips, reloads on the CPU):
+# on a machine with CUDA, device="auto" would train every test's model on the GPU. CUDA stays
+# hidden in this process, except from tests/test_gpu.py, which covers it (`_real_cuda`).
+REAL_CUDA_IS_AVAILABLE = torch.cuda.is_available
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_suite():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        yield
 
 
 @pytest.fixture(scope="session")

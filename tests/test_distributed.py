@@ -22,7 +22,8 @@ from zipo.nn.batchnorm import SyncBatchNorm1d
 # own cells, so 2 processes match 1 statistically but not step for step.
 OPTIONS = {"train.max_epochs": 3, "train.batch_size": 24, "train.seed": 5,
            "model.encoder_dims": [32, 8], "train.first_layer": "dense", "train.verbose": False,
-           "train.objective_heldout": 0.0, "train.heldout_molecules": 0.0}
+           "train.objective_heldout": 0.0, "train.heldout_molecules": 0.0,
+           "train.device": "cpu"}  # gloo on the CPU also where CUDA is present
 
 
 def _set_flags(options):
@@ -181,3 +182,28 @@ def test_nproc_must_be_positive(pbmc_small, tmp_path, capsys):
     pbmc_small.write_h5ad(data)
     assert cli.main(["train", str(data), "--out", str(tmp_path / "m"), "--nproc", "0"]) == 2
     assert "--nproc must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2])
+def test_each_process_gets_a_gpu_of_its_own_or_trains_on_the_cpu(monkeypatch, gpus):
+    """``--nproc 2`` on a machine with one GPU: 'auto' trains on the CPU (NCCL runs one process
+    per GPU, and the second process's cuda:1 does not exist); 'cuda' is refused before any
+    process joins the group, with the fix in the message."""
+    from zipo.train.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device("auto").type == ("cuda" if gpus >= 2 else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    if gpus == 1:
+        with pytest.raises(ValueError, match=r"2 processes .* has 1; use at most 1 processes"):
+            resolve_device("cuda")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # two machines of one GPU each (torchrun)
+        assert resolve_device("auto").type == resolve_device("cuda").type == "cuda"
+    elif gpus == 0:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    else:
+        assert resolve_device("cuda").type == "cuda"

@@ -18,13 +18,19 @@ from zipo.nn.network import ZiPoNetwork
 
 from benchmarks.scale import choose_first_layer
 
-from conftest import SMALL_ENCODER
+from conftest import REAL_CUDA_IS_AVAILABLE, SMALL_ENCODER
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 DEVICE = "cuda"
 LOSSES = ["train_loss", "train_nll", "validation_loss", "validation_nll"]
 LAYERS = ("zipo_denoised", "zipo_zero_prob")
+
+
+@pytest.fixture(autouse=True)
+def _real_cuda(monkeypatch):
+    """The rest of the suite runs with CUDA hidden (conftest's `_cpu_suite`); these tests see it."""
+    monkeypatch.setattr(torch.cuda, "is_available", REAL_CUDA_IS_AVAILABLE)
 
 
 def _gpu_model(adata, **options):

@@ -22,12 +22,25 @@ from torch import nn
 from ..nn.batchnorm import convert_batchnorm
 
 
+def _local_processes() -> int:
+    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE; :func:`spawn` sets it)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; refuses CUDA where there is none."""
+    """``auto`` -> CUDA when every process on this machine can have a GPU of its own, else
+    CPU; refuses CUDA where there is none, or too few GPUs for the processes."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    processes = _local_processes()
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        # NCCL runs one process per GPU: more processes than GPUs train on the CPU (gloo)
+        return torch.device("cuda" if gpus >= processes else "cpu")
+    if device.startswith("cuda") and not gpus:
         raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+    if device == "cuda" and processes > gpus:
+        raise ValueError(f"device='cuda' with {processes} processes on this machine needs a GPU "
+                         f"for each, but it has {gpus}; use at most {gpus} processes (--nproc), "
+                         "or device='cpu' (or 'auto', which then trains on the CPU)")
     return torch.device(device)
 
 
@@ -84,7 +97,7 @@ def _free_port() -> int:
 
 def _worker(rank: int, nproc: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc))
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
     try:
         fn(*args)
         if dist.is_initialized():
