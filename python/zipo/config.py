@@ -165,7 +165,8 @@ class TrainConfig:
     where it was measured to be faster (``benchmarks/scale.py``). Inference reads densely
     unless this is ``sparse``."""
     mixed_precision: bool = True
-    """On CUDA, run the encoder in bfloat16 (the decoder heads and likelihood stay float32)."""
+    """On CUDA, train the encoder in bfloat16 (the decoder heads and likelihood stay float32);
+    validation and inference run in float32."""
     prefetch: int = 2
     """Batches a background thread prepares ahead of the training step (0: none), in passes
     of more than one batch."""

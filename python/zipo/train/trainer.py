@@ -270,8 +270,7 @@ class Trainer:
             row = self._epoch(epoch, lr)
             if self.val_batches is not None:
                 row["validation_loss"], row["validation_nll"] = evaluate(
-                    self.forward, self.val_batches, self.model_config, self.autocast
-                )
+                    self.forward, self.val_batches, self.model_config)
                 if self.heldout_molecules is not None:
                     row.update(self.heldout_molecules.nll(self.forward))
             row["learning_rate"] = lr
