@@ -18,6 +18,7 @@ stop are known in advance, ZiPo's are not. Run it alone: other jobs on the cores
 figure.
 
     python -m benchmarks.time_to_model --genes 2000 0 --scvi-epochs 0 20   # the RESULTS.md table
+    python -m benchmarks.time_to_model --device cuda --scvi-epochs 0 100   # both on a GPU
 """
 
 from __future__ import annotations
