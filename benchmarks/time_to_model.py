@@ -84,8 +84,9 @@ def time_scvi(adata, epochs: int, threads: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "counts.h5ad"
         adata.write_h5ad(path)
-        done = subprocess.run([str(exe), "-c", SCVI_SCRIPT, str(path), str(threads), str(epochs), device],
-                              capture_output=True, text=True, check=False)
+        args = [str(path), str(threads), str(epochs), device]
+        done = subprocess.run([str(exe), "-c", SCVI_SCRIPT, *args], capture_output=True, text=True,
+                              check=False)
     if done.returncode != 0:
         raise SystemExit(f"scVI failed:\n{done.stderr[-3000:]}")
     rec = json.loads(done.stdout.strip().splitlines()[-1])
