@@ -123,9 +123,11 @@ def log_prob(
     """Element-wise log P(x) of the (zero-inflated) Poisson/NB mixture.
 
     P(x) = z delta_0(x) + (1 - z) exp f(x), with r = logit z and f the Poisson (``log_theta``
-    None) or NB log-pmf:
+    None) or NB log-pmf::
+
       x = 0: log P = logsigmoid(-r) + logaddexp(r, f(0))
       x > 0: log P = logsigmoid(-r) + f(x)
+
     ``logit_z=None`` is the limit r -> -inf (no zero inflation). The arguments broadcast.
     """
     params = [t for t in (log_m, logit_z, log_theta) if t is not None]

@@ -212,7 +212,7 @@ def program_names(n: int) -> list[str]:
 
 def program_weights(network, min_weight: float) -> np.ndarray:
     """First-layer weights (neurons x genes, float32), with those below ``min_weight`` times
-    their neuron's largest |weight| set to zero."""
+    their neuron's largest ``|weight|`` set to zero."""
     min_weight = float(min_weight)
     if not (math.isfinite(min_weight) and 0 <= min_weight <= 1):
         raise ValueError(f"min_weight must be in [0, 1] (a fraction of each program's largest "
@@ -247,8 +247,8 @@ def gene_programs(model, adata=None, min_weight: float = 0.0, key_added: str = "
     """Each first-layer neuron as a signed gene set ("program_0007" = neuron 7).
 
     Returns a long DataFrame with columns ``program``, ``gene``, ``weight`` (signed),
-    ``abs_weight`` and ``rank`` (1 = largest |weight| in its program), non-zero weights only,
-    sorted by program then |weight| descending. ``min_weight`` in [0, 1] keeps only weights
+    ``abs_weight`` and ``rank`` (1 = largest ``|weight|`` in its program), non-zero weights only,
+    sorted by program then ``|weight|`` descending. ``min_weight`` in [0, 1] keeps only weights
     with ``|W_ig| >= min_weight * max_g |W_ig|`` (relative, like the pruning delta).
 
     Also writes into ``adata`` (default: the training data, if the model has it; genes in
@@ -286,7 +286,7 @@ def _clean(text: str) -> str:
 
 
 def write_gmt(model, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
-    """Write the non-empty programs as a GMT file (name, description, genes by |weight|
+    """Write the non-empty programs as a GMT file (name, description, genes by ``|weight|``
     descending; at most ``top_n`` genes each), atomically. Returns the path."""
     if top_n is not None and (int(top_n) != top_n or top_n < 1):
         raise ValueError(f"top_n must be a positive whole number or None, got {top_n!r}")
