@@ -181,6 +181,33 @@ class TrainConfig:
 
 @dataclass
 class ZiPoConfig:
+    """Every option of a model and its training, in three sections.
+
+    Build one with :func:`~zipo.config.resolve_config` (preset, then file, then options),
+    :func:`~zipo.load_config` (a TOML file) or ``ZiPoConfig()`` (the defaults), and pass it
+    as ``ZiPo(adata, config=cfg)``. ``zipo config`` prints every option with its default, as
+    a TOML file. Names and types are checked when set: an unknown key or a wrong type is
+    refused with a message naming it.
+
+    Parameters
+    ----------
+    data
+        Where the counts are and which ``adata.obs`` columns are covariates
+        (:class:`DataConfig`, the ``[data]`` table).
+    model
+        Network shape, likelihood and penalties (:class:`ModelConfig`, ``[model]``).
+    train
+        Optimiser, schedule, stopping rule and devices (:class:`TrainConfig`, ``[train]``).
+
+    Examples
+    --------
+    >>> cfg = ZiPoConfig()
+    >>> cfg.set_option("model.alpha_z", 0.5)
+    >>> cfg.train.max_epochs = 100  # not checked until validate(); set_option checks at once
+    >>> cfg.to_dict()["model"]["alpha_z"]
+    0.5
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

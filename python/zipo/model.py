@@ -109,15 +109,48 @@ class ZiPo(SaveLoadMixin):
               checkpoint_dir: str | Path | None = None, resume: bool = False,
               callback: Callable[[Trainer], None] | None = None, **options: Any) -> "ZiPo":
         """Train on the AnnData given at construction (Adam, early stopping on held-out cells'
-        held-out molecules); again, it continues from the current weights. Returns ``self``.
+        held-out molecules); again, it continues from the current weights.
 
-        With ``checkpoint_dir``, the whole training state (weights, optimiser, schedule,
-        early-stopping record, shuffling RNG) is written there atomically every
-        ``checkpoint_every`` epochs; ``resume=True`` continues from the last checkpoint, so a
-        killed run ends with the same weights as an uninterrupted one (CPU, same seed).
+        Arguments left at ``None`` keep the model's configuration (``self.config.train``);
+        those given are written into it, so the saved config says how the model was trained.
 
-        ``callback(trainer)`` is called after every epoch (``trainer.history[-1]`` is that
-        epoch's row); an exception it raises stops training, e.g. Optuna's ``TrialPruned``."""
+        Parameters
+        ----------
+        max_epochs
+            Most passes over the training cells (default 300); training usually stops sooner,
+            at the learning-rate plateau's second cut or by early stopping.
+        batch_size
+            Cells per mini-batch (default 256; at least 2, for batch norm).
+        device
+            ``"auto"`` (default: CUDA when every process on the machine can have a GPU of its
+            own, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        validation_fraction
+            Fraction of the cells held out to watch training (default 0.1); the schedule and
+            early stopping watch the held-out molecules of these cells.
+        seed
+            Seeds the initial weights, the validation split, the shuffling and the molecule
+            splits: the same seed gives the same model on the same CPU.
+        verbose
+            Show a progress bar with each epoch's losses.
+        checkpoint_dir
+            Write the whole training state (weights, optimiser, schedule, early-stopping
+            record, random streams) there atomically every ``checkpoint_every`` epochs.
+        resume
+            Continue from the last checkpoint in ``checkpoint_dir``: a killed run ends with
+            the same weights as an uninterrupted one (CPU, same seed).
+        callback
+            Called as ``callback(trainer)`` after every epoch (``trainer.history[-1]`` is that
+            epoch's row); an exception it raises stops training, e.g. Optuna's
+            ``TrialPruned``.
+        **options
+            Any other option of :class:`~zipo.config.TrainConfig` by name
+            (``learning_rate``, ``early_stopping_patience``...).
+
+        Returns
+        -------
+        ZiPo
+            ``self``, trained: ``history`` holds one row per epoch, and the weights are those
+            of the best epoch."""
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir the run was writing to")
         self.config.set_options({"max_epochs": max_epochs, "batch_size": batch_size,
@@ -257,39 +290,61 @@ class ZiPo(SaveLoadMixin):
 
         By default they are written into ``adata``: ``layers[f"{key_added}_denoised"]`` (cells x
         genes, float32), ``obsm[f"X_{key_added}"]`` (latents), ``obs[f"{key_added}_library_size"]``
-        (l: predicted by LibNet or taken from the counts, ``model.library``), and with
+        (l: taken from the counts or predicted by LibNet, ``model.library``), and with
         ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
 
-        ``expectation``: ``"posterior"`` (default: E[rate | the cell's counts], the rate
-        ``l * mu`` updated by each count as far as the fitted dispersion allows; the rate itself
-        under ZIP/Poisson), ``"rate"`` (``l * mu``), ``"mixture"`` (``(1 - z) l mu``) or
-        ``"lognorm"`` (E[log1p(target_sum * X / l)], a ``logcounts``-style value); ``depth``
-        predicts a measurement at ``depth`` x each cell's library size. See
-        :data:`zipo.outputs.EXPECTATIONS`.
+        Parameters
+        ----------
+        adata
+            Cells to denoise, with the model's genes in any order (default: the training
+            data). Counts as for :class:`ZiPo`: sparse, dense or backed.
+        expectation
+            What "denoised" means (:data:`zipo.outputs.EXPECTATIONS`): ``"posterior"``
+            (default), E[rate | the cell's counts], the rate ``l * mu`` updated by each count
+            as far as the fitted dispersion allows (the rate itself under ZIP/Poisson);
+            ``"rate"``, ``l * mu``, for imputing entries known to be corrupted;
+            ``"mixture"``, ``(1 - z) l mu``, the mean of the whole zero-inflated distribution;
+            ``"lognorm"``, E[log1p(target_sum * X / l)], a ``logcounts``-style value.
+        zero_inflation
+            Also write the zero-inflation probabilities z.
+        key_added
+            Prefix of the names written (``zipo``).
+        batch_size
+            Cells per batch of inference (default: the training batch size).
+        copy
+            Return a new AnnData with the outputs instead of writing into ``adata``.
+        covariate_values
+            Predict every cell as if its covariates had these values, e.g.
+            ``{"batch": "donor1"}`` gives batch-corrected counts with donor1 as the reference
+            (the latents do not depend on covariates, so they are unchanged). With
+            ``expectation="posterior"`` each cell keeps its count-given deviation from the rate
+            at its own covariates, times the ratio of the reference's rate to its own.
+            Covariates that ``adata.obs`` lacks are taken to be the cells' own values.
+        genes
+            Denoise only these genes; in memory they go to ``obsm[f"{key_added}_denoised"]``
+            (a DataFrame, cells x these genes), in ``out`` the file's genes are these genes.
+        out
+            Stream everything to this new ``.h5ad`` file, one batch at a time (written to a
+            temporary file, renamed when complete); ``adata`` is not modified. The file's
+            ``X`` holds the denoised counts, with obs (+ library sizes), var and the latents in
+            ``obsm``. For data too large for a cells x genes matrix in memory (a million
+            cells x 20,000 genes is 80 GB). With ``zero_inflation=True`` the file also holds
+            ``layers[f"{key_added}_zero_prob"]``, which anndata loads into memory when the file
+            is opened.
+        denoised
+            ``False`` writes only the latents and library sizes (cells x latents in memory).
+        overwrite
+            Replace an existing ``out`` file.
+        target_sum
+            The scale of ``expectation="lognorm"`` (1e4, as scanpy's ``normalize_total``).
+        depth
+            Predict a measurement at ``depth`` x each cell's library size (default 1).
 
-        ``covariate_values`` predicts every cell as if its covariates had these values, e.g.
-        ``{"batch": "donor1"}`` gives batch-corrected expected counts with donor1 as the
-        reference (the latents do not depend on covariates, so they are unchanged). With
-        ``expectation="posterior"`` each cell keeps its count-given deviation from the rate at
-        its own covariates, times the ratio of the reference's rate to its own. Covariates that
-        ``adata.obs`` lacks are taken to be the cells' own values.
-
-        For data too large for a cells x genes matrix in memory (a million cells x 20,000 genes
-        is 80 GB), choose what is kept:
-
-        - ``out="denoised.h5ad"``: stream everything to a new ``.h5ad`` file, one batch at a
-          time (written to a temporary file, renamed when complete). ``adata`` is not modified.
-          The file's ``X`` holds the denoised counts, with obs (+ library sizes), var and the
-          latents in ``obsm``; it is returned opened backed, so ``X`` stays on disk (anndata
-          loads obs, obsm and layers, so ``zero_inflation=True`` puts a second cells x genes
-          matrix, ``layers[f"{key_added}_zero_prob"]``, in memory when the file is opened).
-        - ``genes=[...]``: denoise only these genes; in memory they go to
-          ``obsm[f"{key_added}_denoised"]`` (a DataFrame, cells x these genes), in ``out`` the
-          file's genes are these genes.
-        - ``denoised=False``: only the latents and library sizes (cells x latents in memory).
-
-        Returns the AnnData when ``copy=True``, the backed output AnnData with ``out``, else
-        None (the input is modified).
+        Returns
+        -------
+        AnnData or None
+            The AnnData when ``copy=True``; the output AnnData, opened backed (``X`` stays on
+            disk), with ``out``; else None (``adata`` is modified).
         """
         self._require_trained()
         adata = self.adata if adata is None else adata
@@ -388,9 +443,38 @@ def denoise(adata, layer: str | None = None, covariates: list[str] | None = None
             covariate_values: dict[str, Any] | None = None, **options: Any):
     """Train a ZiPo model on ``adata`` and write its denoised counts into it, in one call.
 
-    ``options`` are any config options (``max_epochs``, ``seed``, ``alpha_mmd``, ...);
-    ``covariate_values`` and what is written as in :meth:`ZiPo.denoise`. Returns the AnnData
-    when ``copy=True``, the model when ``return_model=True`` (both: a tuple), else None."""
+    The same as ``ZiPo(adata, ...).train()`` followed by ``model.denoise(adata, ...)``.
+
+    Parameters
+    ----------
+    adata
+        AnnData of raw counts, cells x genes (see :class:`ZiPo`).
+    layer
+        Layer with the raw counts; ``None`` uses ``adata.X``.
+    covariates
+        ``adata.obs`` columns given to the decoder beside the latents (see :class:`ZiPo`).
+    likelihood
+        ``"zinb"`` (default), ``"zip"`` (the paper's), ``"poisson"`` or ``"nb"``.
+    expectation
+        What is written as the denoised counts: ``"posterior"`` (default), ``"rate"``,
+        ``"mixture"`` or ``"lognorm"`` (see :meth:`ZiPo.denoise`).
+    zero_inflation
+        Also write the zero-inflation probabilities, ``layers["zipo_zero_prob"]``.
+    copy
+        Return a new AnnData with the outputs instead of writing into ``adata``.
+    return_model
+        Also return the trained model (to save it, or denoise other cells with it).
+    covariate_values
+        Predict every cell at these covariate values (see :meth:`ZiPo.denoise`).
+    **options
+        Any config option by name, for the model and its training (``max_epochs``,
+        ``seed``, ``alpha_mmd``, ``preset``, ``config``...; see :class:`ZiPoConfig`).
+
+    Returns
+    -------
+    AnnData, ZiPo, tuple or None
+        The AnnData when ``copy=True``, the model when ``return_model=True`` (both: a tuple
+        ``(adata, model)``), else None (``adata`` is modified)."""
     model = ZiPo(adata, layer=layer, covariates=covariates, likelihood=likelihood, **options)
     model.train()
     result = model.denoise(adata, expectation=expectation, zero_inflation=zero_inflation, copy=copy,
