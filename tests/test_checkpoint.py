@@ -124,3 +124,29 @@ def test_nan_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_pa
     weights = model.network.first_layer.weight
     assert torch.isfinite(weights).all()
     assert torch.equal(weights, state["trainer"]["stopper"]["best_state"]["encoder.0.0.weight"])
+
+
+def test_a_checkpoint_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Rounds of at most 3 steps cut an epoch of 8 batches in three, and a checkpoint comes
+    after every round: a run stopped after round 4 (in the middle of epoch 2) resumes there,
+    skipping the batches it took, and ends as the uninterrupted run does."""
+    options = {**OPTIONS, "max_epochs": 3, "batch_size": 64, "validation_interval": 3}
+    adata = demo_subset()[:600].copy()  # 540 training cells: 9 steps an epoch, 3 rounds
+
+    def stop_after_round_4(trainer):
+        if len(trainer.history) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zipo.ZiPo(adata, **options).train(checkpoint_dir=tmp_path, callback=stop_after_round_4)
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["trainer"]
+    assert (saved["epoch"], saved["epoch_step"], saved["steps"]) == (1, 3, 12)
+
+    resumed = zipo.ZiPo(adata, **options).train(checkpoint_dir=tmp_path, resume=True)
+    straight = zipo.ZiPo(adata, **options).train()
+    assert list(straight.history["step"]) == [3, 6, 9, 12, 15, 18, 21, 24, 27]
+    np.testing.assert_array_equal(resumed.history["validation_heldout_nll"],
+                                  straight.history["validation_heldout_nll"])
+    a, b = final_state(resumed), final_state(straight)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

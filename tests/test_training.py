@@ -18,7 +18,7 @@ from zipo.train.trainer import monitored_column
 from conftest import SMALL_ENCODER
 
 HISTORY_COLUMNS = [
-    "epoch", "train_loss", "train_nll", "validation_loss", "validation_nll",
+    "epoch", "step", "train_loss", "train_nll", "validation_loss", "validation_nll",
     "validation_heldout_nll", "learning_rate", "seconds", "data_wait_seconds",
 ]
 
@@ -132,7 +132,8 @@ def test_history_columns_and_values(trained_model):
 def test_history_without_validation(pbmc_small):
     model = _small_model(pbmc_small, max_epochs=2, validation_fraction=0.0).train()
     assert list(model.history.columns) == [
-        "epoch", "train_loss", "train_nll", "learning_rate", "seconds", "data_wait_seconds"]
+        "epoch", "step", "train_loss", "train_nll", "learning_rate", "seconds",
+        "data_wait_seconds"]
     with pytest.raises(ValueError, match="no validation split"):
         model.baseline_nll()
 
@@ -142,7 +143,54 @@ def test_continued_training_appends_history(pbmc_small):
     first = model.history.copy()
     model.train(max_epochs=2)
     assert list(model.history["epoch"]) == [1, 2, 3, 4]
+    assert list(model.history["step"]) == [3, 6, 9, 12]  # 72 training cells, batches of 32
     pd.testing.assert_frame_equal(model.history.iloc[:2], first)
+
+
+def test_rounds_cut_long_epochs_and_leave_short_ones_alone(pbmc_small):
+    from zipo.train.trainer import round_ends
+
+    assert round_ends(8, 100) == [8]
+    assert round_ends(352, 100) == [88, 176, 264, 352]
+    assert round_ends(3, 1) == [1, 2, 3] and round_ends(3, 2) == [2, 3]
+    # 72 training cells in batches of 32: 3 steps an epoch. A round of at most one step
+    # validates after every step; the history counts epochs in thirds.
+    model = _small_model(pbmc_small, validation_interval=1, max_epochs=2).train()
+    h = model.history
+    np.testing.assert_allclose(h["epoch"], [1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    assert list(h["step"]) == [1, 2, 3, 4, 5, 6]
+    assert np.all(np.isfinite(h["validation_heldout_nll"]))
+    # where an epoch fits in a round nothing changes, to the bit
+    a = _small_model(pbmc_small, validation_interval=3).train().history
+    b = _small_model(pbmc_small, validation_interval=10**6).train().history
+    pd.testing.assert_frame_equal(a.drop(columns=["seconds", "data_wait_seconds"]),
+                                  b.drop(columns=["seconds", "data_wait_seconds"]))
+
+
+def test_plateau_and_early_stopping_count_rounds(pbmc_small):
+    # Patience 1 round with a 50% threshold at one step a round: the plateau cuts after rounds
+    # 3 and 5, mid-epoch, and the second cut ends training there (not at an epoch's end).
+    model = _small_model(pbmc_small, validation_interval=1, max_epochs=8, plateau_patience=1,
+                         plateau_threshold=0.5, early_stopping_patience=100,
+                         patience_min_steps=0).train()
+    h = model.history
+    np.testing.assert_allclose(h["learning_rate"], [1e-3] * 3 + [1e-4] * 2)
+    assert list(h["step"]) == [1, 2, 3, 4, 5]
+    assert h["epoch"].iloc[-1] == pytest.approx(5 / 3)
+
+
+def test_validation_cells_are_capped(pbmc_small):
+    rng = np.random.default_rng(0)
+    train, val = split_cells(1000, 0.1, rng, max_validation=40)
+    assert len(val) == 40 and len(train) == 960
+    assert len(split_cells(1000, 0.1, np.random.default_rng(0))[1]) == 100
+    # uncapped splits draw as before: the same cells for the same seed
+    np.testing.assert_array_equal(split_cells(80, 0.1, np.random.default_rng(3), 1000)[1],
+                                  split_cells(80, 0.1, np.random.default_rng(3))[1])
+    model = _small_model(pbmc_small, validation_max_cells=5, max_epochs=1).train()
+    assert len(model.validation_indices) == 5
+    with pytest.raises(ValueError, match="validation_max_cells"):
+        _small_model(pbmc_small, validation_max_cells=-1)
 
 
 def test_learning_rate_schedule_follows_the_paper(pbmc_small):

@@ -122,6 +122,15 @@ class TrainConfig:
     max_epochs: int = 300
     batch_size: int = 256
     validation_fraction: float = 0.1
+    validation_max_cells: int = 4096
+    """At most this many cells are held out for validation (0: no cap), so that validating
+    costs the same from 41,000 cells up instead of growing with the data; the rest train."""
+    validation_interval: int = 100
+    """Most optimiser steps between validations. An epoch longer than this is cut into equal
+    *rounds* of at most this many steps, and the plateau, early stopping, their patiences,
+    ``checkpoint_every`` and the history count rounds: a large dataset is watched several
+    times a pass and stops within a few passes once it has converged. Where an epoch is at
+    most this long (up to ~28,000 cells at batch 256) a round is an epoch."""
     learning_rate: float = 0.001
     """Starting learning rate; 0.0212 is the paper's schedule (x0.9 per epoch down to
     ``lr_min``), which on PBMC 4k let zero inflation explain most zeros (README)."""
@@ -129,12 +138,15 @@ class TrainConfig:
     """Multiplied into the learning rate every epoch until it reaches ``lr_min``."""
     lr_min: float = 0.001
     plateau_patience: int = 15
+    """Rounds (epochs on data of up to ``validation_interval`` steps an epoch) without
+    progress before the plateau cuts the learning rate."""
     plateau_threshold: float = 0.001
     """Relative improvement in validation loss that counts as progress (0.1%)."""
     plateau_factor: float = 0.1
     plateau_stop: int = 2
     """Training also ends at the plateau's n-th learning-rate cut (0: never), best weights kept."""
     early_stopping_patience: int = 30
+    """Rounds without progress before training stops."""
     early_stopping_threshold: float = 0.0
     """Relative improvement on the best epoch that early stopping counts as progress (0: any).
     Smaller gains still update the weights a trained model keeps."""
@@ -157,7 +169,8 @@ class TrainConfig:
     pay). 0 is the paper's objective (``preset="paper"``): reconstruct all counts."""
     seed: int = 0
     checkpoint_every: int = 10
-    """Epochs between checkpoints when training with a checkpoint directory."""
+    """Rounds (epochs on smaller data, see ``validation_interval``) between checkpoints when
+    training with a checkpoint directory; a checkpoint may fall mid-epoch."""
     device: str = "auto"
     first_layer: str = "auto"
     """How the first encoder layer reads a batch: ``sparse`` (cost grows with the batch's
@@ -284,6 +297,9 @@ class ZiPoConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(t, name)}")
         if t.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 cells), got {t.batch_size}")
+        if t.validation_interval < 1 or t.validation_max_cells < 0:
+            raise ValueError("validation_interval must be >= 1 and validation_max_cells >= 0 "
+                             f"(got {t.validation_interval} and {t.validation_max_cells})")
         if t.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {t.checkpoint_every}")
         if t.max_epochs < 1:

@@ -164,7 +164,8 @@ class ZiPo(SaveLoadMixin):
         rng = np.random.default_rng(tc.seed)
         counts = CountMatrix(in_model_order(self.adata, self.var_names), self.config.data.layer)
         cov = self.covariate_encoder.transform(self.adata.obs)
-        train_idx, val_idx = split_cells(self.adata.n_obs, tc.validation_fraction, rng)
+        train_idx, val_idx = split_cells(self.adata.n_obs, tc.validation_fraction, rng,
+                                         tc.validation_max_cells)
         if not self.is_trained:
             # seeded now, so the seed given here counts
             self.network = ZiPoNetwork.seeded(len(self.var_names), self.covariate_encoder.width,
@@ -428,7 +429,8 @@ class ZiPo(SaveLoadMixin):
 
     def __repr__(self) -> str:
         m = self.config.model
-        state = f"trained {len(self.history)} epochs" if self.is_trained else "not trained"
+        state = (f"trained {self.history['epoch'].iloc[-1]:.4g} epochs" if self.is_trained
+                 else "not trained")
         cov = f", covariates={self.covariate_encoder.names}" if self.covariate_encoder.specs else ""
         n_params = sum(p.numel() for p in self.network.parameters())
         return (

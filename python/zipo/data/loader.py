@@ -15,10 +15,14 @@ import torch
 from .counts import CountMatrix
 
 
-def split_cells(n_obs: int, validation_fraction: float, rng: np.random.Generator):
-    """Random train/validation split of cell indices (both sorted)."""
+def split_cells(n_obs: int, validation_fraction: float, rng: np.random.Generator,
+                max_validation: int = 0):
+    """Random train/validation split of cell indices (both sorted): ``validation_fraction``
+    of the cells, at most ``max_validation`` of them (0: no cap), held out."""
     perm = rng.permutation(n_obs)
     n_val = int(round(n_obs * validation_fraction))
+    if max_validation:
+        n_val = min(n_val, max_validation)
     if validation_fraction > 0 and n_obs - n_val < 2:
         raise ValueError(f"{n_obs} cells are too few to hold out a validation split")
     if validation_fraction > 0:
@@ -92,9 +96,9 @@ class CellBatches:
         starts = chunks * self.chunk_size
         return np.concatenate([self.indices[a:a + self.chunk_size] for a in starts])
 
-    def _global_batches(self) -> Iterator[np.ndarray]:
+    def _global_batches(self, skip: int = 0) -> Iterator[np.ndarray]:
         order = self.order()
-        for start in range(0, len(order), self.batch_size):
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             if self.shuffle and len(idx) < 2 * self.shard[1]:
                 continue  # batch norm cannot train on one cell; it comes back next epoch
@@ -126,21 +130,22 @@ class CellBatches:
         c = c.pin_memory()
         return x.to(self.device, non_blocking=True), c.to(self.device, non_blocking=True)
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]]:
-        """(counts, covariates, this process's cell indices, global batch size) per step."""
+    def batches(self, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]]:
+        """(counts, covariates, this process's cell indices, global batch size) per step;
+        ``skip`` leaves out the pass's first batches unread (a run resumed mid-epoch)."""
         if self._loaded is not None:
-            yield from self._loaded
+            yield from self._loaded[skip:]
             return
-        kept = [] if self.keep_loaded else None
-        for batch in self._read():
+        kept = [] if self.keep_loaded and not skip else None
+        for batch in self._read(skip):
             if kept is not None:
                 kept.append(batch)
             yield batch
         if kept is not None:  # a whole pass: a consumer that stopped early keeps nothing
             self._loaded = kept
 
-    def _read(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]]:
-        loaded = map(self._load, self._global_batches())
+    def _read(self, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]]:
+        loaded = map(self._load, self._global_batches(skip))
         # A pass of one batch has nothing to overlap its read with: the thread would only
         # cost its start and hand-over (~2 ms an epoch on 100 cells, 3 passes of one batch).
         if self.prefetch > 0 and len(self) > 1:

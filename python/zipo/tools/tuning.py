@@ -168,7 +168,7 @@ def tune(
                 kept = row[monitored_column(row)]
                 if kept < state["best_loss"]:
                     state["best_loss"], state["score"] = kept, row[metric]
-                trial.report(state["score"], row["epoch"])
+                trial.report(state["score"], len(trainer.history))  # rounds: an int step
                 if trial.should_prune():
                     trial.set_user_attr("epochs", row["epoch"])
                     raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")

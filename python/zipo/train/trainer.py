@@ -1,4 +1,10 @@
-"""The epoch loop: learning-rate schedule, early stopping, and the state a checkpoint holds."""
+"""The training loop: learning-rate schedule, early stopping, and the state a checkpoint holds.
+
+Training is counted in optimiser steps, not epochs: validation, the plateau, early stopping
+and checkpoints come every *round* of at most ``train.validation_interval`` steps. On data
+whose epoch is shorter than that a round is an epoch; a large dataset is validated several
+times a pass, so it stops within a few passes once it has converged, and a checkpoint can
+fall mid-epoch."""
 
 from __future__ import annotations
 
@@ -38,10 +44,10 @@ def kept_row(history) -> int:
     return int(history[monitored_column(history)].to_numpy().argmin())
 
 
-def patience_scale(config: TrainConfig, steps_per_epoch: int) -> int:
-    """The factor both patiences are multiplied by so that the plateau's spans at least
-    ``config.patience_min_steps`` optimiser steps (1 where it already does)."""
-    steps = max(config.plateau_patience, 1) * max(steps_per_epoch, 1)
+def patience_scale(config: TrainConfig, steps_per_round: int) -> int:
+    """The factor both patiences (in rounds) are multiplied by so that the plateau's spans at
+    least ``config.patience_min_steps`` optimiser steps (1 where it already does)."""
+    steps = max(config.plateau_patience, 1) * max(steps_per_round, 1)
     return max(1, math.ceil(config.patience_min_steps / steps))
 
 
@@ -49,10 +55,10 @@ class LearningRateSchedule:
     """lr = max(lr0 * decay^epoch, lr_min) * plateau_scale.
 
     With ``learning_rate=0.0212`` this is the paper's warm-down (0.0212 * 0.9^30 ~= 0.001); with
-    the default start of 0.001 it is flat at ``lr_min``. On top of it a
-    reduce-on-plateau multiplies ``plateau_scale`` by ``factor`` after ``patience`` epochs
-    without a relative improvement of ``threshold`` in the monitored loss; ``cuts`` counts
-    those reductions (``plateau_stop`` of them end training).
+    the default start of 0.001 it is flat at ``lr_min``. ``epoch`` (epochs completed) is set by
+    the trainer. On top of it a reduce-on-plateau multiplies ``plateau_scale`` by ``factor``
+    after ``patience`` rounds without a relative improvement of ``threshold`` in the monitored
+    loss; ``cuts`` counts those reductions (``plateau_stop`` of them end training).
     """
 
     def __init__(self, config: TrainConfig, patience: int | None = None):
@@ -61,7 +67,7 @@ class LearningRateSchedule:
         self.epoch = 0
         self.plateau_scale = 1.0
         self.best = math.inf
-        self.bad_epochs = 0
+        self.bad_epochs = 0  # rounds without progress (the name checkpoints carry)
         self.cuts = 0
 
     @property
@@ -70,6 +76,7 @@ class LearningRateSchedule:
         return decayed * self.plateau_scale
 
     def step(self, monitored: float) -> None:
+        """Record one round's monitored loss."""
         if math.isinf(self.best) or monitored < self.best - self.c.plateau_threshold * abs(self.best):
             self.best, self.bad_epochs = monitored, 0
         else:
@@ -78,7 +85,6 @@ class LearningRateSchedule:
                 self.plateau_scale *= self.c.plateau_factor
                 self.bad_epochs = 0
                 self.cuts += 1
-        self.epoch += 1
 
     @property
     def finished(self) -> bool:
@@ -96,9 +102,10 @@ class LearningRateSchedule:
 
 @dataclass
 class EarlyStopping:
-    """Keeps the best epoch's weights, and stops ``patience`` epochs after the last epoch that
+    """Keeps the best round's weights, and stops ``patience`` rounds after the last round that
     improved on the best by more than ``threshold`` (relative): smaller gains still update the
-    weights kept but do not extend training."""
+    weights kept but do not extend training. (``best_epoch`` and ``progress_epoch`` count
+    rounds, which are epochs on data of an epoch up to ``validation_interval`` steps.)"""
 
     patience: int
     threshold: float = 0.0
@@ -108,7 +115,7 @@ class EarlyStopping:
     progress_epoch: int = -1
 
     def update(self, epoch: int, monitored: float, net: torch.nn.Module) -> bool:
-        """Record the epoch; return True when training should stop."""
+        """Record the round; return True when training should stop."""
         if monitored < self.best - self.threshold * abs(self.best) or self.best_epoch < 0:
             self.progress_epoch = epoch
         if monitored < self.best:
@@ -130,10 +137,28 @@ def _snapshot(state: dict, into: dict | None) -> dict:
     return into
 
 
+def round_ends(steps_per_epoch: int, interval: int) -> list[int]:
+    """Steps into an epoch after which a round ends: the epoch cut into the fewest equal
+    rounds of at most ``interval`` steps (one round, the whole epoch, when it is shorter)."""
+    rounds = max(1, math.ceil(steps_per_epoch / max(interval, 1)))
+    return [round(steps_per_epoch * (r + 1) / rounds) for r in range(rounds)]
+
+
+@dataclass
+class _RoundSums:
+    """Cell-weighted sums of the training loss over a round's steps."""
+
+    total: float = 0.0
+    nll: float = 0.0
+    cells: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    data_wait: float = 0.0
+
+
 class Trainer:
-    """The epoch loop and everything it carries between epochs (weights, Adam state, schedule,
-    early-stopping record, history, shuffling RNG), so a run can be checkpointed and resumed
-    exactly where it stopped."""
+    """The training loop and everything it carries between rounds (weights, Adam state,
+    schedule, early-stopping record, history, shuffling RNG, position in the epoch), so a run
+    can be checkpointed and resumed exactly where it stopped, mid-epoch included."""
 
     def __init__(self, net: ZiPoNetwork, train_batches: CellBatches,
                  val_batches: CellBatches | None, model_config: ModelConfig,
@@ -152,13 +177,20 @@ class Trainer:
         # multi-tensor Adam on the genes x 2,048 first layer on CPU (0.07 s against 0.44 s).
         self.optimiser = torch.optim.Adam(net.parameters(), lr=train_config.learning_rate,
                                           fused=_fused_adam_supported(net))
-        scale = patience_scale(train_config, len(train_batches))
+        self.round_ends = round_ends(len(train_batches), train_config.validation_interval)
+        steps_per_round = math.ceil(len(train_batches) / len(self.round_ends))
+        scale = patience_scale(train_config, steps_per_round)
         self.schedule = LearningRateSchedule(train_config, train_config.plateau_patience * scale)
         self.stopper = EarlyStopping(train_config.early_stopping_patience * scale,
                                      train_config.early_stopping_threshold)
         self.history: list[dict] = []
         self.first_layer = "sparse" if train_batches.sparse else "dense"
         self.epoch = 0  # epochs completed
+        self.epoch_step = 0  # steps into the current epoch (a checkpoint may fall mid-epoch)
+        self.steps = 0  # optimiser steps of this run
+        # The shuffling RNG's state when the current epoch drew its order: a run resumed
+        # mid-epoch draws the same order again and skips the steps already taken.
+        self.epoch_shuffle_state = None
         # Draws the per-step molecule splits of train.objective_heldout; one stream per process
         # (rank 0's is the single-process one), so processes do not split their cells alike.
         # The splits therefore depend on how cells are shared out: with the objective on, N
@@ -174,6 +206,8 @@ class Trainer:
         """Plain containers of tensors and numbers only (loadable with ``weights_only=True``)."""
         return {
             "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "steps": self.steps,
             "stopped": self.stopped,
             "first_layer": self.first_layer,
             "network": self.net.state_dict(),
@@ -183,13 +217,17 @@ class Trainer:
                         "best_state": self.stopper.best_state,
                         "progress_epoch": self.stopper.progress_epoch},
             "history": self.history,
-            "shuffle_rng": self.train_batches.rng.bit_generator.state,
+            "shuffle_rng": (self.epoch_shuffle_state if self.epoch_step
+                            else self.train_batches.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
             "split_rng": self.split_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.stopped = state["epoch"], state["stopped"]
+        # checkpoints written before rounds were at epoch ends
+        self.epoch_step = state.get("epoch_step", 0)
+        self.steps = state.get("steps", 0)
         self.net.load_state_dict(state["network"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.schedule.load_state_dict(state["schedule"])
@@ -199,107 +237,154 @@ class Trainer:
         # checkpoints written before early_stopping_threshold: every gain was progress
         self.stopper.progress_epoch = s.get("progress_epoch", s["best_epoch"])
         self.history = list(state["history"])
+        # mid-epoch, the state the epoch drew its order from
         self.train_batches.rng.bit_generator.state = state["shuffle_rng"]
+        self.epoch_shuffle_state = state["shuffle_rng"] if self.epoch_step else None
         torch.set_rng_state(state["torch_rng"])
         if "split_rng" in state:  # checkpoints written before objective_heldout existed
             self.split_generator.set_state(state["split_rng"])
 
     def history_after(self, earlier: pd.DataFrame) -> pd.DataFrame:
-        """This run's history appended to an ``earlier`` one, epochs counted on from it."""
+        """This run's history appended to an ``earlier`` one, epochs and steps counted on from
+        it."""
         new = pd.DataFrame(self.history)
-        new["epoch"] += len(earlier)
+        if len(earlier):
+            new["epoch"] += earlier["epoch"].iloc[-1]
+            if "step" in earlier:
+                new["step"] += earlier["step"].iloc[-1]
         return pd.concat([earlier, new], ignore_index=True)
 
-    def _epoch(self, epoch: int, lr: float) -> dict:
+    def _step(self, x: torch.Tensor, c: torch.Tensor, idx, n_global: int, sums: _RoundSums,
+              n_proc: int) -> None:
+        """One optimiser step on a batch, added to the round's ``sums``."""
         net, config = self.net, self.model_config
-        n_proc = world()[1]
-        self.forward.train()
-        total = nll = 0.0
-        n = 0
-        self.train_batches.wait_seconds = 0.0
+        target, rate_scale = x, 1.0
         heldout = self.train_config.objective_heldout
-        for x, c, idx, n_global in self.train_batches.batches():
-            target, rate_scale = x, 1.0
-            if heldout > 0:
-                # Noise2Self: predict molecules the network did not see, a fresh split each step.
-                x, target = binomial_split(x, heldout, self.split_generator)
-                rate_scale = heldout / (1 - heldout)
-            with self.autocast():
-                out = self.forward(x, c)
-            # With DDP the alpha_mmd penalty compares the cells of this process's share of
-            # the batch only (a smaller sample of the same distributions).
-            terms = loss_terms(net, out, target, config, covariates=c,
-                               mmd_groups=self.mmd_groups, rate_scale=rate_scale)
-            if not torch.isfinite(terms.total):
-                _restore(net, self.stopper)
-                raise FloatingPointError(
-                    f"the training loss became {terms.total.item()} in epoch {epoch + 1}; "
-                    f"the learning rate ({lr:.3g}) may be too high for these data, or library "
-                    "sizes are extreme: lower train.learning_rate or check the counts. The best "
-                    "weights so far were kept (and the last checkpoint, if any, is untouched)."
-                )
-            self.optimiser.zero_grad(set_to_none=True)
-            # Each process holds len(idx) of the n_global cells and DDP averages over the
-            # processes, so this weight makes the step that of the whole global batch.
-            (terms.total * (len(idx) * n_proc / n_global)).backward()
-            self.optimiser.step()
-            total += terms.total.item() * len(idx)
-            nll += terms.nll.item() * len(idx)
-            n += len(idx)
-        total, nll, n = all_reduce_sum([total, nll, float(n)])
-        return {"epoch": epoch + 1, "train_loss": total / n, "train_nll": nll / n}
+        if heldout > 0:
+            # Noise2Self: predict molecules the network did not see, a fresh split each step.
+            x, target = binomial_split(x, heldout, self.split_generator)
+            rate_scale = heldout / (1 - heldout)
+        with self.autocast():
+            out = self.forward(x, c)
+        # With DDP the alpha_mmd penalty compares the cells of this process's share of
+        # the batch only (a smaller sample of the same distributions).
+        terms = loss_terms(net, out, target, config, covariates=c,
+                           mmd_groups=self.mmd_groups, rate_scale=rate_scale)
+        if not torch.isfinite(terms.total):
+            _restore(net, self.stopper)
+            raise FloatingPointError(
+                f"the training loss became {terms.total.item()} in epoch {self.epoch + 1}; "
+                f"the learning rate ({self.schedule.lr:.3g}) may be too high for these data, or "
+                "library sizes are extreme: lower train.learning_rate or check the counts. The "
+                "best weights so far were kept (and the last checkpoint, if any, is untouched)."
+            )
+        self.optimiser.zero_grad(set_to_none=True)
+        # Each process holds len(idx) of the n_global cells and DDP averages over the
+        # processes, so this weight makes the step that of the whole global batch.
+        (terms.total * (len(idx) * n_proc / n_global)).backward()
+        self.optimiser.step()
+        sums.total += terms.total.item() * len(idx)
+        sums.nll += terms.nll.item() * len(idx)
+        sums.cells += len(idx)
+
+    def _end_round(self, sums: _RoundSums, lr: float) -> dict:
+        """Validate, record the round in the history, and step the schedule and early
+        stopping."""
+        total, nll, n = all_reduce_sum([sums.total, sums.nll, float(sums.cells)])
+        steps_per_epoch = self.round_ends[-1]
+        row = {"epoch": self.epoch + self.epoch_step / steps_per_epoch, "step": self.steps,
+               "train_loss": total / max(n, 1), "train_nll": nll / max(n, 1)}
+        if self.val_batches is not None:
+            row["validation_loss"], row["validation_nll"] = evaluate(
+                self.forward, self.val_batches, self.model_config)
+            if self.heldout_molecules is not None:
+                row.update(self.heldout_molecules.nll(self.forward))
+        row["learning_rate"] = lr
+        row["seconds"] = time.perf_counter() - sums.started
+        # Time the training step sat waiting for the loader (0 when it keeps up).
+        row["data_wait_seconds"] = self.train_batches.wait_seconds - sums.data_wait
+        self.history.append(row)
+        monitored = row[monitored_column(row)]
+        self.schedule.step(monitored)
+        # update() first: it records the round's weights when they are the best
+        self.stopped = (self.stopper.update(len(self.history) - 1, monitored, self.net)
+                        or self.schedule.finished)
+        return row
 
     def run(self, checkpoint: Callable[["Trainer"], None] | None = None,
             checkpoint_every: int = 0,
             callback: Callable[["Trainer"], None] | None = None) -> list[dict]:
         """Train until early stopping, the plateau's last cut or ``max_epochs``; call
-        ``checkpoint(self)`` every ``checkpoint_every`` epochs and ``callback(self)`` after
-        every epoch. The best-validation weights are loaded back at the end, also when
+        ``checkpoint(self)`` every ``checkpoint_every`` rounds and ``callback(self)`` after
+        every round. The best-validation weights are loaded back at the end, also when
         ``callback`` raises."""
         tc = self.train_config
-        bar = tqdm(range(self.epoch, tc.max_epochs), desc="ZiPo training", unit="epoch",
-                   disable=not tc.verbose or world()[0] > 0, dynamic_ncols=True, initial=self.epoch,
-                   total=tc.max_epochs)
-        for epoch in bar:
-            if self.stopped:
-                break
-            lr = self.schedule.lr
-            for group in self.optimiser.param_groups:
-                group["lr"] = lr
-            started = time.perf_counter()
-            row = self._epoch(epoch, lr)
-            if self.val_batches is not None:
-                row["validation_loss"], row["validation_nll"] = evaluate(
-                    self.forward, self.val_batches, self.model_config)
-                if self.heldout_molecules is not None:
-                    row.update(self.heldout_molecules.nll(self.forward))
-            row["learning_rate"] = lr
-            row["seconds"] = time.perf_counter() - started
-            # Time the training step sat waiting for the loader (0 when it keeps up).
-            row["data_wait_seconds"] = self.train_batches.wait_seconds
-            self.history.append(row)
-            monitored = row[monitored_column(row)]
-            self.schedule.step(monitored)
-            # update() first: it records the epoch's weights when they are the best
-            self.stopped = (self.stopper.update(epoch, monitored, self.net)
-                            or self.schedule.finished)
-            self.epoch = epoch + 1
-            bar.set_postfix(train=f"{row['train_loss']:.4f}",
-                            val=f"{row.get('validation_loss', float('nan')):.4f}", lr=f"{lr:.2g}")
-            if checkpoint is not None and checkpoint_every and (
-                self.epoch % checkpoint_every == 0 or self.stopped or self.epoch == tc.max_epochs
-            ):
-                checkpoint(self)
-            if callback is not None:
-                try:
-                    callback(self)
-                except BaseException:
-                    bar.close()
-                    _restore(self.net, self.stopper)
-                    raise
+        n_proc = world()[1]
+        steps_per_epoch = self.round_ends[-1]
+        bar = tqdm(total=tc.max_epochs, desc="ZiPo training", unit="epoch",
+                   disable=not tc.verbose or world()[0] > 0, dynamic_ncols=True,
+                   initial=self.epoch + self.epoch_step / steps_per_epoch,
+                   bar_format="{l_bar}{bar}| {n:.4g}/{total} [{elapsed}<{remaining}{postfix}]")
+        try:
+            while not self.stopped and self.epoch < tc.max_epochs:
+                self._epoch(checkpoint, checkpoint_every, callback, bar, n_proc)
+        except BaseException:
+            bar.close()
+            _restore(self.net, self.stopper)
+            raise
         bar.close()
         _restore(self.net, self.stopper)
         return self.history
+
+    def _epoch(self, checkpoint, checkpoint_every: int, callback, bar, n_proc: int) -> None:
+        """The rest of the current epoch, round by round, until it ends or training stops."""
+        if self.epoch_step == 0:
+            self.epoch_shuffle_state = self.train_batches.rng.bit_generator.state
+        else:  # resumed mid-epoch: the epoch's order again, without the steps taken
+            self.train_batches.rng.bit_generator.state = self.epoch_shuffle_state
+        ends = set(self.round_ends[:-1])
+        lr, sums = self._start_round()
+        batches = self.train_batches.batches(skip=self.epoch_step)
+        try:
+            for x, c, idx, n_global in batches:
+                self._step(x, c, idx, n_global, sums, n_proc)
+                self.steps += 1
+                self.epoch_step += 1
+                if self.epoch_step in ends:
+                    self._finish_round(sums, lr, checkpoint, checkpoint_every, callback, bar)
+                    if self.stopped:
+                        return
+                    lr, sums = self._start_round()
+        finally:
+            batches.close()  # stops a prefetching thread when training stops mid-epoch
+        self.epoch += 1
+        self.epoch_step = 0
+        self._finish_round(sums, lr, checkpoint, checkpoint_every, callback, bar)
+
+    def _start_round(self) -> tuple[float, _RoundSums]:
+        """Set the round's learning rate (the plateau may have cut it mid-epoch) and the
+        network to training mode; the round's empty sums."""
+        self.schedule.epoch = self.epoch
+        lr = self.schedule.lr
+        for group in self.optimiser.param_groups:
+            group["lr"] = lr
+        self.forward.train()
+        return lr, _RoundSums(data_wait=self.train_batches.wait_seconds)
+
+    def _finish_round(self, sums: _RoundSums, lr: float, checkpoint, checkpoint_every: int,
+                      callback, bar) -> None:
+        """End the round; checkpoint every ``checkpoint_every`` rounds, at a stop and at the
+        last epoch's end, then call ``callback``."""
+        row = self._end_round(sums, lr)
+        bar.update(row["epoch"] - bar.n)
+        bar.set_postfix(train=f"{row['train_loss']:.4f}",
+                        val=f"{row.get('validation_loss', float('nan')):.4f}", lr=f"{lr:.2g}")
+        last = self.epoch == self.train_config.max_epochs and self.epoch_step == 0
+        if checkpoint is not None and checkpoint_every and (
+                len(self.history) % checkpoint_every == 0 or self.stopped or last):
+            checkpoint(self)
+        if callback is not None:
+            callback(self)
 
 
 def _fused_adam_supported(net: torch.nn.Module) -> bool:
