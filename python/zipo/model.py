@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .config import ZiPoConfig, resolve_config
+from .data.atlas import read_cells
 from .data.counts import CountMatrix, check_counts, gene_totals
 from .data.covariates import CovariateEncoder
 from .data.genes import check_gene_names, gene_positions, in_model_order
@@ -42,6 +43,9 @@ class ZiPo(SaveLoadMixin):
     adata
         AnnData of raw counts, cells x genes, in ``adata.X`` or ``adata.layers[layer]``; scipy
         sparse (CSR/CSC), dense, or backed.
+        ``adata`` may also be the path of an ``.h5ad`` file or ``.zarr`` store, read batch by
+        batch from disk, or a list of paths (and AnnData objects) with the same genes, read as
+        one dataset (:func:`zipo.data.atlas.read_cells`).
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
     covariates
@@ -71,6 +75,7 @@ class ZiPo(SaveLoadMixin):
                  preset: str | None = None, **options: Any):
         cfg = resolve_config(config, preset, {"layer": layer, "covariates": covariates,
                                               "likelihood": likelihood, **options})
+        adata = read_cells(adata)  # paths and lists of them; an AnnData as it is
         check_gene_names(adata)
         var_names = pd.Index(adata.var_names.astype(str))
         summary = check_counts(CountMatrix(adata, cfg.data.layer), adata.obs_names, var_names,

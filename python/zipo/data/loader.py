@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .atlas import ConcatenatedRows
 from .counts import CountMatrix
 
 
@@ -46,7 +47,9 @@ class CellBatches:
 
     Shuffling permutes *chunks* of ``chunk_size`` consecutive cells (of ``indices``) and fills
     each batch with several chunks: with ``chunk_size=1`` it is a plain permutation; larger
-    chunks turn the reads of an on-disk (backed) matrix into a few contiguous slices.
+    chunks turn the reads of an on-disk (backed) matrix into a few contiguous slices. A chunk
+    never crosses ``file_starts`` (the first cell of each file of a collection,
+    :class:`~zipo.data.atlas.ConcatenatedRows`; ``indices`` sorted), so it is one read of one file.
     With ``prefetch > 0`` a background thread prepares the next batches while the model trains
     on the current one (in passes of more than one batch); ``wait_seconds`` accumulates the
     time the consumer waited for data. ``keep_loaded=True`` keeps the first whole pass's
@@ -67,11 +70,13 @@ class CellBatches:
         prefetch: int = 0,
         shard: tuple[int, int] = (0, 1),
         keep_loaded: bool = False,
+        file_starts: np.ndarray | None = None,
     ):
         self.counts, self.covariates = counts, covariates
         self.indices, self.batch_size = np.asarray(indices), batch_size
         self.shuffle, self.rng, self.device = shuffle, rng, torch.device(device)
         self.sparse, self.chunk_size, self.prefetch = sparse, max(1, int(chunk_size)), prefetch
+        self.file_starts = file_starts
         # (rank, world size): each process takes its own contiguous share of every global
         # batch, so N processes see exactly the cells one process would see per step.
         self.shard = shard
@@ -91,10 +96,18 @@ class CellBatches:
             return self.indices
         if self.chunk_size == 1:
             return self.rng.permutation(self.indices)
-        n_chunks = -(-len(self.indices) // self.chunk_size)
-        chunks = self.rng.permutation(n_chunks)
-        starts = chunks * self.chunk_size
-        return np.concatenate([self.indices[a:a + self.chunk_size] for a in starts])
+        bounds = self.chunk_bounds()
+        chunks = self.rng.permutation(len(bounds) - 1)
+        return np.concatenate([self.indices[bounds[k]:bounds[k + 1]] for k in chunks])
+
+    def chunk_bounds(self) -> np.ndarray:
+        """Where the shuffled chunks begin in ``indices``, and its length: every
+        ``chunk_size`` cells, starting afresh at each of ``file_starts``."""
+        n = len(self.indices)
+        files = [] if self.file_starts is None else np.searchsorted(self.indices, self.file_starts)
+        segments = np.unique(np.concatenate([[0], files, [n]]).astype(np.int64))
+        starts = [np.arange(a, b, self.chunk_size) for a, b in zip(segments[:-1], segments[1:])]
+        return np.concatenate([*starts, [n]])
 
     def _global_batches(self, skip: int = 0) -> Iterator[np.ndarray]:
         order = self.order()
@@ -175,12 +188,17 @@ def training_batches(counts: CountMatrix, covariates: np.ndarray, train_idx: np.
     chunk = config.shuffle_chunk or (max(1, config.batch_size // 8) if counts.on_disk else 1)
     loader = dict(device=device, sparse=sparse, prefetch=config.prefetch, shard=shard)
     train = CellBatches(counts, covariates, train_idx, config.batch_size, True, rng,
-                        chunk_size=chunk, **loader)
+                        chunk_size=chunk, file_starts=file_starts(counts), **loader)
     # Small validation sets are read (and split, HeldoutMolecules) once, not every epoch.
     keep = len(val_idx) * counts.n_vars <= KEEP_LOADED_ENTRIES
     val = (CellBatches(counts, covariates, val_idx, config.batch_size, keep_loaded=keep, **loader)
            if len(val_idx) else None)
     return train, val
+
+
+def file_starts(counts: CountMatrix) -> np.ndarray | None:
+    """The first cell of each file when ``counts`` are a collection's, else None."""
+    return counts.source.starts if isinstance(counts.source, ConcatenatedRows) else None
 
 
 def inference_batches(counts: CountMatrix, covariates: np.ndarray, config, device: torch.device,
