@@ -29,15 +29,12 @@ _TRAIN_FLAGS = {
 }
 
 
-def _read_h5ad(path: str, backed: bool = False):
-    import anndata as ad
+def _read_cells(paths: list[str], backed: bool = False):
+    """The cells of one or several .h5ad files or .zarr stores (the same genes) as one AnnData;
+    ``backed`` keeps the counts on disk."""
+    from .data.atlas import read_cells
 
-    if not Path(path).is_file():
-        raise ValueError(f"input file {path!r} does not exist")
-    try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
-    except Exception as e:  # h5py/anndata raise many kinds on a non-h5ad file
-        raise ValueError(f"{path!r} could not be read as an .h5ad file: {e}") from None
+    return read_cells(paths if len(paths) > 1 else paths[0], backed=backed)
 
 
 def cmd_train(args) -> None:
@@ -51,7 +48,7 @@ def cmd_train(args) -> None:
     out = check_target(args.out, args.overwrite, hint="--overwrite")
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
-    _read_h5ad(args.data, backed=args.backed)  # a clear error now, not in N processes
+    _read_cells(args.data, backed=args.backed)  # a clear error now, not in N processes
     job = (args.data, cfg.to_dict(), str(out), args.resume, args.overwrite, args.backed)
     if args.nproc == 1:
         _train_and_save(*job)
@@ -61,7 +58,7 @@ def cmd_train(args) -> None:
         spawn(args.nproc, _train_and_save, job)
 
 
-def _train_and_save(data: str, config: dict, out: str, resume: bool, overwrite: bool,
+def _train_and_save(data: list[str], config: dict, out: str, resume: bool, overwrite: bool,
                     backed: bool) -> None:
     """One training process: ``zipo train``'s work, also run by each of ``--nproc`` processes
     (the one of rank 0 writes the model)."""
@@ -76,7 +73,7 @@ def _train_and_save(data: str, config: dict, out: str, resume: bool, overwrite: 
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
     out = Path(out)
-    adata = _read_h5ad(data, backed=backed)
+    adata = _read_cells(data, backed=backed)
     model = ZiPo(adata, config=cfg)
     # Checkpoints live beside the model directory until the model itself is safely written.
     checkpoints = out.with_name(out.name + ".checkpoint")
@@ -102,7 +99,7 @@ def cmd_denoise(args) -> None:
     covariate_values = dict(parse_assignment(item, "--covariate-value", "NAME=VALUE")
                             for item in args.covariate_value or [])
     model = ZiPo.load(args.model, device=args.device)
-    adata = _read_h5ad(args.data, backed=args.stream)
+    adata = _read_cells(args.data, backed=args.stream)
     options = dict(expectation=args.expectation, zero_inflation=args.zero_inflation,
                    target_sum=args.target_sum, depth=args.depth,
                    key_added=args.key_added, batch_size=args.batch_size,
@@ -154,7 +151,7 @@ def cmd_tune(args) -> None:
     cfg = resolve_config(args.config, args.preset, assignments=args.set or [])
     if args.out:
         check_target(args.out, args.overwrite, hint="--overwrite")
-    adata = _read_h5ad(args.data)
+    adata = _read_cells([args.data])
     model = tune(adata, n_trials=args.trials, storage=args.storage, study_name=args.study_name,
                  timeout=args.timeout, max_epochs=args.max_epochs, config=cfg, seed=args.seed,
                  out=args.out, overwrite=args.overwrite, metric=args.metric,
@@ -179,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"zipo {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model on an .h5ad of raw counts")
-    t.add_argument("data", help="input .h5ad (cells x genes, raw counts)")
+    t = sub.add_parser("train", help="train a model on an .h5ad or .zarr of raw counts")
+    t.add_argument("data", nargs="+",
+                   help="input .h5ad file or .zarr store (cells x genes, raw counts); several "
+                        "with the same genes are read as one dataset")
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--config", help="TOML config ([data], [model], [train] tables)")
     t.add_argument("--preset", choices=list(PRESETS),
@@ -203,14 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=int, default=1,
                    help="data-parallel training processes on this machine (torch DDP)")
     t.add_argument("--backed", action="store_true",
-                   help="read the counts from disk batch by batch instead of loading them")
+                   help="read the counts from disk batch by batch instead of loading them "
+                        "(.h5ad backed, .zarr with its counts on disk)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("denoise", help="denoise an .h5ad with a trained model")
     d.add_argument("model", help="model directory written by 'zipo train'")
-    d.add_argument("data", help="input .h5ad with the model's genes")
+    d.add_argument("data", nargs="+",
+                   help="input .h5ad or .zarr with the model's genes; several are read as one "
+                        "dataset")
     d.add_argument("--out", required=True, help="output .h5ad")
     d.add_argument("--expectation", choices=EXPECTATIONS, default="posterior",
                    help="posterior: the rate given each count (default; the rate under ZIP); "
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict every cell at this covariate value (e.g. batch=donor1)")
     d.add_argument("--genes", nargs="+", help="denoise only these genes")
     d.add_argument("--stream", action="store_true",
-                   help="read the input backed and write --out a batch at a time (any size)")
+                   help="read the input from disk and write --out a batch at a time (any size)")
     d.add_argument("--batch-size", type=int)
     d.add_argument("--device", default="cpu")
     d.add_argument("--overwrite", action="store_true")
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     u = sub.add_parser("tune", help="search encoder shape, alpha_z and alpha_w with Optuna")
-    u.add_argument("data", help="input .h5ad (cells x genes, raw counts)")
+    u.add_argument("data", help="input .h5ad or .zarr (cells x genes, raw counts)")
     u.add_argument("--trials", type=int, required=True,
                    help="finished trials the study should hold in total")
     u.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///tune.db (resumable)")

@@ -51,7 +51,7 @@ def read_cells(data: Any, backed: bool = True, label: str | None = None) -> Any:
 
 def _read_file(path: Path, backed: bool):
     if not path.exists():
-        raise ValueError(f"input {str(path)!r} does not exist")
+        raise ValueError(f"input file {str(path)!r} does not exist")
     is_zarr = path.is_dir()
     kind = ".zarr store" if is_zarr else ".h5ad file"
     try:
