@@ -1,11 +1,16 @@
 """Data-parallel training: 2 CPU processes (gloo) take the same steps as 1 process with the same
 global batch, because each process reads its own share of every batch, DDP averages the
 gradients and batch-norm statistics are pooled (SyncBatchNorm1d, also checked on its own: two
-processes with a share of the batch each against one process with all of it)."""
+processes with a share of the batch each against one process with all of it). Started by
+``zipo train --nproc 2`` on one machine, and as two torchrun "nodes" meeting by c10d rendezvous
+on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -16,6 +21,7 @@ import torch
 import zipo
 from zipo import cli
 from zipo.nn.batchnorm import SyncBatchNorm1d
+from zipo.train.distributed import _free_port
 
 # 72 training cells in batches of 24: every step splits 12 + 12 over the two processes. The
 # paper's objective: with train.objective_heldout each process draws the molecule splits of its
@@ -34,27 +40,15 @@ def _set_flags(options):
     return flags
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process(pbmc_small, tmp_path):
-    data = tmp_path / "pbmc_small.h5ad"
-    pbmc_small.write_h5ad(data)
-    single = zipo.ZiPo(pbmc_small)
-    for key, value in OPTIONS.items():
-        single.config.set_option(key, value)
-    single.train()
+def _one_process(adata, **changes):
+    """The reference: one process training with OPTIONS (and ``changes``)."""
+    model = zipo.ZiPo(adata)
+    for key, value in {**OPTIONS, **changes}.items():
+        model.config.set_option(key, value)
+    return model.train()
 
-    out = tmp_path / "ddp_model"
-    # From the shell, as a user runs it. Without LD_LIBRARY_PATH: rpy2 (loaded by the R bridge
-    # tests in the same session) sets it to R's, which makes child Pythons load the system's
-    # libpython instead of their own.
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    done = subprocess.run(
-        [sys.executable, "-m", "zipo", "train", str(data), "--out", str(out), "--nproc", "2",
-         "--quiet", *_set_flags(OPTIONS)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "with 2 processes" in done.stdout
-    ddp = zipo.ZiPo.load(out)
 
+def _assert_same_training(ddp, single):
     h1, h2 = single.history, ddp.history
     assert len(h1) == len(h2) == 3
     for col in ("train_loss", "validation_loss", "validation_nll"):
@@ -66,12 +60,108 @@ def test_two_gloo_processes_match_one_process(pbmc_small, tmp_path):
             assert int(s1[name]) == int(s2[name]), name
             continue
         torch.testing.assert_close(s2[name], s1[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def _child_env(**extra):
+    # Without LD_LIBRARY_PATH: rpy2 (loaded by the R bridge tests in the same session) sets it
+    # to R's, which makes child Pythons load the system's libpython instead of their own.
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    return {**env, **extra}
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(pbmc_small, tmp_path):
+    data = tmp_path / "pbmc_small.h5ad"
+    pbmc_small.write_h5ad(data)
+    single = _one_process(pbmc_small)
+
+    out = tmp_path / "ddp_model"
+    # From the shell, as a user runs it.
+    done = subprocess.run(
+        [sys.executable, "-m", "zipo", "train", str(data), "--out", str(out), "--nproc", "2",
+         "--quiet", *_set_flags(OPTIONS)], env=_child_env(), capture_output=True, text=True,
+        timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "with 2 processes" in done.stdout
+    ddp = zipo.ZiPo.load(out)
+    _assert_same_training(ddp, single)
     # and a different global batch would give visibly different weights
-    other = zipo.ZiPo(pbmc_small)
-    for key, value in {**OPTIONS, "train.batch_size": 12}.items():
-        other.config.set_option(key, value)
-    other.train()
-    assert not torch.allclose(other.network.first_layer.weight, s1["encoder.0.0.weight"], atol=1e-4)
+    other = _one_process(pbmc_small, **{"train.batch_size": 12})
+    assert not torch.allclose(other.network.first_layer.weight,
+                              single.network.state_dict()["encoder.0.0.weight"], atol=1e-4)
+
+
+# `zipo train` as torchrun starts it on each node, with every count matrix read of the training
+# logged (those made once the process group exists: the batches, not the setup's passes).
+_LOGGED_TRAIN = """
+import json, sys
+import numpy as np
+import torch.distributed as dist
+from zipo import cli
+from zipo.data.counts import CountMatrix
+
+log, reads = sys.argv[1], []
+
+def logged(read):
+    def wrapper(self, idx):
+        if dist.is_initialized():
+            reads.append(np.asarray(idx).tolist())
+        return read(self, idx)
+    return wrapper
+
+CountMatrix.rows, CountMatrix.rows_csr = logged(CountMatrix.rows), logged(CountMatrix.rows_csr)
+code = cli.main(sys.argv[2:])
+with open(f"{log}/reads-rank{dist.get_rank()}.json", "w") as fh:
+    json.dump(reads, fh)
+sys.exit(code)
+"""
+
+
+def _loopback_interface() -> str | None:
+    return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_with_c10d_rendezvous_match_one_process(pbmc_small, tmp_path):
+    """Two "nodes" on this machine, each one torchrun with one CPU process, meet by c10d
+    rendezvous on 127.0.0.1 and train as one process does; each reads only its share of
+    every batch."""
+    data = tmp_path / "pbmc_small.h5ad"
+    pbmc_small.write_h5ad(data)
+    script = tmp_path / "logged_train.py"
+    script.write_text(_LOGGED_TRAIN)
+    out = tmp_path / "two_nodes"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+              "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "zipo-two-nodes",
+              "--local-addr", "127.0.0.1", "--max-restarts", "0"]
+    train = [str(script), str(tmp_path), "train", str(data), "--out", str(out), "--quiet",
+             *_set_flags(OPTIONS)]
+    # Each node's process on the CPU, its gloo connections on the loopback interface only.
+    env = _child_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+                     **({"GLOO_SOCKET_IFNAME": lo} if (lo := _loopback_interface()) else {}))
+    nodes = [subprocess.Popen(launch + train, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=150) for node in nodes]
+    finally:
+        for node in nodes:  # a node left waiting for its peer: end it and its worker
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    # rank 0 (on whichever node the rendezvous made it) wrote the model, and only it
+    assert sum("with 2 processes" in stdout for stdout, _ in outputs) == 1
+    _assert_same_training(zipo.ZiPo.load(out), _one_process(pbmc_small))
+
+    reads = [json.loads((tmp_path / f"reads-rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(reads[0]) == len(reads[1]) > 0  # the same steps
+    for mine, theirs in zip(*reads):  # each step's batch split in two shares
+        assert not set(mine) & set(theirs) and abs(len(mine) - len(theirs)) <= 1
+    read_by = [{cell for step in r for cell in step} for r in reads]
+    assert read_by[0] | read_by[1] == set(range(pbmc_small.n_obs))
 
 
 # Two gloo processes, each normalising its share of every batch with SyncBatchNorm1d. Step 1
@@ -130,10 +220,8 @@ def test_sync_batchnorm_over_two_processes_equals_one_process_with_the_whole_bat
     torch.save((x, w, splits), tmp_path / "inputs.pt")
     script = tmp_path / "sync_bn.py"
     script.write_text(_SYNC_BN_SCRIPT)
-    # Without LD_LIBRARY_PATH: rpy2 sets it to R's (see the test above).
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     done = subprocess.run([sys.executable, str(script), SyncBatchNorm1d.__module__, str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=_child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
