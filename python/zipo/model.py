@@ -18,9 +18,9 @@ import torch
 
 from .config import ZiPoConfig, resolve_config
 from .data.atlas import read_cells
-from .data.counts import CountMatrix, check_counts, gene_totals
+from .data.counts import CountMatrix, CountSummary, check_counts, gene_totals
 from .data.covariates import CovariateEncoder
-from .data.genes import check_gene_names, gene_positions, in_model_order
+from .data.genes import check_gene_names, detected_genes, model_gene_counts
 from .data.loader import CellBatches, inference_batches, split_cells, training_batches
 from .io import SaveLoadMixin
 from .nn.network import ZiPoNetwork
@@ -42,7 +42,10 @@ class ZiPo(SaveLoadMixin):
     ----------
     adata
         AnnData of raw counts, cells x genes, in ``adata.X`` or ``adata.layers[layer]``; scipy
-        sparse (CSR/CSC), dense, or backed.
+        sparse (CSR/CSC), dense, or backed. Genes with no counts in any cell (a 10x matrix has
+        thousands) are left out of the model, whose ``var_names`` are the genes it trains on;
+        a warning says how many. :meth:`denoise` still covers every gene of ``adata``: the
+        undetected genes' denoised values (and zero-inflation probabilities) are 0.
         ``adata`` may also be the path of an ``.h5ad`` file or ``.zarr`` store, read batch by
         batch from disk, or a list of paths (and AnnData objects) with the same genes, read as
         one dataset (:func:`zipo.data.atlas.read_cells`).
@@ -77,9 +80,9 @@ class ZiPo(SaveLoadMixin):
                                               "likelihood": likelihood, **options})
         adata = read_cells(adata)  # paths and lists of them; an AnnData as it is
         check_gene_names(adata)
-        var_names = pd.Index(adata.var_names.astype(str))
-        summary = check_counts(CountMatrix(adata, cfg.data.layer), adata.obs_names, var_names,
-                               cfg.data.allow_non_integer, require_expressed_genes=True)
+        summary = check_counts(CountMatrix(adata, cfg.data.layer), adata.obs_names,
+                               cfg.data.allow_non_integer)
+        var_names, summary = detected_genes(pd.Index(adata.var_names.astype(str)), summary)
         encoder = CovariateEncoder.fit(adata.obs, cfg.data.covariates)
         network = ZiPoNetwork.seeded(len(var_names), encoder.width, cfg.model, cfg.train.seed)
         self._init_state(cfg, var_names, encoder, network, adata, summary)
@@ -91,7 +94,7 @@ class ZiPo(SaveLoadMixin):
         self.config = config
         self.adata = adata  # the training data; None for a model loaded without data
         self.var_names = var_names
-        self._summary = summary  # check_counts of adata: library sizes, density
+        self._summary = summary  # check_counts of adata's model genes: library sizes, density
         self.covariate_encoder = encoder
         self.network = network
         self.history: pd.DataFrame = pd.DataFrame()
@@ -167,7 +170,7 @@ class ZiPo(SaveLoadMixin):
         if self.adata is None:
             raise ValueError("this model was loaded without data; pass adata to ZiPo.load to train it")
         rng = np.random.default_rng(tc.seed)
-        counts = CountMatrix(in_model_order(self.adata, self.var_names), self.config.data.layer)
+        counts, _ = self._model_counts(self.adata, check=False)  # checked when given
         cov = self.covariate_encoder.transform(self.adata.obs)
         train_idx, val_idx = split_cells(self.adata.n_obs, tc.validation_fraction, rng,
                                          tc.validation_max_cells)
@@ -235,17 +238,21 @@ class ZiPo(SaveLoadMixin):
         return self.covariate_encoder.mmd_groups(m.alpha_mmd, m.mmd_covariates)
 
     # ----------------------------------------------------------------- data
+    def _model_counts(self, adata, check: bool = True) -> tuple[CountMatrix, CountSummary | None]:
+        """``adata``'s counts at the model's genes and (``check``) their summary, after checking
+        them; see :func:`zipo.data.genes.model_gene_counts`."""
+        return model_gene_counts(self.var_names, adata, self.config.data.layer,
+                                 self.config.data.allow_non_integer, check)
+
     def cell_batches(self, adata, batch_size: int | None = None,
                      covariate_values: dict[str, Any] | None = None) -> CellBatches:
-        """Mini-batches over all cells of ``adata`` (same genes as the model, any order) in the
-        model's gene order, after checking its genes, counts and covariates;
-        ``covariate_values`` gives the covariates ``adata.obs`` lacks (one value for all)."""
+        """Mini-batches over all cells of ``adata`` (the model's genes in any order, and others
+        only without counts) in the model's gene order, after checking its genes, counts and
+        covariates; ``covariate_values`` gives the covariates ``adata.obs`` lacks (one value
+        for all)."""
         if adata is None:
             raise ValueError("no cells given and the model holds none (loaded without data): pass adata")
-        gene_positions(self.var_names, adata)  # refuses other genes
-        adata = in_model_order(adata, self.var_names)
-        counts = CountMatrix(adata, self.config.data.layer)
-        check_counts(counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer)
+        counts, _ = self._model_counts(adata)
         cov = self.covariate_encoder.transform(
             self.covariate_encoder.fixed(adata.obs, covariate_values, missing_only=True))
         return inference_batches(counts, cov, self.config.train, self.device, batch_size)
@@ -256,20 +263,19 @@ class ZiPo(SaveLoadMixin):
         val = self.validation_indices
         if self.adata is None or val is None or not len(val):
             return None
-        counts = CountMatrix(in_model_order(self.adata, self.var_names), self.config.data.layer)
+        counts, _ = self._model_counts(self.adata, check=False)  # checked when given
         cov = self.covariate_encoder.transform(self.adata.obs)
         return CellBatches(counts, cov, val, self.config.train.batch_size,
                            device=self.device if device is None else device)
 
     def attach(self, adata) -> "ZiPo":
-        """Use ``adata`` (the same genes, any order) as the data that :meth:`train` fits, e.g. to
-        fine-tune a loaded model on new cells. The model keeps ``adata`` itself (not a reordered
-        copy), so ``denoise()`` without an argument writes into it."""
-        batches = self.cell_batches(adata)  # checks genes, counts and covariates
-        self.adata = adata
-        self._summary = check_counts(
-            batches.counts, adata.obs_names, self.var_names, self.config.data.allow_non_integer
-        )
+        """Use ``adata`` (the model's genes in any order, and others only without counts) as the
+        data that :meth:`train` fits, e.g. to fine-tune a loaded model on new cells. The model
+        keeps ``adata`` itself (not a reordered copy), so ``denoise()`` without an argument
+        writes into it."""
+        _, summary = self._model_counts(adata)
+        self.covariate_encoder.transform(adata.obs)  # checks the covariates
+        self.adata, self._summary = adata, summary
         self.train_indices = self.validation_indices = None  # they indexed the former data
         return self
 
@@ -355,7 +361,7 @@ class ZiPo(SaveLoadMixin):
         self._require_trained()
         adata = self.adata if adata is None else adata
         check_denoise_request(adata, expectation, copy, out, denoised, depth, target_sum)
-        keep = output_genes(self.var_names, genes)
+        keep = output_genes(self.var_names, adata, genes)
         # Cells are read at their own covariates (where their counts were measured), predicted
         # at ``reference``'s.
         batches = self.cell_batches(adata, batch_size, covariate_values)
@@ -364,7 +370,8 @@ class ZiPo(SaveLoadMixin):
             if covariate_values else None)
         if reference is not None and np.array_equal(reference, batches.covariates):
             reference = None  # every given covariate was missing: the cells' own
-        cols, keep = output_columns(self.var_names, adata, keep)
+        # (training data's undetected genes were announced at training)
+        cols, keep = output_columns(self.var_names, adata, keep, notify=adata is not self.adata)
         sink = output_sink(adata, keep, self.config.model.encoder_dims[-1], out, key_added,
                            denoised, zero_inflation, overwrite)
         with sink:

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 
 from .data.counts import examples
-from .data.genes import gene_positions
 from .data.loader import CellBatches
 from .distributions import expected_log1p, posterior_rate
+from .errors import InputError, notice
 from .nn.sparse import as_dense
 from .files import atomic_path, check_target
 from .nn.network import NetworkOutput, ZiPoNetwork
@@ -39,7 +39,11 @@ EXPECTATIONS = ("rate", "mixture", "lognorm", "posterior")
   :func:`zipo.distributions.posterior_rate`.
 
 ``depth`` predicts a measurement at ``depth`` times each cell's predicted library size (rate
-and mixture scale by it; lognorm's rate and normaliser both do)."""
+and mixture scale by it; lognorm's rate and normaliser both do).
+
+Genes of the data that the model lacks because they have no counts (a model trains on the
+detected genes) get 0 under every expectation, and a zero-inflation probability of 0: what a
+rate of 0 implies."""
 
 
 @torch.no_grad()
@@ -48,10 +52,14 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
                       depth: float = 1.0, target_sum: float = 1e4,
                       reference: np.ndarray | None = None) -> None:
     """Run ``network`` over ``batches`` and write each batch's latents, library sizes, and
-    (for the model genes ``columns``, all when None) expectations (see :func:`expected_values`)
-    and zero probabilities into ``sink``. ``reference`` (cells x encoded covariates) predicts
-    the cells at these covariates instead of their own (``denoise(covariate_values=...)``)."""
+    (for the model genes ``columns``, all when None; -1 for an undetected gene the model lacks,
+    which gets 0) expectations (see :func:`expected_values`) and zero probabilities into
+    ``sink``. ``reference`` (cells x encoded covariates) predicts the cells at these covariates
+    instead of their own (``denoise(covariate_values=...)``)."""
     device = next(network.parameters()).device
+    present = None if columns is None or np.all(columns >= 0) else columns >= 0
+    if present is not None:
+        columns = columns[present]
     columns = None if columns is None else torch.as_tensor(columns, device=device)
     network.eval()
     for x, c, idx in batches:
@@ -67,11 +75,22 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
             z = (torch.sigmoid(o.logit_z if columns is None else o.logit_z[:, columns])
                  if o.logit_z is not None else None)
             if denoised:
-                mean = expected_values(o, log_m, z, columns, expectation, depth,
-                                       target_sum, x, own).cpu().numpy()
+                mean = _with_zeros(expected_values(o, log_m, z, columns, expectation, depth,
+                                                   target_sum, x, own).cpu().numpy(), present)
             if zero_inflation:
-                zprob = (z if z is not None else torch.zeros_like(log_m)).cpu().numpy()
+                zprob = _with_zeros(
+                    (z if z is not None else torch.zeros_like(log_m)).cpu().numpy(), present)
         sink.write(idx, latent, library, mean, zprob)
+
+
+def _with_zeros(values: np.ndarray, present: np.ndarray | None) -> np.ndarray:
+    """One batch's ``values`` (cells x the model genes emitted) placed at the ``present``
+    output columns, 0 at the others (None: every column is a model gene)."""
+    if present is None:
+        return values
+    out = np.zeros((values.shape[0], len(present)), dtype=values.dtype)
+    out[:, present] = values
+    return out
 
 
 def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | None,
@@ -143,27 +162,38 @@ def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bo
                          "sizes go into adata, or a copy with copy=True)")
 
 
-def output_columns(model_genes: pd.Index, adata,
-                   genes: list[str] | None) -> tuple[np.ndarray | None, list[str]]:
-    """The model columns to emit (None: all, in the model's order) and their gene names, in
-    output order: the requested ``genes``, else ``adata``'s own order."""
-    if genes is not None:
-        return model_genes.get_indexer(genes), genes
-    positions = gene_positions(model_genes, adata)
-    if positions is not None:
-        return positions, list(pd.Index(adata.var_names.astype(str)))
-    return None, list(model_genes)
+def output_columns(model_genes: pd.Index, adata, genes: list[str] | None,
+                   notify: bool = False) -> tuple[np.ndarray | None, list[str]]:
+    """The model columns to emit (None: all, in the model's order; -1: a gene of ``adata``
+    that the model lacks, which :meth:`zipo.ZiPo.denoise` has found to have no counts) and
+    their gene names, in output order: the requested ``genes``, else all of ``adata``'s in its
+    own order. With ``notify``, a notice says how many output genes get 0 so."""
+    names = list(pd.Index(adata.var_names.astype(str))) if genes is None else genes
+    if genes is None and pd.Index(names).equals(model_genes):
+        return None, names
+    columns = model_genes.get_indexer(names)
+    n_zero = int(np.sum(columns < 0))
+    if notify and n_zero:
+        notice(f"{n_zero:,} of the {len(names):,} genes denoised are not in the model and have "
+               "no counts in any cell here: their denoised values are 0", stacklevel=3)
+    return columns, names
 
 
-def output_genes(model_genes: pd.Index, genes: Sequence[str] | None) -> list[str] | None:
-    """``genes`` (one name or several) checked against the model's genes; None for all."""
+def output_genes(model_genes: pd.Index, adata, genes: Sequence[str] | None) -> list[str] | None:
+    """``genes`` (one name or several) checked against the model's genes and ``adata``'s
+    (whose genes the model lacks get 0, if they have no counts); None for all."""
     if genes is None:
         return None
     genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
-    unknown = [g for g in genes if g not in set(model_genes)]
+    known = set(model_genes) | (set() if adata is None else set(adata.var_names.astype(str)))
+    unknown = [g for g in genes if g not in known]
     if unknown:
-        raise ValueError(f"genes={examples(unknown)} are not genes of the model; choose from "
-                         f"model.var_names ({len(model_genes)} genes)")
+        raise InputError(
+            f"genes={examples(unknown)} are not genes of the model or of the data",
+            {"python": f"choose from adata.var_names (the model has {len(model_genes)} of "
+                       "them: model.var_names)",
+             "r": f"choose from rownames(x) (the model has {len(model_genes)} of them: "
+                  "rownames(model))"})
     if len(set(genes)) != len(genes):
         raise ValueError("genes lists a gene more than once")
     return genes

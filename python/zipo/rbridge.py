@@ -122,7 +122,11 @@ def _anndata(X, gene_names: Any, cell_names: Any, obs: pd.DataFrame | None):
     else:
         obs = pd.DataFrame(obs).copy()
         obs.index = cells
-    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+    with warnings.catch_warnings():
+        # anndata's advice (.var_names_make_unique) is Python's; ZiPo refuses duplicated genes
+        # with R's (zipo.data.genes.check_gene_names).
+        warnings.filterwarnings("ignore", message="Variable names are not unique")
+        return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
 
 
 def csr_parts(matrix, layer: str | None = None) -> dict[str, Any]:

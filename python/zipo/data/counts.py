@@ -2,16 +2,21 @@
 
 The counts stay in whatever form the user holds them (scipy CSR/CSC, dense, or the ``X`` of a
 backed AnnData). Only one batch of cells is ever densified: :meth:`CountMatrix.rows` slices the
-cells and converts that slice alone.
+cells and converts that slice alone. A model's genes that are a subset of the AnnData's (it was
+trained on the detected genes) are read the same way: each batch of cells is sliced, then its
+columns (:meth:`CountMatrix.select_genes`), so the matrix itself is never copied or subset.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+
+from ..errors import InputError, language
 
 # Dense chunks read while checking the counts hold about this many values (64 MB of float32).
 _CHECK_CHUNK_VALUES = 1 << 24
@@ -33,15 +38,20 @@ class CountMatrix:
             source, what = adata.X, "adata.X"
         else:
             if layer not in adata.layers:
-                raise ValueError(
+                raise InputError(
                     f"layer {layer!r} is not in adata.layers (it has: "
-                    f"{examples(list(adata.layers.keys())) or 'no layers'}); pass layer=None "
-                    "to use adata.X, or the name of the layer that holds raw counts"
-                )
+                    f"{examples(list(adata.layers.keys())) or 'no layers'})",
+                    {"python": "pass layer=None to use adata.X, or the name of the layer that "
+                               "holds raw counts",
+                     "r": "name the assay that holds raw counts with assay.type = ..."})
             source, what = adata.layers[layer], f"adata.layers[{layer!r}]"
         if source is None:
-            raise ValueError(f"{what} is empty (None); put the raw counts there or name a layer")
-        self.what = what
+            raise InputError(f"{what} is empty (None)",
+                             {"python": "put the raw counts there or name a layer",
+                              "r": "name the assay that holds raw counts with assay.type = ..."})
+        # In R the AnnData is the package's copy of an assay, which the user never sees.
+        self.what = "the counts" if language() == "r" else what
+        self.columns: np.ndarray | None = None  # the genes read (select_genes); None: all
         if sp.issparse(source) and source.format == "csc":
             # Row slicing of CSC scans the whole matrix per batch; CSR costs one copy of the
             # non-zeros (never a dense matrix). R's dgCMatrix arrives as genes x cells CSC, whose
@@ -54,8 +64,23 @@ class CountMatrix:
         dtype = getattr(source, "dtype", None)
         if dtype is None or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
             raise ValueError(
-                f"{what} has dtype {dtype}, not numbers; ZiPo needs a numeric matrix of raw counts"
+                f"{self.what} has dtype {dtype}, not numbers; ZiPo needs a numeric matrix of raw "
+                "counts"
             )
+
+    def select_genes(self, columns: np.ndarray | None) -> "CountMatrix":
+        """The same counts read at the gene ``columns`` only (in that order; None: all genes):
+        every batch of cells is sliced first and then subset by column, so the matrix is never
+        copied, whatever its form (CSR, dense, backed)."""
+        if columns is None:
+            return self
+        selected = copy.copy(self)
+        selected.columns = np.asarray(columns, dtype=np.int64)
+        selected.n_vars = len(selected.columns)
+        return selected
+
+    def _genes(self, block):
+        return block if self.columns is None else block[:, self.columns]
 
     @property
     def on_disk(self) -> bool:
@@ -66,19 +91,19 @@ class CountMatrix:
         """Dense float32 counts of the cells ``idx`` (only this batch is densified)."""
         src = self.source
         if isinstance(src, np.ndarray):
-            return np.asarray(src[idx], dtype=np.float32)
-        block = self.rows_csr(idx) if sp.issparse(src) else self._read_backed(idx)
+            return np.asarray(self._genes(src[idx]), dtype=np.float32)
+        block = self.rows_csr(idx) if sp.issparse(src) else self._genes(self._read_backed(idx))
         return block.toarray().astype(np.float32, copy=False) if sp.issparse(block) else block
 
     def rows_csr(self, idx: np.ndarray) -> sp.csr_matrix:
         """float32 CSR counts of the cells ``idx``, never dense (for the sparse first layer)."""
         src = self.source
         if sp.issparse(src):
-            block = src[idx]
+            block = self._genes(src[idx])
         elif isinstance(src, np.ndarray):
-            block = sp.csr_matrix(np.asarray(src[idx]))
+            block = sp.csr_matrix(np.asarray(self._genes(src[idx])))
         else:
-            block = self._read_backed(idx)
+            block = self._genes(self._read_backed(idx))
             block = block if sp.issparse(block) else sp.csr_matrix(block)
         block = block.tocsr().astype(np.float32, copy=False)
         block.sort_indices()
@@ -108,10 +133,10 @@ class CountMatrix:
 
     def chunks(self) -> Iterator[tuple[slice, Any]]:
         """Consecutive blocks of cells as stored (sparse stays sparse) for one-pass checks."""
-        step = max(1, _CHECK_CHUNK_VALUES // max(self.n_vars, 1))
+        step = max(1, _CHECK_CHUNK_VALUES // max(self.source.shape[1], 1))  # values read
         for start in range(0, self.n_obs, step):
             sl = slice(start, min(start + step, self.n_obs))
-            block = self.source[sl]
+            block = self._genes(self.source[sl])
             yield sl, block if sp.issparse(block) else np.asarray(block)
 
 
@@ -125,15 +150,23 @@ class CountSummary:
     def density(self) -> float:
         return self.nnz / max(len(self.library_size) * len(self.gene_total), 1)
 
+    def select_genes(self, columns: np.ndarray | None) -> "CountSummary":
+        """The summary of the genes ``columns`` (None: all) when the others have no counts:
+        the cells, their library sizes and the non-zeros are the same."""
+        if columns is None:
+            return self
+        return CountSummary(self.library_size, self.gene_total[columns], self.nnz)
+
 
 def check_counts(
     counts: CountMatrix,
     cell_names: Sequence[Any],
-    gene_names: Sequence[Any],
     allow_non_integer: bool = False,
-    require_expressed_genes: bool = False,
 ) -> CountSummary:
-    """One streaming pass that refuses anything that is not a usable raw count matrix."""
+    """One streaming pass that refuses anything that is not a usable raw count matrix.
+
+    Genes without counts are no error: the summary's ``gene_total`` shows them (0), and the
+    model leaves them out of training (:meth:`zipo.ZiPo.__init__`)."""
     if counts.n_obs == 0 or counts.n_vars == 0:
         raise ValueError(
             f"{counts.what} is empty ({counts.n_obs} cells x {counts.n_vars} genes); "
@@ -152,37 +185,32 @@ def check_counts(
                 "so replace or remove them (e.g. the cells they come from)"
             )
         if np.any(values < 0):
-            raise ValueError(
+            raise InputError(
                 f"{counts.what} contains negative values; ZiPo needs raw counts (non-negative "
-                "integers), not centred or scaled data: pass the raw count layer via layer=..."
-            )
+                "integers), not centred or scaled data",
+                {"python": "pass the raw count layer via layer=...",
+                 "r": "name the raw counts assay with assay.type = ..."}, sep=": ")
         if not allow_non_integer and np.issubdtype(values.dtype, np.floating):
             if np.any(values != np.round(values)):
-                raise ValueError(
+                raise InputError(
                     f"{counts.what} contains non-integer values, which usually means normalised "
-                    "or log-transformed data; pass raw UMI counts (layer=...), or set "
-                    "allow_non_integer=True if the values are counts on purpose (e.g. ambient-"
-                    "corrected)"
-                )
+                    "or log-transformed data",
+                    {"python": "pass raw UMI counts (layer=...), or set allow_non_integer=True if "
+                               "the values are counts on purpose (e.g. ambient-corrected)",
+                     "r": "use the raw counts assay (assay.type = \"counts\"), or set "
+                          "allow_non_integer = TRUE if the values are counts on purpose (e.g. "
+                          "ambient-corrected)"})
         nnz += int(np.count_nonzero(values))
         lib[sl] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
         genes += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
     empty = np.flatnonzero(lib == 0)
     if empty.size:
-        raise ValueError(
+        raise InputError(
             f"{empty.size} cells have zero counts in {counts.what} ("
-            f"{examples(np.asarray(cell_names)[empty])}); remove them first, e.g. "
-            "scanpy.pp.filter_cells(adata, min_counts=1)"
-        )
-    if require_expressed_genes:
-        unexpressed = np.flatnonzero(genes == 0)
-        if unexpressed.size:
-            raise ValueError(
-                f"{unexpressed.size} genes have zero counts in every cell ("
-                f"{examples(np.asarray(gene_names)[unexpressed])}); nothing can be learnt "
-                "about them: remove them before training, e.g. "
-                "scanpy.pp.filter_genes(adata, min_cells=1)"
-            )
+            f"{examples(np.asarray(cell_names)[empty])})",
+            {"python": "remove them first, e.g. scanpy.pp.filter_cells(adata, min_counts=1)",
+             "r": "remove them first, e.g. sce <- scuttle::addPerCellQC(sce); "
+                  "sce[, sce$sum > 0]"})
     return CountSummary(library_size=lib, gene_total=genes, nnz=nnz)
 
 

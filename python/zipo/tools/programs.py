@@ -262,6 +262,8 @@ def gene_programs(model, adata=None, min_weight: float = 0.0, key_added: str = "
     if adata is not None:
         positions = gene_positions(model.var_names, adata)  # model column of each adata gene
         loadings = (w if positions is None else w[:, positions]).T  # genes of adata x programs
+        if positions is not None:
+            loadings[positions < 0] = 0  # genes the model lacks (no counts) weigh nothing
         n_zero = loadings.size - np.count_nonzero(loadings)
         adata.varm[f"{key_added}_programs"] = (
             sp.csr_matrix(loadings, dtype=np.float32) if n_zero > loadings.size / 2
