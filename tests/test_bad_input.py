@@ -159,6 +159,42 @@ def test_extra_genes_at_inference(pbmc_small, trained_model):
         trained_model.get_latent(a)
 
 
+def test_errors_carry_their_fix_in_r(pbmc_small, trained_model, monkeypatch):
+    """Inside the R package (zipo.errors.speak_r) the same errors name R's objects and
+    functions; each error also renders in the other language."""
+    import zipo.errors
+
+    extra = ad.concat([pbmc_small, ad.AnnData(
+        sp.csr_matrix(np.ones((pbmc_small.n_obs, 1), dtype=np.float32)), obs=pbmc_small.obs,
+        var=pd.DataFrame(index=["MYNEWGENE"]))], axis=1, merge="same")
+    x = pbmc_small.X.toarray()
+    x[4] = 0
+    empty = _with_x(pbmc_small, x, "csr")
+    with pytest.raises(zipo.errors.InputError) as python_error:
+        trained_model.denoise(extra, copy=True)
+    assert "adata[:, model.var_names]" in str(python_error.value)
+    monkeypatch.setattr(zipo.errors, "_language", "r")
+    cases = [
+        (lambda: trained_model.denoise(extra, copy=True),
+         r"^the genes of the object do not match the trained model: 1 genes are not in the model "
+         r"and have counts here \(MYNEWGENE\)\. Drop them with sce\[rownames\(model\), \]"),
+        (lambda: trained_model.denoise(pbmc_small[:, 1:].copy(), copy=True),
+         r"Subset or reorder with sce\[rownames\(model\), \] \(adding any missing genes as rows"),
+        (lambda: _model(empty), r"1 cells have zero counts in the counts .*"
+                                r"scuttle::addPerCellQC\(sce\); sce\[, sce\$sum > 0\]"),
+        (lambda: _model(_with_x(pbmc_small, x * 0.5 + 0.25, "csr")),
+         r"assay.type = \"counts\"\), or set allow_non_integer = TRUE"),
+        (lambda: trained_model.denoise(pbmc_small, expectation="mean", copy=True),
+         r"Seurat's NormalizeData"),
+    ]
+    for call, message in cases:
+        with pytest.raises(zipo.errors.InputError, match=message) as error:
+            call()
+        assert not any(word in str(error.value) for word in ("adata", "scanpy", "var_names"))
+    assert str(python_error.value) == python_error.value.message("python")
+    assert "sce[rownames(model), ]" in python_error.value.message("r")
+
+
 def test_genes_renamed_by_seurat_get_their_fix_named(pbmc_small):
     # Seurat writes '_' in feature names as '-': the error says so rather than listing
     # "missing" and "extra" genes that are the same genes
@@ -289,7 +325,7 @@ def test_unknown_option_to_train(pbmc_small):
 
 
 @pytest.mark.parametrize("option, match", [
-    ({"expectation": "mean"}, r"expectation must be 'rate', 'mixture', 'lognorm' .* or 'posterior'"),
+    ({"expectation": "mean"}, r"expectation must be 'rate', 'mixture', 'lognorm' or 'posterior', got 'mean'"),
     ({"expectation": "lognorm", "target_sum": 0}, r"target_sum must be a positive number .*1e4"),
     ({"target_sum": float("nan")}, r"target_sum must be a positive number"),
     ({"depth": -1.0}, r"depth must be a positive number \(1 = each cell's own"),

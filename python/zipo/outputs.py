@@ -144,11 +144,16 @@ def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bo
                           depth: float = 1.0, target_sum: float = 1e4) -> None:
     """Refuse a combination of :meth:`zipo.ZiPo.denoise` arguments that cannot be served."""
     if expectation not in EXPECTATIONS:
-        raise ValueError("expectation must be 'rate', 'mixture', 'lognorm' (log-normalised, "
-                         "like scanpy's normalize_total + log1p) or 'posterior' (the rate given "
-                         f"each count), got {expectation!r}")
+        raise InputError(
+            f"expectation must be 'rate', 'mixture', 'lognorm' or 'posterior', got "
+            f"{expectation!r}",
+            {"python": "'lognorm' is log-normalised, like scanpy's normalize_total + log1p; "
+                       "'posterior' the rate given each count",
+             "r": "\"lognorm\" is log-normalised, like Seurat's NormalizeData(); "
+                  "\"posterior\" the rate given each count"})
     _positive(depth, "depth", "1 = each cell's own predicted library size, 2 = twice as deep")
-    _positive(target_sum, "target_sum", "the counts per cell of normalize_total, e.g. 1e4")
+    _positive(target_sum, "target_sum", "the counts per cell that 'lognorm' normalises to, "
+                                        "e.g. 1e4")
     if adata is None:
         raise ValueError("pass the AnnData to denoise")
     if adata.isbacked and not copy and out is None:
