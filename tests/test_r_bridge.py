@@ -155,6 +155,49 @@ def test_r_denoise_agrees_with_python_and_seurat(tmp_path):
                                rtol=1e-5)
 
 
+def test_r_denoise_covers_undetected_genes_and_speaks_r(tmp_path):
+    """An SCE with genes that have no counts (as every 10x matrix has): the denoised assay has
+    the object's dimensions, 0 for those genes and Python's values for the others; the notice
+    arrives as an R message and errors name R's objects."""
+    import anndata as ad
+    import pandas as pd
+
+    out = run_r(f"""
+        z <- Matrix::Matrix(0, 4, ncol(sce), sparse = TRUE,
+                            dimnames = list(paste0("ZERO", 1:4), colnames(sce)))
+        full <- SingleCellExperiment(list(counts = rbind(z[1:2, ], counts(sce), z[3:4, ])),
+                                     colData = colData(sce))
+        full <- withCallingHandlers(zipo::denoise(full, {FAST_R}),
+                                    message = function(m) cat("MESSAGE", conditionMessage(m)))
+        den <- assay(full, "denoised")
+        cat("dims", dim(den), identical(dimnames(den), dimnames(full)), "\n")
+        writeBin(as.vector(den), file.path("{tmp_path}", "den.bin"), size = 8)
+        model <- zipo::train(sce[-(1:3), ], {FAST_R})
+        cat("ERROR", tryCatch(zipo::denoise(sce, model = model), error = conditionMessage), "\n")
+    """, tmp_path)
+    assert ("MESSAGE 4 of 234 genes have no counts in any cell (ZERO1, ZERO2, ZERO3, ... (4 in "
+            "all)): training on the 230 detected genes; the others' denoised values are 0") in out
+    assert "dims 234 80 TRUE" in out, out
+    error = out.split("ERROR ", 1)[1]
+    assert error.startswith("the genes of the object do not match the trained model: 3 genes "
+                            "are not in the model and have counts here"), error
+    assert "Drop them with sce[rownames(model), ]" in error
+    assert "adata" not in error and "var_names" not in error and "Traceback" not in error
+
+    adata = ad.read_h5ad(DATA / "pbmc_small.h5ad")
+    zero = sp.csr_matrix((adata.n_obs, 2), dtype=np.float32)
+    full = ad.AnnData(sp.hstack([zero, adata.X, zero], format="csr"), obs=adata.obs,
+                      var=pd.DataFrame(index=[f"ZERO{k}" for k in (1, 2)]
+                                       + list(adata.var_names) + [f"ZERO{k}" for k in (3, 4)]))
+    with pytest.warns(UserWarning, match="4 of 234 genes have no counts"):
+        zipo.denoise(full, **FAST)
+    r_denoised = np.fromfile(tmp_path / "den.bin", dtype=np.float64).reshape((234, 80),
+                                                                             order="F").T
+    assert np.all(r_denoised[:, [0, 1, 232, 233]] == 0)
+    expected = full.layers["zipo_denoised"]
+    assert np.max(np.abs(r_denoised - expected) / np.maximum(np.abs(expected), 1e-12)) < 1e-5
+
+
 # Two on-disk layouts: a dense chunked dataset written by HDF5Array, read as dense blocks, and
 # 10x Genomics' sparse one (as Cell Ranger writes it; here by the benchmark's writer, since
 # Debian's HDF5Array 1.26 cannot write it), read by TENxMatrix as sparse blocks.

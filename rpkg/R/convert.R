@@ -66,7 +66,7 @@
   if (length(empty)) {
     stop(length(empty), " cells have zero counts in ", what, " (",
          .examples(cells[empty]), "); remove them first, e.g. ",
-         "sce[, colSums(counts(sce)) > 0]", call. = FALSE)
+         "sce <- scuttle::addPerCellQC(sce); sce <- sce[, sce$sum > 0]", call. = FALSE)
   }
 }
 

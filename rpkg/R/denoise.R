@@ -4,6 +4,12 @@
 #' counts, the latent embedding and the library size. The
 #' counts are converted to Python once per call, for training and denoising.
 #'
+#' The denoised assay always has the object's dimensions. Genes with no counts
+#' in any cell (a 10x matrix has thousands) are left out of training, a message
+#' says how many, and their denoised values (and zero-inflation probabilities)
+#' are 0. A `model` applied to other data needs the model's genes
+#' (`rownames(model)`); other genes are accepted only without counts, and get 0.
+#'
 #' For a SingleCellExperiment: assay `name` (default `"denoised"`; genes x cells,
 #' dimnames kept), `reducedDim(x, dimred)` (default `"ZIPO"`; latents) and
 #' `colData(x)$zipo_library_size`; with `zero_inflation = TRUE` also assay

@@ -48,7 +48,9 @@
 #'
 #' Fits ZiPo's deep zero-inflated count autoencoder to the raw counts of a
 #' SingleCellExperiment or Seurat object. Training runs in the Python core and
-#' shows a progress bar per epoch. A counts assay held as a `DelayedMatrix`
+#' shows a progress bar per epoch. Genes with no counts in any cell are left out
+#' of the model (a message says how many): `rownames(model)` are the genes it
+#' was trained on, and [denoise()] gives the others 0. A counts assay held as a `DelayedMatrix`
 #' (e.g. HDF5-backed) is read a block of cells at a time and never made dense
 #' (see [denoise()]).
 #'
@@ -84,8 +86,8 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = NULL, ep
   opts <- .py_options(list(covariates = covariates, likelihood = likelihood,
                            max_epochs = epochs, seed = seed, verbose = verbose,
                            allow_non_integer = allow_non_integer, ...))
-  py <- do.call(.zipo_py()$ZiPo, c(list(adata), opts))
-  py$train()
+  py <- do.call(.py_call, c(list(.zipo_py()$ZiPo, adata), opts))
+  .py_call(py$train)
   .new_model(py)
 }
 
@@ -110,11 +112,10 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = NULL, ep
     model <- do.call(.train_anndata, c(list(adata, covariates = covariates,
                                             allow_non_integer = allow_non_integer), training))
   }
-  written <- model$py$denoise(adata, expectation = expectation,
-                              target_sum = as.numeric(target_sum),
-                              zero_inflation = zero_inflation,
-                              genes = if (is.null(genes)) NULL else as.list(genes),
-                              out = out, overwrite = overwrite)
+  written <- .py_call(model$py$denoise, adata, expectation = expectation,
+                      target_sum = as.numeric(target_sum), zero_inflation = zero_inflation,
+                      genes = if (is.null(genes)) NULL else as.list(genes),
+                      out = out, overwrite = overwrite)
   if (is.null(out)) adata else written
 }
 
@@ -207,6 +208,28 @@ training_history <- function(model) {
   attr(h, "pandas.index") <- NULL
   rownames(h) <- NULL
   h
+}
+
+#' Genes of a ZiPo model
+#'
+#' `rownames(model)` are the genes the model was trained on: the genes of its
+#' training data that have counts (genes without counts in any cell are left
+#' out of training, and [denoise()] gives them 0). New data needs these genes;
+#' [denoise()] accepts other genes only if they have no counts. Subset new
+#' data to the model's genes with `sce[rownames(model), ]`.
+#'
+#' @param x A `zipo_model`.
+#' @return A list of the model's genes and `NULL`, so that `rownames(model)`
+#'   gives the genes.
+#' @examples
+#' \dontrun{
+#' model <- zipo::train(sce, epochs = 100)
+#' length(rownames(model))
+#' sce2 <- sce2[rownames(model), ]
+#' }
+#' @export
+dimnames.zipo_model <- function(x) {
+  list(as.character(.r(x$py$var_names$to_list())), NULL)
 }
 
 #' Denoise new data with a trained model

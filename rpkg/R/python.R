@@ -101,7 +101,8 @@ zipo_available <- function() {
   .configure_python()
   imported <- tryCatch(
     list(np = reticulate::import("numpy"), zipo = reticulate::import("zipo"),
-         bridge = reticulate::import("zipo.rbridge")),
+         bridge = reticulate::import("zipo.rbridge"),
+         errors = reticulate::import("zipo.errors")),
     error = function(e) e
   )
   if (inherits(imported, "error")) {
@@ -113,10 +114,27 @@ zipo_available <- function() {
     }
     .missing_core(msg)
   }
+  # The core's messages name R's objects and arguments from now on (zipo.errors).
+  imported$errors$speak_r()
   .zipo_state$np <- imported$np
   .zipo_state$bridge <- imported$bridge
+  .zipo_state$errors <- imported$errors
   .zipo_state$zipo <- imported$zipo
   imported$zipo
+}
+
+# Calls the Python function `f`. The core writes its messages in R's terms (zipo.errors): a
+# Python ValueError (bad input) becomes an R error with that message alone, without Python's
+# exception name and traceback, and the notices the call left are shown as R messages.
+.py_call <- function(f, ...) {
+  on.exit(for (n in .r(.zipo_state$errors$take_notices())) message(n), add = TRUE)
+  tryCatch(f(...), error = function(e) {
+    msg <- conditionMessage(e)
+    bad_input <- "^(zipo\\.errors\\.InputError|ValueError): "
+    if (!grepl(bad_input, msg)) stop(e)
+    msg <- sub("\n+Detailed traceback:.*$", "", sub(bad_input, "", msg))
+    stop(sub("\n+$", "", msg), call. = FALSE)
+  })
 }
 
 .bridge <- function() {

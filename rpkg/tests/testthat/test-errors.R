@@ -61,3 +61,30 @@ test_that("subset.row that names no rows, repeats one or has the wrong length is
   expect_error(denoise(sce, model = model, subset.row = 41), "row numbers outside 1..40")
   expect_error(denoise(sce, model = model, subset.row = character()), "subset.row selects no genes")
 })
+
+test_that("errors from the Python core name R's objects and functions, not Python's", {
+  skip_without_core()
+  sce <- simulated_sce()
+  model <- do.call(train, c(list(sce, epochs = 1), fast))
+  no_python <- function(msg) {
+    expect_false(grepl("adata|scanpy|var_names|Traceback|Error:", msg), info = msg)
+    msg
+  }
+  missing <- tryCatch(denoise(sce[-2, ], model = model), error = conditionMessage)
+  expect_match(no_python(missing), paste0(
+    "^the genes of the object do not match the trained model: 1 genes of the model are ",
+    "missing \\(gene2\\)\\. Subset or reorder with sce\\[rownames\\(model\\), \\]"))
+  m <- SummarizedExperiment::assay(sce, "counts")
+  extra <- SingleCellExperiment::SingleCellExperiment(list(counts = rbind(
+    m, Matrix::Matrix(1, 1, ncol(m), sparse = TRUE, dimnames = list("NEW", colnames(m))))))
+  expect_match(no_python(tryCatch(denoise(extra, model = model), error = conditionMessage)),
+               "1 genes are not in the model and have counts here \\(NEW\\)\\. Drop them with sce\\[rownames\\(model\\), \\]")
+  dup <- sce
+  rownames(dup)[2] <- rownames(dup)[1]
+  expect_match(no_python(tryCatch(train(dup, epochs = 1), error = conditionMessage)),
+               "gene names are not unique \\(gene1\\); make them unique first, e.g. rownames\\(sce\\) <- make.unique\\(rownames\\(sce\\)\\)")
+  empty <- sce
+  SummarizedExperiment::assay(empty, "counts")[, 5] <- 0
+  expect_match(tryCatch(denoise(empty), error = conditionMessage),
+               "1 cells have zero counts .*cell5.*scuttle::addPerCellQC\\(sce\\)")
+})
