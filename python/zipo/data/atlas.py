@@ -155,6 +155,7 @@ class ConcatenatedRows(anndata.abc.CSRDataset):
         sizes = np.array([p.shape[0] for p in self.parts], dtype=np.int64)
         #: first row of each part; a shuffled chunk of rows should not cross one (loader)
         self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.sizes = sizes  # (a backed dataset reads its shape from the file every time)
         self.shape = (int(sizes.sum()), widths.pop())
         self.dtype = np.result_type(*[p.dtype for p in self.parts])
         self.backend = getattr(self.parts[0], "backend", "hdf5")
@@ -185,8 +186,8 @@ class ConcatenatedRows(anndata.abc.CSRDataset):
     def _range(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows start..stop-1: one read in each part they fall in."""
         blocks = []
-        for part, first in zip(self.parts, self.starts):
-            lo, hi = max(start, first), min(stop, first + part.shape[0])
+        for part, first, size in zip(self.parts, self.starts, self.sizes):
+            lo, hi = max(start, first), min(stop, first + size)
             if lo < hi:
                 blocks.append(self._csr(part[int(lo - first):int(hi - first)]))
         if not blocks:
