@@ -6,7 +6,9 @@ over all processes (:class:`SyncBatchNorm1d`), so N processes take the same step
 process with the same global batch, up to floating-point summation order.
 
 Launch with ``zipo train --nproc N`` or ``torchrun --nproc-per-node N script.py`` (a script
-calling ``ZiPo(...).train()``: the process group is set up from torchrun's environment).
+calling ``ZiPo(...).train()``: the process group is set up from torchrun's environment); on
+several machines, ``torchrun --nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT`` on
+each (docs/atlas.md).
 """
 
 from __future__ import annotations
