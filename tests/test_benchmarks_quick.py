@@ -208,3 +208,36 @@ def test_quick_run_without_peer_venvs(tmp_path, monkeypatch, capsys):
     assert sum((r["protocol"], r["method"]) == ("mcv0.9", "pca") for r in again) == 1
     zipo_fit = [r for r in again if (r["protocol"], r["method"]) == ("mcv0.9", "zipo")]
     assert zipo_fit == [by[("mcv0.9", "zipo")]]
+
+
+def test_atlas_simulates_around_real_cells_and_scores_a_fit(tmp_path, monkeypatch):
+    """benchmarks/atlas.py on pbmc_small as the real cells: the file holds X' of the scored
+    cells and whole counts of the rest, the truth file X'' and the rates, and a short ZiPo fit
+    in its own process is timed and scored."""
+    import anndata as ad
+
+    from benchmarks import atlas
+
+    small = ad.read_h5ad(Path(__file__).parent / "data" / "pbmc_small.h5ad")
+    x = sp.csr_matrix(small.X, dtype=np.float64)
+    profiles = atlas.smooth_profiles(x, k=5, n_pcs=10)
+    np.testing.assert_allclose(profiles.sum(axis=1), 1.0)
+    assert np.all(profiles[x.toarray() > 0] > 0)  # a cell's own genes stay in its profile
+    monkeypatch.setattr(atlas, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(atlas, "_source", lambda name, all_genes: (x, np.asarray(small.var_names)))
+    path = atlas.simulate(600, scored=100)
+    data = ad.read_h5ad(path)
+    rate, held, p = atlas._truth(path)
+    assert data.shape == (600, small.n_vars) and rate.shape == held.shape == (100, small.n_vars)
+    counts = data.X.toarray()
+    assert np.all(counts == np.rint(counts)) and counts.sum(axis=1).min() >= 1
+    kept = counts[:100].sum() / (counts[:100].sum() + held.sum())
+    assert abs(kept - p) < 0.02  # X' holds 90% of the scored cells' molecules
+    # the rates are the simulated cells' means: on average the counts match them
+    assert abs(counts[100:].sum() / (rate.sum() / 100 * 500) - 1) < 0.1
+    rec = atlas.fit("zipo", path, 1, 100, zipo_options={"max_epochs": 2, "encoder_dims": [32, 8]})
+    assert rec["epochs"] == 2 and rec["steps"] == 6  # 540 training cells: 3 batches of <= 256
+    assert rec["seconds"] > 0 and rec["peak_rss_gib"] > 0
+    assert 0 < rec["mcv_deviance"] < 10 and 0 < rec["truth_sqrt_mse"] < 10
+    assert "1 of 1" not in atlas.markdown([{**rec, "source": "pbmc4k", "cells": 600,
+                                           "genes": "2000", "method": "zipo"}])
