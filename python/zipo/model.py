@@ -2,15 +2,17 @@
 
 It composes the other parts: the config (:mod:`zipo.config`), the data checks and loader
 (:mod:`zipo.data`), the network (:mod:`zipo.nn`), training (:mod:`zipo.train`), the outputs
-(:mod:`zipo.outputs`), the gene programs (:mod:`zipo.tools.programs`) and saving and loading
-(:mod:`zipo.io`, whose :class:`~zipo.io.SaveLoadMixin` gives ``ZiPo`` ``save`` and ``load``).
+(:mod:`zipo.outputs`), the gene programs (:mod:`zipo.tools.programs`, whose
+:class:`~zipo.tools.programs.ProgramsMixin` gives ``ZiPo`` ``prune`` and the programs) and
+saving and loading (:mod:`zipo.io`, whose :class:`~zipo.io.SaveLoadMixin` gives ``ZiPo``
+``save`` and ``load``).
 """
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -24,18 +26,15 @@ from .data.genes import check_gene_names, detected_genes, model_gene_counts
 from .data.loader import CellBatches, inference_batches, split_cells, training_batches
 from .io import SaveLoadMixin
 from .nn.network import ZiPoNetwork
-from .outputs import (
-    Expectation, check_denoise_request, output_columns, output_genes, output_sink, output_target,
-    write_predictions,
-)
-from .tools import programs
+from .inference import InferenceMixin
+from .outputs import Expectation
+from .tools.programs import ProgramsMixin, PruneMask
 from .train.checkpoint import read_checkpoint, write_checkpoint
 from .train.distributed import init_from_environment, local_device, resolve_device, world, wrap
-from .train.evaluate import baseline_nll, evaluate
 from .train.trainer import Trainer
 
 
-class ZiPo(SaveLoadMixin):
+class ZiPo(InferenceMixin, SaveLoadMixin, ProgramsMixin):
     """Deep zero-inflated count autoencoder for single-cell RNA-seq counts.
 
     Parameters
@@ -107,7 +106,7 @@ class ZiPo(SaveLoadMixin):
         #: ``{delta, pruned_fraction, weights_pruned, weights_total}`` once :meth:`prune` ran
         #: (saved with the model), else None.
         self.pruning: dict | None = None
-        self._prune_mask: programs.PruneMask | None = None
+        self._prune_mask: PruneMask | None = None
         self.study = None  # the optuna.Study, on a model returned by zipo.tune
 
     # ----------------------------------------------------------------- training
@@ -118,6 +117,11 @@ class ZiPo(SaveLoadMixin):
               callback: Callable[[Trainer], None] | None = None, **options: Any) -> "ZiPo":
         """Train on the AnnData given at construction (Adam, early stopping on held-out cells'
         held-out molecules); again, it continues from the current weights.
+
+        Training is watched every *round* of at most ``validation_interval`` optimiser steps
+        (100; a whole epoch on data of up to ~28,000 cells): validation, the learning-rate
+        plateau, early stopping and checkpoints count rounds, so a large dataset stops within
+        a few passes once it has converged.
 
         Arguments left at ``None`` keep the model's configuration (``self.config.train``);
         those given are written into it, so the saved config says how the model was trained.
@@ -133,22 +137,24 @@ class ZiPo(SaveLoadMixin):
             ``"auto"`` (default: CUDA when every process on the machine can have a GPU of its
             own, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         validation_fraction
-            Fraction of the cells held out to watch training (default 0.1); the schedule and
-            early stopping watch the held-out molecules of these cells.
+            Fraction of the cells held out to watch training (default 0.1, at most
+            ``validation_max_cells``, 4,096); the schedule and early stopping watch the
+            held-out molecules of these cells.
         seed
             Seeds the initial weights, the validation split, the shuffling and the molecule
             splits: the same seed gives the same model on the same CPU.
         verbose
-            Show a progress bar with each epoch's losses.
+            Show a progress bar (in epochs) with each round's losses.
         checkpoint_dir
             Write the whole training state (weights, optimiser, schedule, early-stopping
-            record, random streams) there atomically every ``checkpoint_every`` epochs.
+            record, random streams, position in the epoch) there atomically every
+            ``checkpoint_every`` rounds.
         resume
             Continue from the last checkpoint in ``checkpoint_dir``: a killed run ends with
             the same weights as an uninterrupted one (CPU, same seed).
         callback
-            Called as ``callback(trainer)`` after every epoch (``trainer.history[-1]`` is that
-            epoch's row); an exception it raises stops training, e.g. Optuna's
+            Called as ``callback(trainer)`` after every round (``trainer.history[-1]`` is that
+            round's row); an exception it raises stops training, e.g. Optuna's
             ``TrialPruned``.
         **options
             Any other option of :class:`~zipo.config.TrainConfig` by name
@@ -157,8 +163,8 @@ class ZiPo(SaveLoadMixin):
         Returns
         -------
         ZiPo
-            ``self``, trained: ``history`` holds one row per epoch, and the weights are those
-            of the best epoch."""
+            ``self``, trained: ``history`` holds one row per round (``epoch``, fractional
+            within an epoch, and ``step``), and the weights are those of the best round."""
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir the run was writing to")
         self.config.set_options({"max_epochs": max_epochs, "batch_size": batch_size,
@@ -282,156 +288,6 @@ class ZiPo(SaveLoadMixin):
     def _require_trained(self) -> None:
         if not self.is_trained:
             raise ValueError("the model is not trained yet; call model.train() first")
-
-    # ----------------------------------------------------------------- inference
-    @torch.no_grad()
-    def get_latent(self, adata=None, batch_size: int | None = None) -> np.ndarray:
-        """Latents U (cells x latent size) of ``adata`` (default: the training data)."""
-        self._require_trained()
-        batches = self.cell_batches(adata if adata is not None else self.adata, batch_size)
-        self.network.eval()
-        return np.concatenate([self.network.encode(x).cpu().numpy() for x, _, _ in batches])
-
-    def denoise(self, adata=None, expectation: Expectation = "posterior", zero_inflation: bool = False,
-                key_added: str = "zipo", batch_size: int | None = None, copy: bool = False,
-                covariate_values: dict[str, Any] | None = None,
-                genes: Sequence[str] | None = None, out: str | Path | None = None,
-                denoised: bool = True, overwrite: bool = False, target_sum: float = 1e4,
-                depth: float = 1.0):
-        """Denoised counts, latents and library sizes of ``adata``'s cells.
-
-        By default they are written into ``adata``: ``layers[f"{key_added}_denoised"]`` (cells x
-        genes, float32), ``obsm[f"X_{key_added}"]`` (latents), ``obs[f"{key_added}_library_size"]``
-        (l: taken from the counts or predicted by LibNet, ``model.library``), and with
-        ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
-
-        Parameters
-        ----------
-        adata
-            Cells to denoise, with the model's genes in any order (default: the training
-            data). Counts as for :class:`ZiPo`: sparse, dense or backed.
-        expectation
-            What "denoised" means (:data:`zipo.outputs.EXPECTATIONS`): ``"posterior"``
-            (default), E[rate | the cell's counts], the rate ``l * mu`` updated by each count
-            as far as the fitted dispersion allows (the rate itself under ZIP/Poisson);
-            ``"rate"``, ``l * mu``, for imputing entries known to be corrupted;
-            ``"mixture"``, ``(1 - z) l mu``, the mean of the whole zero-inflated distribution;
-            ``"lognorm"``, E[log1p(target_sum * X / l)], a ``logcounts``-style value.
-        zero_inflation
-            Also write the zero-inflation probabilities z.
-        key_added
-            Prefix of the names written (``zipo``).
-        batch_size
-            Cells per batch of inference (default: the training batch size).
-        copy
-            Return a new AnnData with the outputs instead of writing into ``adata``.
-        covariate_values
-            Predict every cell as if its covariates had these values, e.g.
-            ``{"batch": "donor1"}`` gives batch-corrected counts with donor1 as the reference
-            (the latents do not depend on covariates, so they are unchanged). With
-            ``expectation="posterior"`` each cell keeps its count-given deviation from the rate
-            at its own covariates, times the ratio of the reference's rate to its own.
-            Covariates that ``adata.obs`` lacks are taken to be the cells' own values.
-        genes
-            Denoise only these genes; in memory they go to ``obsm[f"{key_added}_denoised"]``
-            (a DataFrame, cells x these genes), in ``out`` the file's genes are these genes.
-        out
-            Stream everything to this new ``.h5ad`` file, one batch at a time (written to a
-            temporary file, renamed when complete); ``adata`` is not modified. The file's
-            ``X`` holds the denoised counts, with obs (+ library sizes), var and the latents in
-            ``obsm``. For data too large for a cells x genes matrix in memory (a million
-            cells x 20,000 genes is 80 GB). With ``zero_inflation=True`` the file also holds
-            ``layers[f"{key_added}_zero_prob"]``, which anndata loads into memory when the file
-            is opened.
-        denoised
-            ``False`` writes only the latents and library sizes (cells x latents in memory).
-        overwrite
-            Replace an existing ``out`` file.
-        target_sum
-            The scale of ``expectation="lognorm"`` (1e4, as scanpy's ``normalize_total``).
-        depth
-            Predict a measurement at ``depth`` x each cell's library size (default 1).
-
-        Returns
-        -------
-        AnnData or None
-            The AnnData when ``copy=True``; the output AnnData, opened backed (``X`` stays on
-            disk), with ``out``; else None (``adata`` is modified).
-        """
-        self._require_trained()
-        adata = self.adata if adata is None else adata
-        check_denoise_request(adata, expectation, copy, out, denoised, depth, target_sum)
-        keep = output_genes(self.var_names, adata, genes)
-        # Cells are read at their own covariates (where their counts were measured), predicted
-        # at ``reference``'s.
-        batches = self.cell_batches(adata, batch_size, covariate_values)
-        reference = (self.covariate_encoder.transform(
-            self.covariate_encoder.fixed(adata.obs, covariate_values))
-            if covariate_values else None)
-        if reference is not None and np.array_equal(reference, batches.covariates):
-            reference = None  # every given covariate was missing: the cells' own
-        # (training data's undetected genes were announced at training)
-        cols, keep = output_columns(self.var_names, adata, keep, notify=adata is not self.adata)
-        sink = output_sink(adata, keep, self.config.model.encoder_dims[-1], out, key_added,
-                           denoised, zero_inflation, overwrite)
-        with sink:
-            write_predictions(self.network, batches, sink, cols, expectation, denoised,
-                              zero_inflation, depth, target_sum, reference)
-        if out is not None:
-            return sink.result()
-        target = output_target(adata, copy)
-        sink.store(target, key_added, keep, subset=genes is not None)
-        return target if copy else None
-
-    def evaluate(self, adata=None, batch_size: int | None = None) -> dict[str, float]:
-        """Mean NLL per matrix entry and total loss of ``adata`` under the trained model."""
-        self._require_trained()
-        batches = self.cell_batches(adata if adata is not None else self.adata, batch_size)
-        loss, nll = evaluate(self.network, batches, self.config.model)
-        return {"nll": nll, "loss": loss}
-
-    def baseline_nll(self) -> float:
-        """Validation NLL per entry of the baseline that predicts each gene's mean proportion in
-        the training cells times each validation cell's library size (Poisson)."""
-        batches = self.validation_batches(device="cpu")
-        if batches is None:
-            raise ValueError("no validation split: train with validation_fraction > 0 first")
-        return baseline_nll(batches, gene_totals(batches.counts, self.train_indices))
-
-    # ----------------------------------------------------------------- pruning and gene programs
-    def prune(self, delta: float = 1e-4, adata=None) -> dict:
-        """Prune the first encoder layer at ``delta``; pruned weights stay zero through later
-        training and save/load. Returns the report of :func:`zipo.tools.programs.prune`."""
-        self._prune_mask, report = programs.prune(self, delta, adata, self._prune_mask)
-        self.pruning = {k: report[k] for k in programs.PRUNING_RECORD}
-        return report
-
-    def gene_programs(self, adata=None, min_weight: float = 0.0, key_added: str = "zipo") -> pd.DataFrame:
-        """Each first-layer neuron as a signed gene set, as a table, also written into
-        ``adata``; see :func:`zipo.tools.programs.gene_programs`."""
-        return programs.gene_programs(self, adata, min_weight, key_added)
-
-    def write_gmt(self, path: str | Path, top_n: int | None = None, min_weight: float = 0.0) -> Path:
-        """The programs as a GMT file; see :func:`zipo.tools.programs.write_gmt`."""
-        return programs.write_gmt(self, path, top_n, min_weight)
-
-    def program_activity(self, adata=None, key_added: str = "zipo",
-                         batch_size: int | None = None) -> np.ndarray:
-        """Per-cell activity of each program, written into ``adata.obsm``; see
-        :func:`zipo.tools.programs.program_activity`."""
-        return programs.program_activity(self, adata, key_added, batch_size)
-
-    def trained_network(self) -> ZiPoNetwork:
-        """The network, after checking the model is trained, with pruned weights at zero (what
-        the tools read)."""
-        self._require_trained()
-        self._enforce_pruning()
-        return self.network
-
-    def _enforce_pruning(self) -> None:
-        """Zero the pruned first-layer weights (no-op for an unpruned model)."""
-        if self._prune_mask is not None:
-            self._prune_mask.apply(self.network)
 
     def plot_history(self, ax=None, path: str | Path | None = None):
         """Plot train/validation loss and learning rate per epoch; return the figure."""

@@ -111,11 +111,7 @@ class PruneMask:
 
 
 def _drop(hooks: dict, match) -> None:
-    for key in [k for k, h in hooks.items() if match(h)]:
-        del hooks[key]
-
-
-def _drop(hooks: dict, match) -> None:
+    """Remove the hooks that ``match``."""
     for key in [k for k, h in hooks.items() if match(h)]:
         del hooks[key]
 
@@ -341,3 +337,44 @@ def program_activity(model, adata=None, key_added: str = "zipo",
         out[idx] = layer(as_dense(network.transform_input(x))).float().cpu().numpy()
     adata.obsm[f"X_{key_added}_programs"] = out
     return out
+
+
+class ProgramsMixin:
+    """Pruning and gene programs as methods of :class:`~zipo.ZiPo` (its ``_prune_mask`` and
+    ``pruning`` are set here and saved by :mod:`zipo.io`)."""
+
+    def prune(self, delta: float = 1e-4, adata=None) -> dict:
+        """Prune the first encoder layer at ``delta``; pruned weights stay zero through later
+        training and save/load. Returns the report of :func:`zipo.tools.programs.prune`."""
+        self._prune_mask, report = prune(self, delta, adata, self._prune_mask)
+        self.pruning = {k: report[k] for k in PRUNING_RECORD}
+        return report
+
+    def gene_programs(self, adata=None, min_weight: float = 0.0,
+                      key_added: str = "zipo") -> pd.DataFrame:
+        """Each first-layer neuron as a signed gene set, as a table, also written into
+        ``adata``; see :func:`zipo.tools.programs.gene_programs`."""
+        return gene_programs(self, adata, min_weight, key_added)
+
+    def write_gmt(self, path: str | Path, top_n: int | None = None,
+                  min_weight: float = 0.0) -> Path:
+        """The programs as a GMT file; see :func:`zipo.tools.programs.write_gmt`."""
+        return write_gmt(self, path, top_n, min_weight)
+
+    def program_activity(self, adata=None, key_added: str = "zipo",
+                         batch_size: int | None = None) -> np.ndarray:
+        """Per-cell activity of each program, written into ``adata.obsm``; see
+        :func:`zipo.tools.programs.program_activity`."""
+        return program_activity(self, adata, key_added, batch_size)
+
+    def trained_network(self):
+        """The network, after checking the model is trained, with pruned weights at zero (what
+        the tools read)."""
+        self._require_trained()
+        self._enforce_pruning()
+        return self.network
+
+    def _enforce_pruning(self) -> None:
+        """Zero the pruned first-layer weights (no-op for an unpruned model)."""
+        if self._prune_mask is not None:
+            self._prune_mask.apply(self.network)
