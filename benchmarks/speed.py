@@ -116,7 +116,7 @@ def main(argv=None) -> None:
             print(f"| {name} | {fast:.1f} | {slow:.1f} | {fast / slow:.2f} |", flush=True)
         return
     from zipo.config import ModelConfig
-    from zipo.train.distributed import resolve_device
+    from zipo.device import resolve_device
 
     device = str(resolve_device(args.device))
     adata = load_pbmc(n_genes=args.genes)

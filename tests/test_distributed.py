@@ -277,7 +277,7 @@ def test_each_process_gets_a_gpu_of_its_own_or_trains_on_the_cpu(monkeypatch, gp
     """``--nproc 2`` on a machine with one GPU: 'auto' trains on the CPU (NCCL runs one process
     per GPU, and the second process's cuda:1 does not exist); 'cuda' is refused before any
     process joins the group, with the fix in the message."""
-    from zipo.train.distributed import resolve_device
+    from zipo.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

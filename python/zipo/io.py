@@ -30,7 +30,7 @@ from .data.covariates import CovariateEncoder
 from .files import atomic_path, write_synced
 from .nn.network import ZiPoNetwork
 from .tools import programs
-from .train.distributed import resolve_device
+from .device import resolve_device
 
 if TYPE_CHECKING:
     from .model import ZiPo

@@ -30,7 +30,8 @@ from .inference import InferenceMixin
 from .outputs import Expectation
 from .tools.programs import ProgramsMixin, PruneMask
 from .train.checkpoint import read_checkpoint, write_checkpoint
-from .train.distributed import init_from_environment, local_device, resolve_device, world, wrap
+from .device import local_device, resolve_device
+from .train.distributed import init_from_environment, world, wrap
 from .train.trainer import Trainer
 
 

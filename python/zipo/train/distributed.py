@@ -24,28 +24,6 @@ from torch import nn
 from ..nn.batchnorm import convert_batchnorm
 
 
-def _local_processes() -> int:
-    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE; :func:`spawn` sets it)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when every process on this machine can have a GPU of its own, else
-    CPU; refuses CUDA where there is none, or too few GPUs for the processes."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    processes = _local_processes()
-    if device == "auto":
-        # NCCL runs one process per GPU: more processes than GPUs train on the CPU (gloo)
-        return torch.device("cuda" if gpus >= processes else "cpu")
-    if device.startswith("cuda") and not gpus:
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
-    if device == "cuda" and processes > gpus:
-        raise ValueError(f"device='cuda' with {processes} processes on this machine needs a GPU "
-                         f"for each, but it has {gpus}; use at most {gpus} processes (--nproc), "
-                         "or device='cpu' (or 'auto', which then trains on the CPU)")
-    return torch.device(device)
-
-
 def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) when not distributed."""
     if dist.is_available() and dist.is_initialized():
@@ -66,13 +44,6 @@ def init_from_environment(device: torch.device) -> bool:
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend)
     return True
-
-
-def local_device(device: torch.device) -> torch.device:
-    """One GPU per process on a multi-GPU machine (LOCAL_RANK), else ``device``."""
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
 
 
 def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
