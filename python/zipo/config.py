@@ -47,7 +47,7 @@ class DataConfig:
 class ModelConfig:
     """Network shape and loss. The kind of network is the paper's best model (sigmoid, batch
     norm, residuals from every encoder layer into the latents); the widths, decoder layer,
-    likelihood and library are ours (README, "where we differ from the paper");
+    likelihood and library are ours (docs, method: "where we differ from the paper");
     ``preset="paper"`` restores the paper's 2048-1024-512-256-128 encoder, linear decoder and
     ZIP with a predicted library."""
 
@@ -59,20 +59,20 @@ class ModelConfig:
     """Widths of the encoder layers; the last is the number of latents. The paper's
     2048-1024-512-256-128 scored the same on held-out molecules at about twice the cost per
     epoch and twice the epochs; 32 latents instead of 128 tie on held-out molecules and
-    cluster cell types better (README, "where we differ from the paper")."""
+    cluster cell types better (docs, method: "where we differ from the paper")."""
     residuals: bool = True
     """Residual maps from every earlier encoder layer into the latent layer."""
     activation: str = "sigmoid"
     batch_norm: bool = True
     decoder_dims: list[int] = field(default_factory=lambda: [128])
-    """Hidden decoder layers before the heads; empty is the paper's linear decoder (README)."""
+    """Hidden decoder layers before the heads; empty is the paper's linear decoder (docs, method)."""
     library: str = "observed"
     """Where each cell's library size l (the scale of its rates) comes from: ``predicted``, the
     paper's LibNet, a small network from the latents (``library_dims``), or ``observed``, the
     total counts of the cell the network reads (no LibNet), divided under zero inflation by
     sum_g (1 - pi_g) mu_g so that the expected counts sum to that total. A predicted library
     needs the latents to encode each cell's depth; the observed one (as in scVI) does not,
-    though they still follow it (the encoder reads raw depth; RESULTS.md, "Depth in the
+    though they still follow it (the encoder reads raw depth; docs, history: "Depth in the
     latents"). Under Noise2Self l is the kept molecules' total and the held-out rate is
     rescaled by q / (1 - q); when denoising, l is the cell's own total."""
     library_dims: list[int] = field(default_factory=lambda: [16, 4])
@@ -133,7 +133,7 @@ class TrainConfig:
     most this long (up to ~28,000 cells at batch 256) a round is an epoch."""
     learning_rate: float = 0.001
     """Starting learning rate; 0.0212 is the paper's schedule (x0.9 per epoch down to
-    ``lr_min``), which on PBMC 4k let zero inflation explain most zeros (README)."""
+    ``lr_min``), which on PBMC 4k let zero inflation explain most zeros (docs, method)."""
     lr_decay: float = 0.9
     """Multiplied into the learning rate every epoch until it reaches ``lr_min``."""
     lr_min: float = 0.001
@@ -153,7 +153,7 @@ class TrainConfig:
     patience_min_steps: int = 60
     """Both patiences are multiplied alike until the plateau's spans this many optimiser steps
     (under ~1,000 cells an epoch is 1-3 steps and it cut the rate while training still gained;
-    RESULTS.md, "Patience in optimiser steps"). 0: epochs only (the presets, as published)."""
+    docs, history: "Patience in optimiser steps"). 0: epochs only (the presets, as published)."""
     heldout_molecules: float = 0.1
     """Fraction of each validation cell's molecules held out by binomial thinning; above 0 the
     history gains ``validation_heldout_nll`` (the Poisson NLL of those molecules given the rate

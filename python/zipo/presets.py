@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # with ZINB heads and the observed library, trained and stopped on held-out molecules.
     "zipo": {},
     # The paper's best model exactly as published: 2048-1024-512-256-128, linear decoder, ZIP,
-    # predicted library, reconstruct all counts, stop on the validation cells' loss (README,
+    # predicted library, reconstruct all counts, stop on the validation cells' loss (docs, method,
     # "where we differ from the paper").
     "paper": {"model": {**_PAPER_HEADS, **_PAPER_SHAPE}, "train": _RECONSTRUCT},
     # DCA as its authors recommend: NB, 128-64-128, ReLU, no residuals, log input of
