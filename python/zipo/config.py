@@ -65,7 +65,8 @@ class ModelConfig:
     activation: str = "sigmoid"
     batch_norm: bool = True
     decoder_dims: list[int] = field(default_factory=lambda: [128])
-    """Hidden decoder layers before the heads; empty is the paper's linear decoder (docs, method)."""
+    """Hidden decoder layers before the heads; empty is the paper's linear decoder (docs,
+    method)."""
     library: str = "observed"
     """Where each cell's library size l (the scale of its rates) comes from: ``predicted``, the
     paper's LibNet, a small network from the latents (``library_dims``), or ``observed``, the
