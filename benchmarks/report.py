@@ -53,14 +53,14 @@ COST = [
 ]
 FIGURE = [ACCURACY[0], ACCURACY[2], ACCURACY[3], ACCURACY[5], ACCURACY[8], ACCURACY[9],
           ACCURACY[10], LATENT[0], LATENT[2], COST[0], COST[4]]
-ORDER = ["zipo", "zipo_paper", "zipo_dca", "scvi", "magic", "mean", "pca", "oracle"]
+ORDER = ["zipo", "zipo_paper", "zipo_dca", "scvi", "cellmapper", "magic", "mean", "pca", "oracle"]
 LABELS = {"zipo": "ZiPo", "zipo_paper": "ZiPo (paper)", "zipo_dca": "DCA (ZiPo preset)",
-          "scvi": "scVI", "magic": "MAGIC", "mean": "no denoising", "pca": "PCA low-rank",
+          "scvi": "scVI", "cellmapper": "CellMapper", "magic": "MAGIC", "mean": "no denoising", "pca": "PCA low-rank",
           "oracle": "oracle (truth)"}
-PEERS = ["zipo_dca", "scvi", "magic"]
+PEERS = ["zipo_dca", "scvi", "cellmapper", "magic"]
 BASELINES = ["mean", "pca"]
 COLORS = {"zipo": "#1b6ca8", "zipo_paper": "#6baed6", "zipo_dca": "#fd8d3c", "scvi": "#31a354",
-          "magic": "#a05195", "mean": "#969696", "pca": "#636363", "oracle": "#000000"}
+          "magic": "#a05195", "cellmapper": "#e6ab02", "mean": "#969696", "pca": "#636363", "oracle": "#000000"}
 
 
 def aggregate(records: list[dict]) -> dict:

@@ -5,7 +5,7 @@
     python -m benchmarks.run --full --write-results   # ... and rewrite benchmarks/RESULTS.md
 
 Every fit is one subprocess (so wall time and peak RSS are its own): ZiPo and the baselines in
-this environment, scVI / MAGIC in their own virtualenvs (``--setup`` creates them from the
+this environment, scVI / MAGIC / CellMapper in their own virtualenvs (``--setup`` creates them from the
 pinned ``benchmarks/requirements-*.txt``; a missing one is reported as skipped). Data travel
 as .npz files in a temporary folder. See benchmarks/README.md for the protocols.
 """
@@ -55,7 +55,8 @@ def versions() -> dict:
                 k, val = line.split("==", 1)
                 pins[k.strip().lower()] = val.strip()
         keep = {"scvi": ("scvi-tools", "torch", "lightning"), "magic": ("magic-impute", "scprep"),
-                "scanpy": ("scanpy", "leidenalg", "igraph")}[name]
+                "scanpy": ("scanpy", "leidenalg", "igraph"),
+                "cellmapper": ("cellmapper", "scanpy")}[name]
         v[f"venv:{name}"] = {k: pins.get(k) for k in keep}
     return v
 

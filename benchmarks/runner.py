@@ -41,12 +41,13 @@ METHODS = {m.key: m for m in [
     Method("zipo_dca", "DCA (ZiPo preset)", "main_worker.py", None, True, "peer"),
     Method("scvi", "scVI", "scvi_worker.py", "scvi", True, "peer"),
     Method("magic", "MAGIC", "magic_worker.py", "magic", False, "peer"),
+    Method("cellmapper", "CellMapper", "cellmapper_worker.py", "cellmapper", False, "peer"),
     Method("mean", "no denoising", "main_worker.py", None, True, "baseline"),
     Method("pca", "PCA low-rank", "main_worker.py", None, False, "baseline"),
 ]}
 
 # Expected cost of one fit, for scheduling the slowest first (relative units).
-COST = {"zipo": 4, "zipo_paper": 10, "scvi": 4, "zipo_dca": 2, "magic": 1, "pca": 0.5,
+COST = {"zipo": 4, "zipo_paper": 10, "scvi": 4, "zipo_dca": 2, "magic": 1, "cellmapper": 1, "pca": 0.5,
         "mean": 0.1}
 DATA_COST = {"pbmc4k": 10, "simulated": 5, "pbmc_small": 0.2}
 ENV_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",

@@ -24,6 +24,7 @@ PEER_VENVS = {
     "scvi": ("requirements-scvi.txt", True),
     "magic": ("requirements-magic.txt", False),
     "scanpy": ("requirements-scanpy.txt", False),
+    "cellmapper": ("requirements-cellmapper.txt", False),
 }
 
 
