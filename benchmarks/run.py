@@ -56,7 +56,8 @@ def versions() -> dict:
                 pins[k.strip().lower()] = val.strip()
         keep = {"scvi": ("scvi-tools", "torch", "lightning"), "magic": ("magic-impute", "scprep"),
                 "scanpy": ("scanpy", "leidenalg", "igraph"),
-                "cellmapper": ("cellmapper", "scanpy")}[name]
+                "cellmapper": ("cellmapper", "scanpy"),
+                "openproblems": ("cellmapper", "magic-impute", "scprep", "scanpy")}[name]
         v[f"venv:{name}"] = {k: pins.get(k) for k in keep}
     return v
 

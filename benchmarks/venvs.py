@@ -25,6 +25,7 @@ PEER_VENVS = {
     "magic": ("requirements-magic.txt", False),
     "scanpy": ("requirements-scanpy.txt", False),
     "cellmapper": ("requirements-cellmapper.txt", False),
+    "openproblems": ("requirements-openproblems.txt", False),  # benchmarks/openproblems.py
 }
 
 
