@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .distributions import LIKELIHOODS
 from .files import atomic_path, check_target
+from .option_types import LIKELIHOODS
 from .outputs import EXPECTATIONS
 from .presets import PRESETS
 from .tools.search_space import PAPER_SEARCH_SPACE

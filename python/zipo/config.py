@@ -18,15 +18,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .distributions import LIKELIHOODS
-from .nn.network import ACTIVATIONS
-from .option_types import checked_value, field_names
+from .option_types import CHOICES, checked_value, field_names
 from .presets import PRESETS
-
-INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
-FIRST_LAYER_MODES = ("auto", "sparse", "dense")
-LIBRARY_MODES = ("predicted", "observed")
-DISPERSIONS = ("gene-cell", "gene")
 
 
 @dataclass
@@ -270,18 +263,10 @@ class ZiPoConfig:
 
     def validate(self) -> None:
         m, t = self.model, self.train
-        if m.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {m.likelihood!r}")
-        if m.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {m.activation!r}")
-        if m.input_transform not in INPUT_TRANSFORMS:
-            raise ValueError(
-                f"input_transform must be one of {INPUT_TRANSFORMS}, got {m.input_transform!r}"
-            )
-        if m.library not in LIBRARY_MODES:
-            raise ValueError(f"library must be one of {LIBRARY_MODES}, got {m.library!r}")
-        if m.dispersion not in DISPERSIONS:
-            raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {m.dispersion!r}")
+        for (section, name), choices in CHOICES.items():
+            value = getattr(getattr(self, section), name)
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         for name in ("encoder_dims", "decoder_dims", "library_dims"):
             dims = getattr(m, name)
             if any(d < 1 for d in dims):
@@ -310,8 +295,6 @@ class ZiPoConfig:
         if t.patience_min_steps < 0:
             raise ValueError(
                 f"patience_min_steps must be >= 0 (0: patience in epochs), got {t.patience_min_steps}")
-        if t.first_layer not in FIRST_LAYER_MODES:
-            raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {t.first_layer!r}")
         if t.prefetch < 0 or t.shuffle_chunk < 0:
             raise ValueError("prefetch and shuffle_chunk must be >= 0 "
                              f"(got {t.prefetch} and {t.shuffle_chunk})")

@@ -20,9 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Every likelihood by name: (zero_inflated, negative_binomial).
-LIKELIHOODS = {"zip": (True, False), "zinb": (True, True), "poisson": (False, False),
-               "nb": (False, True)}
+from .option_types import LIKELIHOODS
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,28 @@
 """Checking a config option's value against the type its dataclass field declares, so a
-typo or a wrong type in a config file, ``--set`` or a keyword names the key and what it wants."""
+typo or a wrong type in a config file, ``--set`` or a keyword names the key and what it wants;
+and the values of the options that name a choice.
+
+The choices are named here, not in the modules that implement them (:mod:`zipo.distributions`,
+:mod:`zipo.nn.network`, which import them from here), so that reading and checking a config
+needs no torch."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, get_type_hints
+
+#: Every likelihood by name: (zero_inflated, negative_binomial).
+LIKELIHOODS = {"zip": (True, False), "zinb": (True, True), "poisson": (False, False),
+               "nb": (False, True)}
+ACTIVATIONS = ("sigmoid", "relu", "gelu", "tanh", "elu", "softplus")
+INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
+FIRST_LAYER_MODES = ("auto", "sparse", "dense")
+LIBRARY_MODES = ("predicted", "observed")
+DISPERSIONS = ("gene-cell", "gene")
+#: The allowed values of each option that names a choice, by (section, option).
+CHOICES = {("model", "likelihood"): tuple(LIKELIHOODS), ("model", "activation"): ACTIVATIONS,
+           ("model", "input_transform"): INPUT_TRANSFORMS, ("model", "library"): LIBRARY_MODES,
+           ("model", "dispersion"): DISPERSIONS, ("train", "first_layer"): FIRST_LAYER_MODES}
 
 
 def field_names(klass) -> list[str]:

@@ -25,10 +25,11 @@ from torch import nn
 from ..distributions import likelihood_flags
 from .sparse import csr_rows, sparse_linear
 
-if TYPE_CHECKING:  # pragma: no cover - the config names its choices from this module
+if TYPE_CHECKING:  # pragma: no cover
     from ..config import ModelConfig
 
-ACTIVATIONS = {
+#: The module of each activation the config names (``zipo.option_types.ACTIVATIONS``).
+ACTIVATION_MODULES = {
     "sigmoid": nn.Sigmoid,
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -63,7 +64,7 @@ class NetworkOutput:
 
 def _block(n_in: int, n_out: int, activation: str, batch_norm: bool) -> nn.Sequential:
     """linear -> activation -> batch norm, the unit of every hidden layer."""
-    layers: list[nn.Module] = [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out), ACTIVATION_MODULES[activation]()]
     if batch_norm:
         layers.append(nn.BatchNorm1d(n_out))
     return nn.Sequential(*layers)
