@@ -33,28 +33,35 @@ install_zipo <- function(envname = "r-zipo",
                          packages = c("torch==2.13.0", "numpy<2"),
                          extra_packages = character()) {
   if (reticulate::py_available(initialize = FALSE)) {
-    warning("Python is already initialised in this R session; restart R before using ",
-            "the new environment.", call. = FALSE)
+    warning("Python is already initialised in this R session; restart R ",
+            "before using the new environment.", call. = FALSE)
   }
   if (dir.exists(source)) source <- normalizePath(source)
   path <- .env_path(envname)
   if (is.null(python)) python <- Sys.which("python3")
-  if (!nzchar(python)) stop("no python3 found; pass python = \"/path/to/python3\" (>= 3.10)", call. = FALSE)
-  # Python runs without R's LD_LIBRARY_PATH: R puts the system library folder first, and a
-  # Python built with a shared libpython (pyenv, conda) then loads the system's libpython
-  # instead of its own (seen here: a pip without its ssl module).
+  if (!nzchar(python)) {
+    stop("no python3 found; pass python = \"/path/to/python3\" (>= 3.10)",
+         call. = FALSE)
+  }
+  # Python runs without R's LD_LIBRARY_PATH: R puts the system library folder
+  # first, and a Python built with a shared libpython (pyenv, conda) then
+  # loads the system's libpython instead of its own (seen here: a pip without
+  # its ssl module).
   run <- function(exe, args, what) {
     status <- system2("env", c("LD_LIBRARY_PATH=", shQuote(exe), args))
     if (!identical(status, 0L)) {
-      stop(what, " failed for '", path, "' (exit status ", status, "); see the messages above.",
-           call. = FALSE)
+      stop(what, " failed for '", path, "' (exit status ", status,
+           "); see the messages above.", call. = FALSE)
     }
   }
   dir.create(dirname(path), recursive = TRUE, showWarnings = FALSE)
-  run(python, c("-m", "venv", shQuote(path)), "creating the virtual environment")
+  run(python, c("-m", "venv", shQuote(path)),
+      "creating the virtual environment")
   py <- file.path(path, "bin", "python")
-  pip <- function(...) run(py, c("-m", "pip", "install", "--disable-pip-version-check", ...),
-                           "pip install")
+  pip <- function(...) {
+    run(py, c("-m", "pip", "install", "--disable-pip-version-check", ...),
+        "pip install")
+  }
   pip(shQuote(c(packages, source, extra_packages)))
   message("ZiPo's Python core is installed in ", path, ".")
   invisible(py)
@@ -62,7 +69,19 @@ install_zipo <- function(envname = "r-zipo",
 
 #' Is ZiPo's Python core available?
 #'
-#' @return `TRUE` when Python with the `zipo` module can be used from R.
+#' Finds and imports ZiPo's Python core once per R session (the environment
+#' [install_zipo()] made, or the Python `RETICULATE_PYTHON` names); the other
+#' functions of zipo need it. Use it to guard code that needs the core, as the
+#' examples of this package do.
+#'
+#' @return `TRUE` when Python with the `zipo` module can be used from R,
+#'   `FALSE` otherwise (never an error).
+#' @examples
+#' if (zipo_available()) {
+#'   message("ZiPo's Python core is ready")
+#' } else {
+#'   message("run zipo::install_zipo() once to set up ZiPo's Python core")
+#' }
 #' @export
 zipo_available <- function() {
   isTRUE(tryCatch({
@@ -71,7 +90,8 @@ zipo_available <- function() {
   }, error = function(e) FALSE))
 }
 
-# A bare environment name lives under reticulate's virtualenv root, as reticulate expects.
+# A bare environment name lives under reticulate's virtualenv root, as
+# reticulate expects.
 .env_path <- function(envname) {
   if (grepl("/", envname, fixed = TRUE)) return(path.expand(envname))
   file.path(reticulate::virtualenv_root(), envname)
@@ -79,12 +99,14 @@ zipo_available <- function() {
 
 .missing_core <- function(detail) {
   stop("ZiPo's Python core is not available: ", detail, "\n",
-       "Run zipo::install_zipo() once (then restart R), or point RETICULATE_PYTHON ",
-       "at a Python that has the 'zipo' module.", call. = FALSE)
+       "Run zipo::install_zipo() once (then restart R), or point ",
+       "RETICULATE_PYTHON at a Python that has the 'zipo' module.",
+       call. = FALSE)
 }
 
 .configure_python <- function() {
-  if (reticulate::py_available(initialize = FALSE) || nzchar(Sys.getenv("RETICULATE_PYTHON"))) {
+  if (reticulate::py_available(initialize = FALSE) ||
+      nzchar(Sys.getenv("RETICULATE_PYTHON"))) {
     return(invisible())
   }
   envname <- getOption("zipo.envname", "r-zipo")
@@ -114,7 +136,8 @@ zipo_available <- function() {
     }
     .missing_core(msg)
   }
-  # The core's messages name R's objects and arguments from now on (zipo.errors).
+  # The core's messages name R's objects and arguments from now on
+  # (zipo.errors).
   imported$errors$speak_r()
   .zipo_state$np <- imported$np
   .zipo_state$bridge <- imported$bridge
@@ -123,11 +146,13 @@ zipo_available <- function() {
   imported$zipo
 }
 
-# Calls the Python function `f`. The core writes its messages in R's terms (zipo.errors): a
-# Python ValueError (bad input) becomes an R error with that message alone, without Python's
-# exception name and traceback, and the notices the call left are shown as R messages.
+# Calls the Python function `f`. The core writes its messages in R's terms
+# (zipo.errors): a Python ValueError (bad input) becomes an R error with that
+# message alone, without Python's exception name and traceback, and the
+# notices the call left are shown as R messages.
 .py_call <- function(f, ...) {
-  on.exit(for (n in .r(.zipo_state$errors$take_notices())) message(n), add = TRUE)
+  on.exit(for (n in .r(.zipo_state$errors$take_notices())) message(n),
+          add = TRUE)
   tryCatch(f(...), error = function(e) {
     msg <- conditionMessage(e)
     bad_input <- "^(zipo\\.errors\\.InputError|ValueError): "
@@ -142,5 +167,8 @@ zipo_available <- function() {
   .zipo_state$bridge
 }
 
-# An R value from a Python result (modules are imported with convert = TRUE, so most already are).
-.r <- function(x) if (inherits(x, "python.builtin.object")) reticulate::py_to_r(x) else x
+# An R value from a Python result (modules are imported with convert = TRUE,
+# so most already are).
+.r <- function(x) {
+  if (inherits(x, "python.builtin.object")) reticulate::py_to_r(x) else x
+}
