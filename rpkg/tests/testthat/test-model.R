@@ -11,12 +11,14 @@ test_that("train, print, summary, history, save, load and predict", {
   expect_identical(s$decoder, 128L)  # the default hidden decoder layer
   expect_output(print(s), "decoder: +128")
   h <- training_history(model)
-  # the kept epoch is the best of what training followed (held-out molecules by default)
+  # the kept epoch is the best of what training followed (held-out molecules
+  # by default)
   expect_identical(s$monitored, "validation_heldout_nll")
   expect_equal(s$kept_epoch, h$epoch[which.min(h$validation_heldout_nll)])
   expect_equal(s$best, min(h$validation_heldout_nll))
   expect_output(print(s), "best validation_heldout_nll")
-  expect_true(all(c("epoch", "train_loss", "validation_loss", "learning_rate") %in% names(h)))
+  expect_true(all(c("epoch", "train_loss", "validation_loss",
+                    "learning_rate") %in% names(h)))
   expect_identical(nrow(h), 3L)
 
   path <- file.path(tempfile(), "model")
@@ -27,8 +29,8 @@ test_that("train, print, summary, history, save, load and predict", {
   loaded <- load_model(path)
   a <- predict(model, sce)
   b <- predict(loaded, sce)
-  expect_identical(SummarizedExperiment::assay(a, "denoised"), SummarizedExperiment::assay(b, "denoised"))
-  expect_identical(SingleCellExperiment::reducedDim(a, "ZIPO"), SingleCellExperiment::reducedDim(b, "ZIPO"))
+  expect_identical(assay_of(a, "denoised"), assay_of(b, "denoised"))
+  expect_identical(reduced_dim(a, "ZIPO"), reduced_dim(b, "ZIPO"))
 })
 
 test_that("a preset's likelihood reaches the model unless one is given", {
@@ -36,7 +38,8 @@ test_that("a preset's likelihood reaches the model unless one is given", {
   sce <- simulated_sce()
   dca <- do.call(train, c(list(sce, epochs = 1, preset = "dca"), fast))
   expect_output(print(dca), "likelihood='nb'")
-  zinb <- do.call(train, c(list(sce, epochs = 1, preset = "dca", likelihood = "zinb"), fast))
+  zinb <- do.call(train, c(list(sce, epochs = 1, preset = "dca",
+                                likelihood = "zinb"), fast))
   expect_output(print(zinb), "likelihood='zinb'")
 })
 
@@ -44,5 +47,6 @@ test_that("a model refuses data with other genes, naming them", {
   skip_without_core()
   sce <- simulated_sce()
   model <- do.call(train, c(list(sce, epochs = 1), fast))
-  expect_error(predict(model, sce[1:30, ]), "genes of the model are missing \\(gene31")
+  expect_error(predict(model, sce[1:30, ]),
+               "genes of the model are missing \\(gene31")
 })
