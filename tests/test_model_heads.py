@@ -101,8 +101,8 @@ def test_observed_library_is_the_kept_molecules_total_under_noise2self(pbmc_smal
     seen = []
     forward = ZiPoNetwork.forward
 
-    def spy(self, x, covariates):
-        out = forward(self, x, covariates)
+    def spy(self, x, covariates, **kwargs):
+        out = forward(self, x, covariates, **kwargs)
         if self.training:
             lib = out.log_library + ZiPoNetwork.log_kept_fraction(out.log_mu, out.logit_z)
             seen.append((ZiPoNetwork.input_totals(x).detach(), lib.detach()))

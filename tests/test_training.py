@@ -115,6 +115,52 @@ def test_different_seeds_differ(pbmc_small):
     assert not np.array_equal(m1.validation_indices, m2.validation_indices)
 
 
+def test_training_leaves_the_global_random_state_alone(pbmc_small):
+    """The initial weights, the validation split, the shuffling, the molecule splits and the
+    latents' noise (alpha_kl) all draw from streams seeded by train.seed: the caller's torch
+    and NumPy global random states are neither used nor changed, so whatever they hold, the
+    same seed trains the same model."""
+    def fit(global_seed):
+        torch.manual_seed(global_seed)
+        np.random.seed(global_seed)
+        torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()
+        model = _small_model(pbmc_small.copy(), seed=4, alpha_kl=0.5).train()
+        assert torch.equal(torch.random.get_rng_state(), torch_state)
+        kind, keys, position, *rest = np.random.get_state()
+        assert (kind, position, rest) == (numpy_state[0], numpy_state[2], list(numpy_state[3:]))
+        np.testing.assert_array_equal(keys, numpy_state[1])
+        return model
+
+    m1, m2 = fit(1), fit(2)
+    assert m1.history["train_loss"].tolist() == m2.history["train_loss"].tolist()
+    for (name, w1), w2 in zip(m1.network.state_dict().items(), m2.network.state_dict().values()):
+        assert torch.equal(w1, w2), name
+    np.testing.assert_array_equal(m1.validation_indices, m2.validation_indices)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"likelihood": "nb", "dispersion": "gene", "decoder_dims": []},
+    {"library": "predicted", "alpha_kl": 0.5, "residuals": False, "batch_norm": False},
+])
+def test_seeded_network_sets_every_tensor_as_torch_would(options):
+    """ZiPoNetwork.seeded draws from a generator of its own, as torch's layers draw from the
+    global one: every parameter and buffer equals those of a network built right after
+    torch.manual_seed(seed), and the global state is left as it was."""
+    from zipo.config import ModelConfig
+    from zipo.nn.network import ZiPoNetwork
+
+    config = ModelConfig(encoder_dims=[24, 12, 6], **options)
+    with torch.random.fork_rng():
+        torch.manual_seed(9)
+        expected = ZiPoNetwork(50, 3, config).state_dict()
+    before = torch.random.get_rng_state()
+    got = ZiPoNetwork.seeded(50, 3, config, seed=9).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert list(got) == list(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
 # --------------------------------------------------------------------------- history
 def test_history_columns_and_values(trained_model):
     h = trained_model.history

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -121,9 +122,45 @@ class ZiPoNetwork(nn.Module):
 
     @classmethod
     def seeded(cls, n_genes: int, n_covariates: int, config: ModelConfig, seed: int) -> "ZiPoNetwork":
-        """A network whose initial weights are set by ``seed`` (it seeds torch's generator)."""
-        torch.manual_seed(seed)
-        return cls(n_genes, n_covariates, config)
+        """A network whose initial weights are drawn from a generator of its own seeded with
+        ``seed``: torch's global random state is neither used nor changed."""
+        net = cls._unset(n_genes, n_covariates, config)
+        net.reset_parameters(torch.Generator().manual_seed(seed))
+        return net
+
+    @classmethod
+    def from_weights(cls, n_genes: int, n_covariates: int, config: ModelConfig,
+                     weights: dict[str, torch.Tensor]) -> "ZiPoNetwork":
+        """A network holding ``weights`` (a state dict, which must set every tensor)."""
+        net = cls._unset(n_genes, n_covariates, config)
+        net.load_state_dict(weights)
+        return net
+
+    @classmethod
+    def _unset(cls, n_genes: int, n_covariates: int, config: ModelConfig) -> "ZiPoNetwork":
+        """The network's layers with their tensors allocated but not set: built on the meta
+        device, where the layers' own initialisation draws no random numbers."""
+        with torch.device("meta"):
+            net = cls(n_genes, n_covariates, config)
+        return net.to_empty(device="cpu")
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Every parameter and buffer at its starting value; the linear layers' weights are
+        drawn from ``generator`` as torch's own initialisation draws them (same distributions,
+        layers in the order they are built), so a seed gives the weights that seeding torch's
+        global generator before building the network gives."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(module.in_features) if module.in_features else 0.0
+                    nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()
+        if self.gene_log_theta is not None:
+            self.gene_log_theta.zero_()
+        self.target_library.fill_(1.0)
 
     @property
     def first_layer(self) -> nn.Linear:
@@ -237,14 +274,22 @@ class ZiPoNetwork(nn.Module):
     def _bounded_log_theta(self, raw: torch.Tensor) -> torch.Tensor:
         return self.LOG_THETA_BOUND * torch.tanh(raw / self.LOG_THETA_BOUND)
 
-    def forward(self, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor,
+                noise: torch.Generator | None = None) -> NetworkOutput:
+        """The outputs for counts ``x`` at ``covariates``. ``noise`` draws the latents' noise
+        when training with ``alpha_kl`` > 0 (the trainer passes its own; None: torch's global
+        generator, as ``torch.randn``)."""
         u = self.encode(x)
         if self.latent_log_var is None:
             return self.heads(u, x, covariates)
         # Training decodes a draw from q(z | x); inference decodes its mean U, and the latents
         # reported are U in both.
         log_var = self.latent_log_var(u)
-        z = u + torch.randn_like(u) * torch.exp(0.5 * log_var) if self.training else u
+        if self.training:
+            eps = torch.randn(u.shape, generator=noise, device=u.device, dtype=u.dtype)
+            z = u + eps * torch.exp(0.5 * log_var)
+        else:
+            z = u
         return replace(self.heads(z, x, covariates), latent=u, latent_log_var=log_var)
 
     def heads(self, u: torch.Tensor, x: torch.Tensor, covariates: torch.Tensor) -> NetworkOutput:

@@ -27,6 +27,10 @@ from .heldout import HeldoutMolecules, binomial_split, split_seed
 from .loss import loss_terms
 
 
+# The latents' noise stream's seed after the splits' (no multiple of split_seed's per-process step)
+NOISE_STREAM = 500_000
+
+
 def monitored_column(history) -> str:
     """The figure the schedule and early stopping follow, and whose best epoch's weights a
     trained model keeps: the held-out molecules' NLL when validation measures it, else the
@@ -157,7 +161,7 @@ class _RoundSums:
 
 class Trainer:
     """The training loop and everything it carries between rounds (weights, Adam state,
-    schedule, early-stopping record, history, shuffling RNG, position in the epoch), so a run
+    schedule, early-stopping record, history, random streams, position in the epoch), so a run
     can be checkpointed and resumed exactly where it stopped, mid-epoch included."""
 
     def __init__(self, net: ZiPoNetwork, train_batches: CellBatches,
@@ -191,12 +195,13 @@ class Trainer:
         # The shuffling RNG's state when the current epoch drew its order: a run resumed
         # mid-epoch draws the same order again and skips the steps already taken.
         self.epoch_shuffle_state = None
-        # Draws the per-step molecule splits of train.objective_heldout; one stream per process
-        # (rank 0's is the single-process one), so processes do not split their cells alike.
-        # The splits therefore depend on how cells are shared out: with the objective on, N
-        # processes train like 1 process statistically, not step for step.
-        self.split_generator = torch.Generator(device=train_batches.device).manual_seed(
-            split_seed(train_config.seed))
+        # Torch's global random state is never used: the molecule splits of objective_heldout
+        # and the latents' noise under alpha_kl draw from streams of their own, one per process
+        # (rank 0's is the single-process one; the shuffling's is the batches' rng). With
+        # either on, N processes train like 1 statistically, not step for step.
+        seed, device = split_seed(train_config.seed), train_batches.device
+        self.split_generator = torch.Generator(device=device).manual_seed(seed)
+        self.noise_generator = torch.Generator(device=device).manual_seed(seed + NOISE_STREAM)
         self.stopped = False
         self.heldout_molecules = (
             HeldoutMolecules(val_batches, train_config.heldout_molecules, train_config.seed)
@@ -219,8 +224,8 @@ class Trainer:
             "history": self.history,
             "shuffle_rng": (self.epoch_shuffle_state if self.epoch_step
                             else self.train_batches.rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
             "split_rng": self.split_generator.get_state(),
+            "noise_rng": self.noise_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -240,9 +245,11 @@ class Trainer:
         # mid-epoch, the state the epoch drew its order from
         self.train_batches.rng.bit_generator.state = state["shuffle_rng"]
         self.epoch_shuffle_state = state["shuffle_rng"] if self.epoch_step else None
-        torch.set_rng_state(state["torch_rng"])
-        if "split_rng" in state:  # checkpoints written before objective_heldout existed
-            self.split_generator.set_state(state["split_rng"])
+        # (checkpoints written before these streams lack them)
+        for key, generator in (("split_rng", self.split_generator),
+                               ("noise_rng", self.noise_generator)):
+            if key in state:
+                generator.set_state(state[key])
 
     def history_after(self, earlier: pd.DataFrame) -> pd.DataFrame:
         """This run's history appended to an ``earlier`` one, epochs and steps counted on from
@@ -265,7 +272,7 @@ class Trainer:
             x, target = binomial_split(x, heldout, self.split_generator)
             rate_scale = heldout / (1 - heldout)
         with self.autocast():
-            out = self.forward(x, c)
+            out = self.forward(x, c, noise=self.noise_generator)
         # With DDP the alpha_mmd penalty compares the cells of this process's share of
         # the batch only (a smaller sample of the same distributions).
         terms = loss_terms(net, out, target, config, covariates=c,
