@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -338,6 +339,9 @@ def main(argv=None) -> int:
         "task_commit": TASK_COMMIT,
         "seed": a.seed, "train_frac": a.train_frac, "threads": a.threads,
         "zipo_max_epochs": a.max_epochs, "machine": machine(), "versions": versions(),
+        "zipo_imported_from": subprocess.run(  # the source tree ZiPo's component runs
+            [sys.executable, "-c", "import zipo; print(zipo.__file__)"],
+            capture_output=True, text=True).stdout.strip(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}, "records": []}
 
     def save(rec: dict) -> dict:
