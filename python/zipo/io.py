@@ -9,8 +9,9 @@ Layout of a model directory::
     history.csv   per-epoch losses and learning rate
 
 The directory is written under a temporary name beside ``path`` and renamed into place, so a
-crash leaves either the old model or the new one, never half of one. :class:`SaveLoadMixin`
-gives :class:`zipo.ZiPo` its ``save`` and ``load``.
+crash leaves either the old model or the new one, never half of one. This module reads and
+writes plain data (:class:`SavedModel`); :meth:`zipo.ZiPo.save` makes one of a model and
+:meth:`zipo.ZiPo.load` builds a model from one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import tomli_w
@@ -26,14 +26,7 @@ import torch
 
 from . import __version__
 from .config import ZiPoConfig
-from .data.covariates import CovariateEncoder
 from .files import atomic_path, write_synced
-from .nn.network import ZiPoNetwork
-from .tools import programs
-from .device import resolve_device
-
-if TYPE_CHECKING:
-    from .model import ZiPo
 
 FORMAT = "zipo-model"
 FORMAT_VERSION = 1
@@ -132,51 +125,3 @@ def read_model(path: str | Path) -> SavedModel:
     return SavedModel(config=config, var_names=list(meta["var_names"]),
                       covariates=meta["covariates"], weights=state, history=history,
                       is_trained=bool(meta.get("is_trained", True)), pruning=meta.get("pruned"))
-
-
-class SaveLoadMixin:
-    """:meth:`save` and :meth:`load` of :class:`zipo.ZiPo`, which builds on the model's
-    ``_init_state``, ``_enforce_pruning`` and ``attach``."""
-
-    def save(self, path: str | Path, overwrite: bool = False) -> None:
-        """Write the model (weights, config, genes, covariate encoding, history) to a directory,
-        atomically: a crash never leaves a half-written model at ``path``."""
-        self._enforce_pruning()
-        write_model(SavedModel(config=self.config, var_names=list(self.var_names),
-                               covariates=self.covariate_encoder.specs,
-                               weights=self.network.state_dict(), history=self.history,
-                               is_trained=self.is_trained, pruning=self.pruning),
-                    path, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | Path, adata=None, device: str = "cpu") -> "ZiPo":
-        """Load a saved model. Pass ``adata`` to keep training it (fine-tuning).
-
-        ``device`` is where the loaded model runs: denoising, and any further ``train()``
-        (its ``config.train.device`` is set to it, so a model saved on a GPU machine trains on
-        the CPU it was loaded to)."""
-        model = cls._from_saved(read_model(path), device, source=str(path))
-        if adata is not None:
-            model.attach(adata)
-        return model
-
-    @classmethod
-    def _from_saved(cls, saved: SavedModel, device: str, source: str) -> "ZiPo":
-        """A model holding what :func:`read_model` read, without data."""
-        encoder = CovariateEncoder(saved.covariates)
-        network = ZiPoNetwork(len(saved.var_names), encoder.width, saved.config.model)
-        try:
-            network.load_state_dict(saved.weights)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise ValueError(f"the weights in {source!r} do not fit the saved config: {e}") from None
-        model = cls.__new__(cls)
-        model._init_state(saved.config, pd.Index(saved.var_names), encoder, network)
-        model.history, model.is_trained = saved.history, saved.is_trained
-        model.device = resolve_device(device)
-        # train() reads the device from the config: keep it where the model was loaded to
-        model.config.train.device = device
-        model.network.to(model.device).eval()
-        if saved.pruning:  # the mask is re-derived from the weights that are exactly zero
-            model._prune_mask = programs.PruneMask.from_zero_weights(model.network)
-            model.pruning = dict(saved.pruning)
-        return model

@@ -4,8 +4,8 @@ It composes the other parts: the config (:mod:`zipo.config`), the data checks an
 (:mod:`zipo.data`), the network (:mod:`zipo.nn`), training (:mod:`zipo.train`), the outputs
 (:mod:`zipo.outputs`), the gene programs (:mod:`zipo.tools.programs`, whose
 :class:`~zipo.tools.programs.ProgramsMixin` gives ``ZiPo`` ``prune`` and the programs) and
-saving and loading (:mod:`zipo.io`, whose :class:`~zipo.io.SaveLoadMixin` gives ``ZiPo``
-``save`` and ``load``).
+the model directory (:mod:`zipo.io`, which reads and writes the plain data that ``save``
+gives it and ``load`` builds a model from). Only ``ZiPo``'s own methods set its state.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .data.counts import CountMatrix, CountSummary, check_counts, gene_totals
 from .data.covariates import CovariateEncoder
 from .data.genes import check_gene_names, detected_genes, model_gene_counts
 from .data.loader import CellBatches, inference_batches, split_cells, training_batches
-from .io import SaveLoadMixin
+from .io import SavedModel, read_model, write_model
 from .nn.network import ZiPoNetwork
 from .inference import InferenceMixin
 from .outputs import Expectation
@@ -35,7 +35,7 @@ from .train.distributed import init_from_environment, world, wrap
 from .train.trainer import Trainer
 
 
-class ZiPo(InferenceMixin, SaveLoadMixin, ProgramsMixin):
+class ZiPo(InferenceMixin, ProgramsMixin):
     """Deep zero-inflated count autoencoder for single-cell RNA-seq counts.
 
     Parameters
@@ -89,26 +89,61 @@ class ZiPo(InferenceMixin, SaveLoadMixin, ProgramsMixin):
         self._mmd_groups()  # alpha_mmd without a categorical covariate fails here, not in train()
 
     def _init_state(self, config: ZiPoConfig, var_names: pd.Index, encoder: CovariateEncoder,
-                    network: ZiPoNetwork, adata=None, summary=None) -> None:
-        """Every attribute of a model, for a new one and for one loaded from disk."""
+                    network: ZiPoNetwork, adata=None, summary=None, is_trained: bool = False,
+                    history: pd.DataFrame | None = None, device: torch.device | None = None,
+                    pruning: dict | None = None) -> None:
+        """Every attribute of a model: a new one (untrained, on the CPU), or one loaded from
+        disk (trained, history, device and pruning as saved; :meth:`load`)."""
         self.config = config
         self.adata = adata  # the training data; None for a model loaded without data
         self.var_names = var_names
         self._summary = summary  # check_counts of adata's model genes: library sizes, density
         self.covariate_encoder = encoder
         self.network = network
-        self.history: pd.DataFrame = pd.DataFrame()
-        self.is_trained = False
-        self.device = torch.device("cpu")
+        self.history: pd.DataFrame = pd.DataFrame() if history is None else history
+        self.is_trained = is_trained
+        self.device = torch.device("cpu") if device is None else device
         # Cells of adata that the last train() fitted and held out.
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
         self.first_layer_mode: str | None = None  # "sparse" or "dense", once trained here
         #: ``{delta, pruned_fraction, weights_pruned, weights_total}`` once :meth:`prune` ran
         #: (saved with the model), else None.
-        self.pruning: dict | None = None
-        self._prune_mask: PruneMask | None = None
-        self.study = None  # the optuna.Study, on a model returned by zipo.tune
+        self.pruning: dict | None = dict(pruning) if pruning else None
+        # A loaded pruned model's mask is re-derived from the weights that are exactly zero.
+        self._prune_mask = PruneMask.from_zero_weights(network) if pruning else None
+
+    # ----------------------------------------------------------------- saving and loading
+    def save(self, path: str | Path, overwrite: bool = False) -> None:
+        """Write the model (weights, config, genes, covariate encoding, history) to a directory,
+        atomically: a crash never leaves a half-written model at ``path`` (:mod:`zipo.io`)."""
+        self._enforce_pruning()
+        write_model(SavedModel(config=self.config, var_names=list(self.var_names),
+                               covariates=self.covariate_encoder.specs,
+                               weights=self.network.state_dict(), history=self.history,
+                               is_trained=self.is_trained, pruning=self.pruning),
+                    path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, adata=None, device: str = "cpu") -> "ZiPo":
+        """Load a model saved with :meth:`save`. Pass ``adata`` to keep training it (fine-tuning).
+
+        ``device`` is where the loaded model runs: denoising, and any further ``train()``
+        (its ``config.train.device`` is set to it, so a model saved on a GPU machine trains on
+        the CPU it was loaded to)."""
+        saved = read_model(path)
+        encoder = CovariateEncoder(saved.covariates)
+        try:
+            network = ZiPoNetwork.from_weights(len(saved.var_names), encoder.width,
+                                               saved.config.model, saved.weights)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ValueError(f"the weights in {str(path)!r} do not fit the saved config: {e}") from None
+        saved.config.train.device = device  # train() reads the device from the config
+        model, target = cls.__new__(cls), resolve_device(device)
+        model._init_state(saved.config, pd.Index(saved.var_names), encoder,
+                          network.to(target).eval(), is_trained=saved.is_trained,
+                          history=saved.history, device=target, pruning=saved.pruning)
+        return model.attach(adata) if adata is not None else model
 
     # ----------------------------------------------------------------- training
     def train(self, max_epochs: int | None = None, batch_size: int | None = None,
@@ -142,8 +177,10 @@ class ZiPo(InferenceMixin, SaveLoadMixin, ProgramsMixin):
             ``validation_max_cells``, 4,096); the schedule and early stopping watch the
             held-out molecules of these cells.
         seed
-            Seeds the initial weights, the validation split, the shuffling and the molecule
-            splits: the same seed gives the same model on the same CPU.
+            Seeds the initial weights, the validation split, the shuffling, the molecule
+            splits and the latents' noise, each drawn from a generator of its own: the same
+            seed gives the same model on the same CPU, and torch's and NumPy's global random
+            states are neither used nor changed.
         verbose
             Show a progress bar (in epochs) with each round's losses.
         checkpoint_dir
