@@ -32,8 +32,8 @@ def kept_score(model) -> float:
 def test_paper_space_best_model_and_toml_that_zipo_train_reproduces(pbmc_small, pbmc_small_path,
                                                                      tmp_path, capsys):
     out = tmp_path / "best.toml"
-    model = zipo.tune(pbmc_small, n_trials=3, out=out, **FAST)
-    study = model.study
+    result = zipo.tune(pbmc_small, n_trials=3, out=out, **FAST)
+    model, study = result.model, result.study
     assert len(study.trials) == 3
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     values = [t.value for t in study.trials]
@@ -54,6 +54,11 @@ def test_paper_space_best_model_and_toml_that_zipo_train_reproduces(pbmc_small, 
     assert model.config.model.alpha_w == best.params["alpha_w"]
     assert kept_score(model) == pytest.approx(best.value, rel=1e-6)
     assert model.config.train.verbose  # trials ran quietly; the user's setting is back
+    assert result.best_params == best.params and result.best_value == best.value
+    assert result.metric == "validation_heldout_nll"
+    assert result.trials()["validation_heldout_nll"].tolist() == values
+    with pytest.warns(DeprecationWarning, match=r"use result\.model\.history"):
+        assert result.history is model.history  # what tune() returned before: the model
 
     # The TOML holds the best trial's full config, and `zipo train --config` retrains it to the
     # same score (same seed, hence same weights and validation cells, on CPU).
@@ -80,9 +85,9 @@ def test_resume_from_sqlite_adds_only_the_missing_trials(pbmc_small, tmp_path):
     first = zipo.tune(pbmc_small, n_trials=2, storage=storage, study_name="s",
                       search_space=space, **FAST).study.trials  # a snapshot
     assert len(first) == 2
-    model = zipo.tune(pbmc_small, n_trials=4, storage=storage, study_name="s",
-                      search_space=space, **FAST)
-    trials = model.study.trials
+    result = zipo.tune(pbmc_small, n_trials=4, storage=storage, study_name="s",
+                       search_space=space, **FAST)
+    trials = result.study.trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert [t.params for t in trials[:2]] == [t.params for t in first]
@@ -95,8 +100,8 @@ def test_resume_from_sqlite_adds_only_the_missing_trials(pbmc_small, tmp_path):
     again = zipo.tune(pbmc_small, n_trials=3, storage=storage, study_name="s",
                       search_space=space, **FAST)
     assert len(again.study.trials) == 4
-    assert again.study.best_trial.number == model.study.best_trial.number
-    assert kept_score(again) == pytest.approx(again.study.best_value, rel=1e-4)
+    assert again.study.best_trial.number == result.study.best_trial.number
+    assert kept_score(again.model) == pytest.approx(again.best_value, rel=1e-4)
 
     # Trials run with other settings would not be comparable: refused.
     with pytest.raises(ValueError, match="another base config"):
@@ -117,13 +122,13 @@ class PruneTrial1(optuna.pruners.BasePruner):
 
 def test_pruned_trials_stop_after_the_reported_epoch(pbmc_small):
     space = {"encoder_dims": ["64-16"], "alpha_w": (0.01, 1.0, "log")}
-    model = zipo.tune(pbmc_small, n_trials=3, search_space=space, pruner=PruneTrial1(),
-                      max_epochs=4, batch_size=32)
-    states = [t.state for t in model.study.trials]
+    result = zipo.tune(pbmc_small, n_trials=3, search_space=space, pruner=PruneTrial1(),
+                       max_epochs=4, batch_size=32)
+    states = [t.state for t in result.study.trials]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
-    pruned = model.study.trials[1]
+    pruned = result.study.trials[1]
     assert pruned.user_attrs["epochs"] == 1 and list(pruned.intermediate_values) == [1]
-    assert model.study.best_trial.number in (0, 2) and len(model.history) == 4
+    assert result.study.best_trial.number in (0, 2) and len(result.model.history) == 4
 
     # Pruned trials count towards n_trials; when every trial is pruned there is no best model.
     with pytest.raises(ValueError, match="no trial of study 'zipo' completed .*2 pruned"):

@@ -138,7 +138,7 @@ def cmd_config(args) -> None:
 
 def cmd_tune(args) -> None:
     from .config import find_option, parse_assignment, resolve_config
-    from .tools.tuning import INSTALL_HINT, trials_table, tune
+    from .tools.tuning import INSTALL_HINT, tune
 
     try:
         import optuna  # noqa: F401
@@ -152,20 +152,18 @@ def cmd_tune(args) -> None:
     if args.out:
         check_target(args.out, args.overwrite, hint="--overwrite")
     adata = _read_cells([args.data])
-    model = tune(adata, n_trials=args.trials, storage=args.storage, study_name=args.study_name,
-                 timeout=args.timeout, max_epochs=args.max_epochs, config=cfg, seed=args.seed,
-                 out=args.out, overwrite=args.overwrite, metric=args.metric,
-                 verbose=args.verbose)
-    study = model.study
+    result = tune(adata, n_trials=args.trials, storage=args.storage, study_name=args.study_name,
+                  timeout=args.timeout, max_epochs=args.max_epochs, config=cfg, seed=args.seed,
+                  out=args.out, overwrite=args.overwrite, metric=args.metric,
+                  verbose=args.verbose)
     import pandas as pd
 
     with pd.option_context("display.max_rows", None, "display.width", 200):
-        print(trials_table(study).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    best = study.best_trial
+        print(result.trials().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in best.params.items())
-    print(f"Best trial {best.number}: {study.user_attrs['zipo_metric']} {best.value:.4f} "
-          f"with {params}.")
+                       for k, v in result.best_params.items())
+    print(f"Best trial {result.study.best_trial.number}: {result.metric} "
+          f"{result.best_value:.4f} with {params}.")
     if args.out:
         print(f"Best config written to {args.out}; train it with: "
               f"zipo train {args.data} --config {args.out} --out MODEL_DIR")

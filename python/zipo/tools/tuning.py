@@ -11,6 +11,7 @@ Each epoch's score is reported to Optuna, whose pruner (median rule by default) 
 that fall behind. With a database ``storage`` the study survives the process: running again
 with the same ``study_name`` continues it up to ``n_trials`` finished trials in total.
 
+:func:`tune` returns a :class:`TuneResult`: the best trial's trained model and the study.
 Optuna is an optional dependency: ``pip install 'zipo[tune]'``.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,44 @@ METRICS = ("validation_heldout_nll", "validation_nll", "validation_loss")
 INSTALL_HINT = "hyperparameter search needs Optuna: pip install 'zipo[tune]'"
 # Options that change how a trial runs, not what it computes: a resumed study may differ in them.
 _RUNTIME_OPTIONS = {"device", "num_threads", "verbose", "checkpoint_every"}
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` found: ``model``, the best trial's trained :class:`~zipo.ZiPo`
+    (its ``config`` is the best config), and ``study``, the ``optuna.Study`` of every trial
+    (``study.trials_dataframe()``, ``study.best_trial``)."""
+
+    model: "ZiPo"
+    study: Any
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        """The searched options' values in the best trial, as the study stores them
+        (encoder shapes as strings such as ``"512-256-128"``)."""
+        return dict(self.study.best_params)
+
+    @property
+    def best_value(self) -> float:
+        """The best trial's score: :attr:`metric` at the epoch its model kept (lower is better)."""
+        return float(self.study.best_value)
+
+    @property
+    def metric(self) -> str:
+        """The validation figure the trials were scored by (see :func:`tune`)."""
+        return self.study.user_attrs["zipo_metric"]
+
+    def trials(self) -> "Any":
+        """One row per trial (:func:`trials_table`)."""
+        return trials_table(self.study)
+
+    def __getattr__(self, name: str) -> Any:
+        # tune() returned the model itself before it returned a TuneResult.
+        if name.startswith("_") or name in ("model", "study"):
+            raise AttributeError(name)
+        warnings.warn(f"zipo.tune returns a TuneResult: use result.model.{name}, not "
+                      f"result.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(self.model, name)
 
 
 def _import_optuna():
@@ -65,8 +106,8 @@ def tune(
     sampler=None,
     verbose: bool = False,
     **options: Any,
-) -> "ZiPo":
-    """Search hyperparameters with Optuna and return the best trial's trained model.
+) -> TuneResult:
+    """Search hyperparameters with Optuna; return the best trial's trained model and the study.
 
     Parameters
     ----------
@@ -107,10 +148,11 @@ def tune(
 
     Returns
     -------
-    The best trial's trained :class:`~zipo.ZiPo`, kept in memory from its trial; if that trial
-    ran in an earlier session (a resumed study), the model is retrained with its config, which
-    on CPU gives the same weights. ``model.study`` is the ``optuna.Study``
-    (``model.study.trials_dataframe()``, ``.best_params``, ``.best_value``).
+    TuneResult
+        ``.model``, the best trial's trained :class:`~zipo.ZiPo`, kept in memory from its
+        trial (if that trial ran in an earlier run of a resumed study, it is retrained with its
+        config, which on CPU gives the same weights); ``.study``, the ``optuna.Study``; and
+        ``.best_params``, ``.best_value`` and ``.trials()``.
     """
     optuna = _import_optuna()
     from optuna.trial import TrialState
@@ -208,12 +250,11 @@ def tune(
     finally:
         optuna.logging.set_verbosity(verbosity)
     model.config.train.verbose = user_verbose
-    model.study = study
     if out is not None:
         import tomli_w
 
         write_text_atomic(out, tomli_w.dumps(model.config.to_dict()), overwrite=overwrite)
-    return model
+    return TuneResult(model, study)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -297,4 +338,4 @@ def trials_table(study) -> "Any":
     return pd.DataFrame(rows)
 
 
-__all__ = ["tune", "PAPER_SEARCH_SPACE", "ENCODER_SHAPES", "trials_table"]
+__all__ = ["tune", "TuneResult", "PAPER_SEARCH_SPACE", "ENCODER_SHAPES", "trials_table"]
