@@ -401,6 +401,43 @@ def test_integer_covariate_with_few_values_warns(pbmc_small):
                             "categories": ["0", "1", "2"]}
 
 
+def test_covariate_messages_speak_r_inside_the_r_package(pbmc_small, monkeypatch):
+    """Inside the R package (zipo.errors.speak_r) the covariate errors and the integer-label
+    notice name colData, NA and factor() instead of adata.obs, NaN and .astype(str)."""
+    import zipo.errors
+
+    monkeypatch.setattr(zipo.errors, "_language", "r")
+    monkeypatch.setattr(zipo.errors, "_notices", [])
+    obs = pbmc_small.obs.copy()
+    obs["plate"] = (np.arange(len(obs)) % 3).astype(np.int64)
+    obs["with_na"] = pd.Series(np.where(np.arange(len(obs)) < 2, None, "a"), index=obs.index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in R a notice is kept for R to show, not warned
+        CovariateEncoder.fit(obs, ["plate"])
+    (said,) = zipo.errors.take_notices()
+    assert "covariate 'plate' holds integers" in said
+    assert said.endswith("make the column a factor first: sce$plate <- factor(sce$plate)")
+    cases = [  # (call, its message in R, a word its Python message has instead)
+        (lambda: CovariateEncoder.fit(obs, ["batch"]),
+         r"^covariate 'batch' is not a column of colData \(or the Seurat meta\.data\)",
+         "adata.obs"),
+        (lambda: CovariateEncoder.fit(obs, ["with_na"]),
+         r"^covariate 'with_na' has 2 NA values; fill them \(e\.g\. with an 'unknown' level\)",
+         "NaN"),
+        (lambda: CovariateEncoder.fit(obs, ["nCount_RNA"]).mmd_groups(1.0, []),
+         r"pass e\.g\. covariates = \"batch\" with a factor or character colData column",
+         "astype(str)"),
+        (lambda: CovariateEncoder.fit(obs, ["nCount_RNA"]).transform(
+            obs.assign(nCount_RNA="deep")), r"was numeric when the model was trained but is not",
+         f"is {pd.Series(['deep']).dtype} now"),
+    ]
+    for call, message, python_word in cases:
+        with pytest.raises(zipo.errors.InputError, match=message) as error:
+            call()
+        assert not any(word in str(error.value) for word in ("adata", "NaN", "astype", "dtype"))
+        assert python_word in error.value.message("python")
+
+
 # ----------------------------------------------------------------------------- persistence
 def test_save_load_keeps_the_covariate_encoding(small_batch_model, tmp_path):
     adata, model = small_batch_model

@@ -3,10 +3,10 @@ package.
 
 Each message is written once, where the problem is found: an :class:`InputError` carries the
 problem and its fix in each language (``fix={"python": ..., "r": ...}``), and a notice
-(:func:`notice`) is one line that needs no fix. The R package calls :func:`speak_r` when it
-imports the core, so that errors then read in R's terms (``sce[rownames(model), ]`` rather
-than ``adata[:, model.var_names]``), and after each call it shows the notices left for it
-(:func:`take_notices`) as R messages.
+(:func:`notice`) is one line that stops nothing, in each language where they differ. The R
+package calls :func:`speak_r` when it imports the core, so that errors then read in R's terms
+(``sce[rownames(model), ]`` rather than ``adata[:, model.var_names]``), and after each call it
+shows the notices left for it (:func:`take_notices`) as R messages.
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ def language() -> str:
     return _language
 
 
-def notice(message: str, stacklevel: int = 2) -> None:
+def notice(message: str | Mapping[str, str], stacklevel: int = 2) -> None:
     """Tell the user one thing that went differently from what they may expect, without
     stopping: a ``UserWarning`` in Python; in R, kept for the R package to show as a
-    ``message()`` when the call returns (:func:`take_notices`)."""
+    ``message()`` when the call returns (:func:`take_notices`). ``message`` is one text, or
+    one per language as an :class:`InputError`'s parts are."""
+    texts = _per_language(message)
+    message = texts.get(_language, texts["python"])
     if _language == "r":
         _notices.append(message)
     else:

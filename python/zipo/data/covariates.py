@@ -1,15 +1,21 @@
 """Covariates: ``adata.obs`` columns encoded for the decoder (categories one-hot, numbers
-standardised), fixed at training so new cells are encoded as the training cells were."""
+standardised), fixed at training so new cells are encoded as the training cells were.
+
+Messages name the cell annotations and their fixes as the user's language does
+(:mod:`zipo.errors`): ``adata.obs`` in Python, colData or a Seurat object's meta.data in R."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError, notice
 from .counts import examples
+
+# The cell annotations, as each language calls them.
+_OBS = {"python": "adata.obs", "r": "colData (or the Seurat meta.data)"}
 
 
 #: An integer covariate with at most this many distinct values draws a warning: it is
@@ -43,14 +49,13 @@ class CovariateEncoder:
             if _is_numeric(col):
                 n_values = col.nunique()
                 if pd.api.types.is_integer_dtype(col) and n_values <= FEW_INTEGER_VALUES:
-                    warnings.warn(
-                        f"covariate {name!r} holds integers with only {n_values} distinct "
-                        "values, so it is standardised as one number, not one-hot encoded as "
-                        "categories; if these are labels (batch, donor...), cast the column to "
-                        f"str or category first: adata.obs[{name!r}] = "
-                        f"adata.obs[{name!r}].astype(str)",
-                        UserWarning, stacklevel=3,
-                    )
+                    said = (f"covariate {name!r} holds integers with only {n_values} distinct "
+                            "values, so it is standardised as one number, not one-hot encoded "
+                            "as categories; if these are labels (batch, donor...), ")
+                    notice({"python": said + "cast the column to str or category first: "
+                                     f"adata.obs[{name!r}] = adata.obs[{name!r}].astype(str)",
+                            "r": said + f"make the column a factor first: sce${name} <- "
+                                        f"factor(sce${name})"}, stacklevel=3)
                 values = col.to_numpy(dtype=np.float64)
                 sd = float(values.std())
                 specs.append(
@@ -73,10 +78,10 @@ class CovariateEncoder:
             col = _column(obs, s["name"])
             if s["kind"] == "continuous":
                 if not _is_numeric(col):
-                    raise ValueError(
-                        f"covariate {s['name']!r} was numeric when the model was trained but is "
-                        f"{col.dtype} now; pass the same kind of values"
-                    )
+                    said = f"covariate {s['name']!r} was numeric when the model was trained but is "
+                    raise InputError({"python": f"{said}{col.dtype} now",
+                                      "r": f"{said}not now (a factor, character or logical)"},
+                                     "pass the same kind of values")
                 v = (col.to_numpy(dtype=np.float64) - s["mean"]) / s["sd"]
                 parts.append(v.astype(np.float32)[:, None])
             else:
@@ -84,12 +89,12 @@ class CovariateEncoder:
                 index = {c: i for i, c in enumerate(s["categories"])}
                 unseen = sorted(set(values) - set(index))
                 if unseen:
-                    raise ValueError(
+                    raise InputError(
                         f"covariate {s['name']!r} has categories the model never saw in "
                         f"training: {examples(unseen)}; the model knows "
-                        f"{examples(s['categories'])}. Map these cells to a known category or "
-                        "retrain with them included"
-                    )
+                        f"{examples(s['categories'])}",
+                        "Map these cells to a known category or retrain with them included",
+                        sep=". ")
                 onehot = np.zeros((len(values), len(index)), dtype=np.float32)
                 onehot[np.arange(len(values)), [index[v] for v in values]] = 1.0
                 parts.append(onehot)
@@ -106,10 +111,9 @@ class CovariateEncoder:
             return obs
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"covariate_values names {examples(unknown)}, which the model was not trained "
-                f"with; its covariates are {examples(names) or 'none'}"
-            )
+                "with", f"its covariates are {examples(names) or 'none'}")
         frame = pd.DataFrame(index=obs.index)
         for name in names:
             use_value = name in values and (not missing_only or name not in obs.columns)
@@ -127,11 +131,10 @@ class CovariateEncoder:
         categorical = [s["name"] for s in specs if s["kind"] == "categorical"]
         wrong = [n for n in mmd_covariates if n not in categorical]
         if wrong:
-            raise ValueError(
+            raise InputError(
                 f"mmd_covariates names {examples(wrong)}, not a categorical covariate of the "
-                f"model; alpha_mmd mixes over categorical covariates (this model's: "
-                f"{examples(categorical) or 'none'})"
-            )
+                "model", "alpha_mmd mixes over categorical covariates (this model's: "
+                f"{examples(categorical) or 'none'})")
         groups, start = [], 0
         for s in specs:
             width = len(s["categories"]) if s["kind"] == "categorical" else 1
@@ -139,28 +142,32 @@ class CovariateEncoder:
                 groups.append((start, start + width))
             start += width
         if not groups:
-            raise ValueError(
+            raise InputError(
                 f"alpha_mmd={alpha_mmd:g} mixes the latents across the categories of a "
                 "categorical covariate, but the model has none (covariates: "
-                f"{examples(names) or 'none'}); pass e.g. covariates=['batch'] with a "
-                "string/categorical obs column (cast integer labels with .astype(str)), or set "
-                "alpha_mmd=0"
-            )
+                f"{examples(names) or 'none'})",
+                {"python": "pass e.g. covariates=['batch'] with a string/categorical obs column "
+                           "(cast integer labels with .astype(str)), or set alpha_mmd=0",
+                 "r": "pass e.g. covariates = \"batch\" with a factor or character colData "
+                      "column (make integer labels a factor with factor()), or set "
+                      "alpha_mmd = 0"})
         return groups
 
 
 def _column(obs: pd.DataFrame, name: str) -> pd.Series:
     if name not in obs.columns:
-        raise ValueError(
-            f"covariate {name!r} is not a column of adata.obs (columns: "
-            f"{examples(list(obs.columns)) or 'none'}); add it or fix the name"
-        )
+        raise InputError(
+            {lang: f"covariate {name!r} is not a column of {where} (columns: "
+                   f"{examples(list(obs.columns)) or 'none'})" for lang, where in _OBS.items()},
+            "add it or fix the name")
     col = obs[name]
     if col.isna().any():
-        raise ValueError(
-            f"covariate {name!r} has {int(col.isna().sum())} missing values (NaN); fill them "
-            "(e.g. with an 'unknown' category) or drop those cells"
-        )
+        n = int(col.isna().sum())
+        raise InputError(
+            {"python": f"covariate {name!r} has {n} missing values (NaN)",
+             "r": f"covariate {name!r} has {n} NA values"},
+            {"python": "fill them (e.g. with an 'unknown' category) or drop those cells",
+             "r": "fill them (e.g. with an 'unknown' level) or drop those cells"})
     return col
 
 
