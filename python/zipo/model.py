@@ -137,7 +137,8 @@ class ZiPo(InferenceMixin, ProgramsMixin):
             network = ZiPoNetwork.from_weights(len(saved.var_names), encoder.width,
                                                saved.config.model, saved.weights)
         except (RuntimeError, TypeError, AttributeError) as e:
-            raise ValueError(f"the weights in {str(path)!r} do not fit the saved config: {e}") from None
+            raise ValueError(
+                f"the weights in {str(path)!r} do not fit the saved config: {e}") from None
         saved.config.train.device = device  # train() reads the device from the config
         model, target = cls.__new__(cls), resolve_device(device)
         model._init_state(saved.config, pd.Index(saved.var_names), encoder,
