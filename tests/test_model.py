@@ -324,7 +324,8 @@ def test_counts_from_a_layer(pbmc_small, trained_model, reference):
 def test_all_likelihoods_train_and_denoise(pbmc_small, likelihood):
     """Outputs of every likelihood: ranges, zero probabilities, expectations, heads (whether
     each one learns is checked against the no-model baseline below)."""
-    model = small_model(pbmc_small, likelihood=likelihood).train()
+    # the plain posterior (borrowing from neighbours: tests/test_neighbours.py)
+    model = small_model(pbmc_small, likelihood=likelihood, neighbour_pooling="off").train()
     assert len(model.history) == 2
     assert np.all(np.isfinite(model.history.drop(columns=["seconds", "data_wait_seconds"]).to_numpy()))
     out = model.denoise(pbmc_small, expectation="rate", zero_inflation=True, copy=True)

@@ -42,7 +42,8 @@ EXPECTED = {
 # with patience in epochs (zipo's default trains and stops on held-out molecules).
 RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop": 0,
                "patience_min_steps": 0, "validation_interval": 2**31 - 1,
-               "validation_max_cells": 0}  # validated once an epoch on 10% of the cells
+               "validation_max_cells": 0,  # validated once an epoch on 10% of the cells
+               "neighbour_pooling": "off"}  # the published output: no borrowing
 EXPECTED_TRAIN = {"zipo": {}, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
                   "tuneddca": RECONSTRUCT}
 

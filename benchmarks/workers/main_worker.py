@@ -75,6 +75,9 @@ def run_zipo(method, task, x, t, seed, max_epochs, threads, depth=None):
             "stopped_early": bool(epochs is not None and epochs < max_epochs),
             "zipo_version": zipo.__version__, "zipo_path": os.path.dirname(zipo.__file__),
             "torch": torch.__version__}
+    pooling = getattr(model, "pooling", None)
+    if pooling is not None:  # what the posterior borrows from neighbours (zipo.neighbours)
+        info.update(pooling_neighbours=pooling.neighbours, pooling_weight=pooling.weight)
     out = {}
     if task == "denoise":
         rate = model.denoise(adata, copy=True)  # the default output (the defaults' posterior)

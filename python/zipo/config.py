@@ -161,6 +161,10 @@ class TrainConfig:
     binomial thinning, feeds the network the rest and scores it on predicting the held-out
     ones (Noise2Self / molecular cross-validation as the objective: copying the input cannot
     pay). 0 is the paper's objective (``preset="paper"``): reconstruct all counts."""
+    neighbour_pooling: str = "auto"
+    """``"auto"``: after training, choose on the validation cells' held-out molecules whether
+    and how much the posterior output borrows from each cell's nearest cells in the latent
+    space (:mod:`zipo.neighbours`); ``"off"``: never."""
     seed: int = 0
     checkpoint_every: int = 10
     """Rounds (epochs on smaller data, see ``validation_interval``) between checkpoints when

@@ -222,7 +222,8 @@ def expected_log1p(log_m: torch.Tensor, logit_z: torch.Tensor | None = None,
 
 @torch.no_grad()
 def posterior_rate(x: torch.Tensor, log_m: torch.Tensor, logit_z: torch.Tensor | None = None,
-                   log_theta: torch.Tensor | None = None) -> torch.Tensor:
+                   log_theta: torch.Tensor | None = None,
+                   pooled: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """E[rate | x]: the fitted rate m updated by the cell's own count x (empirical Bayes, as
     SAVER denoises).
 
@@ -232,14 +233,21 @@ def posterior_rate(x: torch.Tensor, log_m: torch.Tensor, logit_z: torch.Tensor |
     inflation a zero is a dropout (rate still m) with probability
     pi / (pi + (1 - pi) NB(0; m, theta)) = sigmoid(r - log NB(0)), else a true zero. Poisson
     and ZIP have no such per-cell noise: their rate given the cell's state is m whatever x is.
+
+    ``pooled`` = (w S_x, w S_l): weighted counts of neighbouring cells and their exposure in
+    units of this cell's library (:mod:`zipo.neighbours`), further Poisson draws of the same
+    rate, which move the mean to (theta + x + w S_x) / (theta / m + 1 + w S_l).
     """
     m = torch.exp(log_m)
     if log_theta is None:
         return m
     theta = torch.exp(log_theta)
-    shrunk = (x + theta) * m / (m + theta)
+    pooled_x, exposure = (0.0, 0.0) if pooled is None else pooled
+    shrunk = (x + theta + pooled_x) * m / (m + theta + exposure * m)
     if logit_z is None:
         return shrunk
     log_nb_zero = -theta * _softplus(log_m - log_theta)
     dropout = torch.sigmoid(logit_z - log_nb_zero)
-    return torch.where(x > 0, shrunk, dropout * m + (1 - dropout) * shrunk)
+    # a dropout zero says nothing of the rate: only the neighbours update it
+    prior = m if pooled is None else (theta + pooled_x) * m / (theta + exposure * m)
+    return torch.where(x > 0, shrunk, dropout * prior + (1 - dropout) * shrunk)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .data.counts import gene_totals
+from .neighbours import pool_for
 from .outputs import (
     Expectation, check_denoise_request, output_columns, output_genes, output_sink, output_target,
     write_predictions,
@@ -111,9 +112,11 @@ class InferenceMixin:
         cols, keep = output_columns(self.var_names, adata, keep, notify=adata is not self.adata)
         sink = output_sink(adata, keep, self.config.model.encoder_dims[-1], out, key_added,
                            denoised, zero_inflation, overwrite)
+        pool = (pool_for(self, adata) if denoised and expectation == "posterior"
+                and reference is None else None)
         with sink:
             write_predictions(self.network, batches, sink, cols, expectation, denoised,
-                              zero_inflation, depth, target_sum, reference)
+                              zero_inflation, depth, target_sum, reference, pool)
         if out is not None:
             return sink.result()
         target = output_target(adata, copy)

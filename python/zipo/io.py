@@ -49,6 +49,7 @@ class SavedModel:
     history: pd.DataFrame
     is_trained: bool
     pruning: dict | None = None  # the record of ZiPo.prune, when the first layer was pruned
+    pooling: dict | None = None  # the neighbour pooling chosen at training (zipo.neighbours)
 
 
 def write_model(saved: SavedModel, path: str | Path, overwrite: bool = False) -> Path:
@@ -64,6 +65,8 @@ def write_model(saved: SavedModel, path: str | Path, overwrite: bool = False) ->
     }
     if saved.pruning:
         meta["pruned"] = saved.pruning
+    if saved.pooling:
+        meta["neighbour_pooling"] = saved.pooling
     weights = {k: v.detach().cpu().contiguous() for k, v in saved.weights.items()}
     with atomic_path(path, overwrite=overwrite, directory=True) as tmp:
         write_synced(tmp / META_FILE, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
@@ -124,4 +127,5 @@ def read_model(path: str | Path) -> SavedModel:
         raise ValueError(f"{str(history_file)!r} is corrupt ({e}); save the model again") from None
     return SavedModel(config=config, var_names=list(meta["var_names"]),
                       covariates=meta["covariates"], weights=state, history=history,
-                      is_trained=bool(meta.get("is_trained", True)), pruning=meta.get("pruned"))
+                      is_trained=bool(meta.get("is_trained", True)), pruning=meta.get("pruned"),
+                      pooling=meta.get("neighbour_pooling"))

@@ -25,6 +25,7 @@ from .data.covariates import CovariateEncoder
 from .data.genes import check_gene_names, detected_genes, model_gene_counts
 from .data.loader import CellBatches, inference_batches, split_cells, training_batches
 from .io import SavedModel, read_model, write_model
+from .neighbours import NeighbourPooling, choose_for
 from .nn.network import ZiPoNetwork
 from .inference import InferenceMixin
 from .outputs import Expectation
@@ -91,7 +92,7 @@ class ZiPo(InferenceMixin, ProgramsMixin):
     def _init_state(self, config: ZiPoConfig, var_names: pd.Index, encoder: CovariateEncoder,
                     network: ZiPoNetwork, adata=None, summary=None, is_trained: bool = False,
                     history: pd.DataFrame | None = None, device: torch.device | None = None,
-                    pruning: dict | None = None) -> None:
+                    pruning: dict | None = None, pooling: dict | None = None) -> None:
         """Every attribute of a model: a new one (untrained, on the CPU), or one loaded from
         disk (trained, history, device and pruning as saved; :meth:`load`)."""
         self.config = config
@@ -112,6 +113,9 @@ class ZiPo(InferenceMixin, ProgramsMixin):
         self.pruning: dict | None = dict(pruning) if pruning else None
         # A loaded pruned model's mask is re-derived from the weights that are exactly zero.
         self._prune_mask = PruneMask.from_zero_weights(network) if pruning else None
+        #: How ``denoise(expectation="posterior")`` borrows from neighbouring cells, chosen by
+        #: :meth:`train` on validation molecules (:mod:`zipo.neighbours`).
+        self.pooling = NeighbourPooling.from_dict(pooling)
 
     # ----------------------------------------------------------------- saving and loading
     def save(self, path: str | Path, overwrite: bool = False) -> None:
@@ -121,7 +125,8 @@ class ZiPo(InferenceMixin, ProgramsMixin):
         write_model(SavedModel(config=self.config, var_names=list(self.var_names),
                                covariates=self.covariate_encoder.specs,
                                weights=self.network.state_dict(), history=self.history,
-                               is_trained=self.is_trained, pruning=self.pruning),
+                               is_trained=self.is_trained, pruning=self.pruning,
+                               pooling=self.pooling.to_dict()),
                     path, overwrite=overwrite)
 
     @classmethod
@@ -143,7 +148,8 @@ class ZiPo(InferenceMixin, ProgramsMixin):
         model, target = cls.__new__(cls), resolve_device(device)
         model._init_state(saved.config, pd.Index(saved.var_names), encoder,
                           network.to(target).eval(), is_trained=saved.is_trained,
-                          history=saved.history, device=target, pruning=saved.pruning)
+                          history=saved.history, device=target, pruning=saved.pruning,
+                          pooling=saved.pooling)
         return model.attach(adata) if adata is not None else model
 
     # ----------------------------------------------------------------- training
@@ -260,6 +266,7 @@ class ZiPo(InferenceMixin, ProgramsMixin):
                 self.history = trainer.history_after(self.history)
                 self.is_trained = True
             self.network.eval()
+        self.pooling = choose_for(self)
         return self
 
     def _first_layer_mode(self, state: dict | None) -> str:

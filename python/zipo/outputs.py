@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,12 +50,14 @@ rate of 0 implies."""
 def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns: np.ndarray | None,
                       expectation: Expectation, denoised: bool, zero_inflation: bool,
                       depth: float = 1.0, target_sum: float = 1e4,
-                      reference: np.ndarray | None = None) -> None:
+                      reference: np.ndarray | None = None,
+                      pool: Callable[[np.ndarray, torch.Tensor], tuple] | None = None) -> None:
     """Run ``network`` over ``batches`` and write each batch's latents, library sizes, and
     (for the model genes ``columns``, all when None; -1 for an undetected gene the model lacks,
     which gets 0) expectations (see :func:`expected_values`) and zero probabilities into
     ``sink``. ``reference`` (cells x encoded covariates) predicts the cells at these covariates
-    instead of their own (``denoise(covariate_values=...)``)."""
+    instead of their own (``denoise(covariate_values=...)``). ``pool(cells, counts)`` gives a
+    batch's pooled neighbour terms of the posterior (:mod:`zipo.neighbours`)."""
     device = next(network.parameters()).device
     present = None if columns is None or np.all(columns >= 0) else columns >= 0
     if present is not None:
@@ -75,8 +77,10 @@ def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns:
             z = (torch.sigmoid(o.logit_z if columns is None else o.logit_z[:, columns])
                  if o.logit_z is not None else None)
             if denoised:
+                pooled = pool(idx, x) if pool is not None else None
                 mean = _with_zeros(expected_values(o, log_m, z, columns, expectation, depth,
-                                                   target_sum, x, own).cpu().numpy(), present)
+                                                   target_sum, x, own, pooled).cpu().numpy(),
+                                   present)
             if zero_inflation:
                 zprob = _with_zeros(
                     (z if z is not None else torch.zeros_like(log_m)).cpu().numpy(), present)
@@ -96,7 +100,8 @@ def _with_zeros(values: np.ndarray, present: np.ndarray | None) -> np.ndarray:
 def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | None,
                     columns: torch.Tensor | None, expectation: Expectation, depth: float,
                     target_sum: float, x: torch.Tensor | None = None,
-                    own: NetworkOutput | None = None) -> torch.Tensor:
+                    own: NetworkOutput | None = None,
+                    pooled: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One batch's ``expectation`` for a measurement at ``depth`` times each cell's predicted
     library size l: rate ``depth * m``, mixture ``(1 - z) * depth * m``, lognorm
     E[log1p(target_sum * X / (depth * l))] with X ~ the fitted distribution at rate ``depth * m``
@@ -104,7 +109,9 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
     ``depth * E[rate | x]`` for the batch's counts ``x``. When ``o`` predicts the cells at
     other covariates than their own (``own``, the output at theirs, measured ``x``), the
     posterior is the cell's own E[rate | x] times the ratio of the two rates: the cell keeps
-    its deviation from its expected rate, and the covariates' effect on the rate is swapped."""
+    its deviation from its expected rate, and the covariates' effect on the rate is swapped.
+    ``pooled`` (posterior only): the neighbours' weighted counts and exposure
+    (:func:`zipo.distributions.posterior_rate`)."""
     if expectation == "lognorm":
         logit_z, log_theta = _distribution_heads(o, columns)
         log_depth = math.log(depth)
@@ -117,8 +124,10 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
         logit_z, log_theta = _distribution_heads(own, columns)
         own_log_m = own.log_mean if columns is None else own.log_mean[:, columns]
         x = as_dense(x).to(log_m.dtype)
+        if pooled is not None and columns is not None:
+            pooled = (pooled[0][:, columns], pooled[1])
         m = posterior_rate(x if columns is None else x[:, columns], own_log_m, logit_z,
-                           log_theta)
+                           log_theta, pooled)
         if own is not o:
             m = m * torch.exp(log_m - own_log_m)
         return m * depth if depth != 1 else m

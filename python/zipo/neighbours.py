@@ -1,0 +1,227 @@
+"""Borrowing from a cell's neighbours in the latent space: pooled counts in the posterior.
+
+The default output, E[rate | x] (:func:`zipo.distributions.posterior_rate`), updates the
+network's rate m by the cell's own counts x. A cell's nearest neighbours in ZiPo's latents are
+measurements of nearly the same state, so their counts, taken at the cell's library size, are
+further Poisson draws around its rate. Under the NB model's Gamma(theta, theta / m) rate they
+enter as pooled counts with a weight w:
+
+    E[rate | x, neighbours] = (theta + x + w S_x) / (theta / m + 1 + w S_l),
+
+S_x the sum of the k neighbours' counts of the gene and S_l the sum of their library sizes
+over the cell's own. w = 0 is the plain posterior. How much to borrow depends on the data: on
+100 cells the network's rate is rough and the neighbours hold much that it misses; on
+thousands of cells it already holds what they know. So k and w are chosen after training by
+the validation cells' held-out molecules (:func:`choose_pooling`), each cell's neighbours drawn
+from all other cells, and a model keeps w = 0 unless borrowing predicts them better.
+
+The neighbour search is exact (Euclidean, in chunks), so it is offered up to
+:data:`MAX_CELLS` cells; larger data keep the plain posterior, where the network's rate has
+the most cells behind it anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .data.counts import CountMatrix
+from .data.loader import CellBatches
+from .distributions import poisson_log_pmf, posterior_rate
+from .errors import notice
+from .nn.sparse import as_dense
+from .option_types import LIKELIHOODS
+from .train.heldout import binomial_split
+
+CANDIDATE_NEIGHBOURS = (5, 15, 30, 50)
+CANDIDATE_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
+# Molecule splits the choice averages over: on small data (100 cells hold out 10) one split
+# leaves few held-out molecules, and the choice would follow their noise.
+SPLITS = 3
+MAX_CELLS = 100_000
+
+
+@dataclass
+class NeighbourPooling:
+    """The borrowing a trained model applies to ``denoise(expectation="posterior")``:
+    ``weight`` w of the pooled counts of each cell's ``neighbours`` nearest cells (w = 0: the
+    plain posterior), the validation score of every candidate, and why it is off where so."""
+
+    neighbours: int = 0
+    weight: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0 and self.neighbours > 0
+
+    def to_dict(self) -> dict:
+        return {"neighbours": self.neighbours, "weight": self.weight, "scores": self.scores,
+                "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "NeighbourPooling":
+        return cls(**d) if d else cls(note="not chosen: the model was trained without it")
+
+
+def nearest(query: torch.Tensor, reference: torch.Tensor, k: int,
+            query_rows: np.ndarray | None = None, chunk: int = 2048) -> np.ndarray:
+    """Rows of ``reference`` nearest each row of ``query`` (Euclidean), nearest first, as a
+    (queries x k) array; ``query_rows[i]``, query i's own row in ``reference``, is never its
+    neighbour."""
+    query, reference = query.float(), reference.float()
+    ref_sq = (reference ** 2).sum(1)
+    found = []
+    for start in range(0, len(query), chunk):
+        q = query[start:start + chunk]
+        dist = ref_sq[None, :] - 2.0 * q @ reference.T  # + |q|^2, the same along a row
+        if query_rows is not None:
+            own = torch.as_tensor(query_rows[start:start + chunk], device=dist.device)
+            dist[torch.arange(len(q), device=dist.device), own] = math.inf
+        found.append(torch.topk(dist, k, dim=1, largest=False).indices.cpu())
+    return torch.cat(found).numpy() if found else np.zeros((0, k), dtype=np.int64)
+
+
+class PooledCounts:
+    """Each cell's neighbours' summed counts and library sizes (``counts``' cells, in its gene
+    order); ``neighbours[i]`` are the neighbours of cell ``cells[i]``, nearest first."""
+
+    def __init__(self, counts: CountMatrix, library: np.ndarray, cells: np.ndarray,
+                 neighbours: np.ndarray):
+        self.counts, self.library, self.neighbours = counts, library, neighbours
+        self.position = np.full(len(library), -1, dtype=np.int64)
+        self.position[cells] = np.arange(len(cells))
+
+    def sums(self, cells: np.ndarray, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S_x, cells x genes; S_l, cells) over the ``k`` nearest neighbours of ``cells``.
+        Only the neighbours' rows are read, once each, and summed sparse."""
+        nb = self.neighbours[self.position[cells], :k]
+        rows, which = np.unique(nb, return_inverse=True)
+        members = sp.csr_matrix((np.ones(nb.size, dtype=np.float32),
+                                 (np.repeat(np.arange(len(nb)), nb.shape[1]), which.ravel())),
+                                shape=(len(nb), len(rows)))
+        summed = np.asarray((members @ self.counts.rows_csr(rows)).todense(), dtype=np.float32)
+        library = self.library[nb].sum(1).astype(np.float32)
+        return torch.from_numpy(summed).to(device), torch.from_numpy(library).to(device)
+
+    def pooled(self, cells: np.ndarray, x: torch.Tensor, pooling: NeighbourPooling
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior's pooled terms of ``cells`` with counts ``x``: (w S_x, w S_l / l)."""
+        summed, library = self.sums(cells, pooling.neighbours, x.device)
+        return weighted(summed, library, _own_library(x), pooling.weight)
+
+
+def weighted(summed: torch.Tensor, library: torch.Tensor, own_library: torch.Tensor,
+             weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # A cell without counts (possible among held-out splits) takes its neighbours at face value.
+    return weight * summed, (weight * library / own_library.clamp(min=1.0))[:, None]
+
+
+def _own_library(x: torch.Tensor) -> torch.Tensor:
+    return as_dense(x).sum(1, dtype=torch.float32)
+
+
+def self_pool(latents: torch.Tensor, counts: CountMatrix, library: np.ndarray,
+              k: int) -> PooledCounts:
+    """Neighbours of every cell among all the others (the cells denoised together)."""
+    cells = np.arange(len(latents))
+    k = min(k, len(latents) - 1)
+    return PooledCounts(counts, library, cells, nearest(latents, latents, k, cells))
+
+
+@torch.no_grad()
+def choose_pooling(network: torch.nn.Module, counts: CountMatrix, library: np.ndarray,
+                   latents: torch.Tensor, validation: CellBatches, heldout: float,
+                   seed: int) -> NeighbourPooling:
+    """The candidate (k, w) whose posterior best predicts the validation cells' held-out
+    molecules (Poisson NLL per entry), the cells' other molecules as their counts and all
+    other cells' counts as neighbours, over :data:`SPLITS` splits of the molecules; w = 0 on
+    a tie. The splits are drawn from ``seed`` alone, so every process of a distributed run
+    chooses alike."""
+    n = len(latents)
+    val = validation.indices
+    k_max = min(max(CANDIDATE_NEIGHBOURS), n - 1)
+    if k_max < 1:
+        return NeighbourPooling(note="too few cells to have neighbours")
+    pool = PooledCounts(counts, library, val, nearest(latents[val], latents, k_max, val))
+    ks = sorted({min(k, k_max) for k in CANDIDATE_NEIGHBOURS})
+    totals = {(k, w): 0.0 for k in ks for w in CANDIDATE_WEIGHTS}
+    entries = 0
+    scale = math.log(heldout / (1 - heldout))
+    generator = torch.Generator(device=validation.device).manual_seed(seed + 7_919)
+    network.eval()
+    for x, c, idx in (batch for _ in range(SPLITS) for batch in validation):
+        kept, target = binomial_split(x, heldout, generator)
+        out = network(kept, c)
+        kept = as_dense(kept).float()
+        log_mean = out.log_mean.float()
+        logit_z = out.logit_z.float() if out.logit_z is not None else None
+        log_theta = out.log_theta.float()
+        own = _own_library(kept)
+        for k in ks:
+            summed, lib = pool.sums(idx, k, kept.device)
+            for w in CANDIDATE_WEIGHTS:
+                if w == 0 and k != ks[0]:
+                    continue  # the plain posterior does not depend on k
+                pooled = weighted(summed, lib, own, w) if w > 0 else None
+                rate = posterior_rate(kept, log_mean, logit_z, log_theta, pooled)
+                totals[(k, w)] -= poisson_log_pmf(target, torch.log(rate) + scale).sum(
+                    dtype=torch.float64).item()
+        entries += target.numel()
+    scores = {f"k={k},w={w}": v / entries for (k, w), v in totals.items()
+              if w > 0 or k == ks[0]}
+    plain = totals[(ks[0], 0.0)]
+    (k, w), best = min(((kw, v) for kw, v in totals.items() if kw[1] > 0),
+                       key=lambda item: item[1])
+    if best < plain:
+        return NeighbourPooling(neighbours=k, weight=w, scores=scores)
+    return NeighbourPooling(scores=scores, note="the plain posterior predicted the validation "
+                                                "cells' held-out molecules best")
+
+
+def choose_for(model) -> NeighbourPooling:
+    """The pooling a just-trained :class:`~zipo.ZiPo` applies (``train.neighbour_pooling``),
+    or why none."""
+    cfg = model.config
+    if cfg.train.neighbour_pooling == "off":
+        return NeighbourPooling(note="off (train.neighbour_pooling)")
+    if not LIKELIHOODS[cfg.model.likelihood][1]:
+        return NeighbourPooling(note="Poisson and ZIP rates have no per-cell noise to pool over")
+    if model.covariate_encoder.width:
+        return NeighbourPooling(note="not with covariates: a cell's neighbours may be measured "
+                                     "at other covariates")
+    validation = model.validation_batches()
+    if validation is None or cfg.train.heldout_molecules <= 0:
+        return NeighbourPooling(note="needs validation cells with held-out molecules")
+    if model.adata.n_obs > MAX_CELLS:
+        return NeighbourPooling(note=f"offered up to {MAX_CELLS:,} cells (exact search)")
+    counts, _ = model._model_counts(model.adata, check=False)  # checked when given
+    latents = torch.from_numpy(model.get_latent())
+    return choose_pooling(model.network, counts, model._summary.library_size, latents,
+                          validation, cfg.train.heldout_molecules, cfg.train.seed)
+
+
+def pool_for(model, adata) -> Callable[[np.ndarray, torch.Tensor], tuple] | None:
+    """``write_predictions``' pool for denoising ``adata`` with the posterior: each cell's
+    neighbours among ``adata``'s cells; None when the model does not pool."""
+    pooling = model.pooling
+    if not pooling.active:
+        return None
+    if adata.n_obs > MAX_CELLS:
+        notice(f"zipo: neighbour pooling is offered up to {MAX_CELLS:,} cells; these "
+               f"{adata.n_obs:,} get the plain posterior")
+        return None
+    if adata.n_obs < 2:
+        return None
+    counts, summary = model._model_counts(adata)
+    pool = self_pool(torch.from_numpy(model.get_latent(adata)), counts, summary.library_size,
+                     pooling.neighbours)
+    k = min(pooling.neighbours, adata.n_obs - 1)
+    used = NeighbourPooling(neighbours=k, weight=pooling.weight)
+    return lambda cells, x: pool.pooled(cells, x, used)
