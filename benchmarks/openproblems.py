@@ -49,6 +49,17 @@ FILES = ("input", "input_train", "input_test", "input_prediction", "output", "ou
          "output_test")
 PEER = "openproblems"
 EPS = 1e-6  # their poisson_nll_loss's
+# Each component runs under this launcher, which reports its child's peak RSS: the rusage that
+# wait4 gives for a direct child includes the parent's RSS at the fork (Linux carries the
+# pre-exec high-water mark over), and this harness holds the datasets; the launcher is ~10 MB.
+LAUNCHER = """import resource, subprocess, sys
+try:
+    code = subprocess.call(sys.argv[3:], timeout=float(sys.argv[2]))
+except subprocess.TimeoutExpired:
+    code = 124
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
 ALRA_NOT_INSTALLABLE = (
     "not installable: ALRA is an R package installed from GitHub (the task's config: "
     "`r: github: KlugerLab/ALRA`) and its script reads h5ad with CRAN's R package anndata; "
@@ -73,7 +84,8 @@ def components(method_ids: list[str] | None = None) -> list[Component]:
                   control=True),
         Component("magic", TASK / "src/methods/magic"),
         Component("cellmapper", TASK / "src/methods/cellmapper"),
-        *[Component(name, zipo, dict(values or {}), venv=None) for name, values in variants.items()],
+        *[Component(name, zipo, dict(values or {}), venv=None)
+          for name, values in variants.items()],
     ]
     return [c for c in found if method_ids is None or c.method_id in method_ids]
 
@@ -155,10 +167,9 @@ def write_common_dataset(ds: D.Dataset, path: Path) -> None:
     if not np.array_equal(counts.data, ds.counts.data):
         raise ValueError(f"{ds.name}: the task needs raw integer counts")
     organism, url, reference = ORIGIN[ds.name]
+    genes = ad.utils.make_index_unique(pd.Index(np.asarray(ds.genes, dtype=str)))
     adata = ad.AnnData(obs=pd.DataFrame(index=[f"cell{i}" for i in range(counts.shape[0])]),
-                       var=pd.DataFrame(index=np.asarray(ds.genes, dtype=str)),
-                       layers={"counts": counts})
-    adata.var_names_make_unique()
+                       var=pd.DataFrame(index=genes), layers={"counts": counts})
     adata.uns.update(dataset_id=ds.name, dataset_name=ds.name, dataset_url=url,
                      dataset_reference=reference, dataset_summary=ds.note,
                      dataset_description=ds.note, dataset_organism=organism)
@@ -204,10 +215,12 @@ def execute(comp: Component, par: dict, work: Path, a) -> dict:
     fails, the end of its log."""
     script, values = prepare(comp, par, work, a.threads)
     python = sys.executable if comp.venv is None else str(venvs.python(comp.venv))
-    log = work / "run.log"
-    code, wall, rss = run_worker([python, str(script)], work, a.timeout, a.threads, log)
+    log, rss = work / "run.log", work / "peak_rss_kb"
+    code, wall, _ = run_worker([sys.executable, "-S", "-c", LAUNCHER, str(rss), str(a.timeout),
+                                python, str(script)], work, a.timeout + 60, a.threads, log)
     rec = {"status": {0: "ok", 124: "timeout"}.get(code, "failed"), "wall_seconds": wall,
-           "peak_rss_mb": rss, "args": {k: v for k, v in values.items() if k not in FILES}}
+           "peak_rss_mb": int(rss.read_text()) / 1024 if rss.is_file() else None,
+           "args": {k: v for k, v in values.items() if k not in FILES}}
     if code:
         rec["log_tail"] = log.read_text(errors="replace")[-2000:]
     return rec
@@ -269,6 +282,7 @@ def report(results: dict) -> str:
            f"its scripts unmodified; seed {m['seed']}, train_frac {m['train_frac']}, "
            f"{m['threads']} thread(s) per process; {m['machine']}.", ""]
     by_dataset: dict[str, list[dict]] = {}
+    notes: dict[str, str] = {}
     for r in results["records"]:
         by_dataset.setdefault(r["dataset"], []).append(r)
     for name, recs in by_dataset.items():
@@ -280,7 +294,9 @@ def report(results: dict) -> str:
         ranked = [r for r in recs if r["status"] == "ok" and not r.get("control")]
         for r in recs:
             if r["status"] != "ok":
-                out.append(f"| {r['method_id']} | {r['status']} |" + " |" * (len(COLUMNS) + 1))
+                notes.setdefault(r["method_id"], r["status"])
+                out.append(f"| {r['method_id']} | {r['status'].split(':')[0]} |"
+                           + " |" * (len(COLUMNS) + 1))
                 continue
             cells = []
             for key, _ in COLUMNS:
@@ -297,6 +313,7 @@ def report(results: dict) -> str:
                "denoised_data)`, signature `(y_pred, y_true)`); the column after it is the same "
                "loss with the arguments in order, computed from the same files and scaling. "
                "Time and peak RSS: the method's own process, on a shared machine.")
+    out += [""] + [f"{method}: {status}." for method, status in notes.items()]
     return "\n".join(out) + "\n"
 
 

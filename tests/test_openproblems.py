@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import resource
 import sys
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def split(tmp_path_factory):
 def test_their_process_dataset_splits_the_molecules(split):
     _, ds, paths = split
     train, test = ad.read_h5ad(paths["train"]), ad.read_h5ad(paths["test"])
-    assert train.uns["dataset_id"] == "pbmc_small" and test.uns["dataset_organism"] == "homo_sapiens"
+    assert train.uns["dataset_id"] == "pbmc_small"
+    assert test.uns["dataset_organism"] == "homo_sapiens"
     genes = np.isin(ds.genes, train.var_names)
     total = (train.layers["counts"] + test.layers["counts"]).toarray()
     assert np.array_equal(total, ds.counts[:, genes].toarray())
@@ -97,14 +99,16 @@ def _run(comp, split, **par):
                      work / comp.method_id, RUN)
     assert rec["status"] == "ok", rec.get("log_tail")
     assert rec["wall_seconds"] > 0 and rec["peak_rss_mb"] > 0
-    return out
+    return out, rec
 
 
 def test_poisson_both_ways_from_the_files(split):
     """no_denoising (their control, run here): the loss with the arguments in order and as
     their script calls it, against the dense formulas."""
     comp = OP.Component("no_denoising", OP.TASK / "src/control_methods/no_denoising", venv=None)
-    out = _run(comp, split)
+    out, rec = _run(comp, split)
+    # its own peak (anndata only), not this process's (which holds torch) carried over the fork
+    assert rec["peak_rss_mb"] < resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _, _, paths = split
     test = ad.read_h5ad(paths["test"])
     y = test.layers["counts"].toarray().astype(np.float64)
@@ -117,7 +121,7 @@ def test_poisson_both_ways_from_the_files(split):
 
 def test_zipo_component_writes_counts_like_denoised_layer(split):
     comp = next(c for c in OP.components(["zipo_lognorm"]))
-    out = _run(comp, split, max_epochs=2, seed=0, num_threads=1)
+    out, _ = _run(comp, split, max_epochs=2, seed=0, num_threads=1)
     _, _, paths = split
     train, pred = ad.read_h5ad(paths["train"]), ad.read_h5ad(out)
     assert pred.uns["method_id"] == "zipo_lognorm" and pred.uns["dataset_id"] == "pbmc_small"
@@ -139,7 +143,7 @@ def test_their_metrics_match_the_scores_computed_here(split):
     work, _, paths = split
     comp = OP.Component("perfect_denoising", OP.TASK / "src/control_methods/perfect_denoising",
                         control=True)
-    out = _run(comp, split, input_test=paths["test"])
+    out, _ = _run(comp, split, input_test=paths["test"])
     values = {}
     for metric in ("mse", "poisson"):
         score = work / f"{metric}.h5ad"
