@@ -3,13 +3,9 @@
 import subprocess
 import sys
 
-# zipo/__init__.py imports torch first on purpose (inside R it must not bind to R's BLAS,
-# zipo/_torch_blas.py), so the package is stood in for by a bare one that does not run it.
+# Plain Python (no BLAS in the global scope): zipo loads torch only when the model is used.
 READ_CONFIG_WITHOUT_TORCH = """
-import importlib.util, sys, types
-package = types.ModuleType("zipo")
-package.__path__ = list(importlib.util.find_spec("zipo").submodule_search_locations)
-sys.modules["zipo"] = package
+import sys
 import zipo.config
 cfg = zipo.config.resolve_config(preset="paper", options={"likelihood": "nb"})
 assert cfg.model.likelihood == "nb"
@@ -21,6 +17,8 @@ else:
     raise AssertionError("an unknown activation was accepted")
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not loaded, f"reading a config imported {loaded[:5]}"
+import zipo
+assert zipo.ZiPo.__name__ == "ZiPo" and "torch" in sys.modules
 """
 
 
