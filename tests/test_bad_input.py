@@ -177,9 +177,9 @@ def test_errors_carry_their_fix_in_r(pbmc_small, trained_model, monkeypatch):
     cases = [
         (lambda: trained_model.denoise(extra, copy=True),
          r"^the genes of the object do not match the trained model: 1 genes are not in the model "
-         r"and have counts here \(MYNEWGENE\)\. Drop them with sce\[rownames\(model\), \]"),
+         r"and have counts here \(MYNEWGENE\)\. Drop them with x\[rownames\(model\), \]"),
         (lambda: trained_model.denoise(pbmc_small[:, 1:].copy(), copy=True),
-         r"Subset or reorder with sce\[rownames\(model\), \] \(adding any missing genes as rows"),
+         r"Subset or reorder with x\[rownames\(model\), \] \(adding any missing genes as rows"),
         (lambda: _model(empty), r"1 cells have zero counts in the counts .*"
                                 r"scuttle::addPerCellQC\(sce\); sce\[, sce\$sum > 0\]"),
         (lambda: _model(_with_x(pbmc_small, x * 0.5 + 0.25, "csr")),
@@ -192,7 +192,7 @@ def test_errors_carry_their_fix_in_r(pbmc_small, trained_model, monkeypatch):
             call()
         assert not any(word in str(error.value) for word in ("adata", "scanpy", "var_names"))
     assert str(python_error.value) == python_error.value.message("python")
-    assert "sce[rownames(model), ]" in python_error.value.message("r")
+    assert "x[rownames(model), ]" in python_error.value.message("r")
 
 
 def test_genes_renamed_by_seurat_get_their_fix_named(pbmc_small):

@@ -181,7 +181,7 @@ def test_r_denoise_covers_undetected_genes_and_speaks_r(tmp_path):
     error = out.split("ERROR ", 1)[1]
     assert error.startswith("the genes of the object do not match the trained model: 3 genes "
                             "are not in the model and have counts here"), error
-    assert "Drop them with sce[rownames(model), ]" in error
+    assert "Drop them with x[rownames(model), ]" in error
     assert "adata" not in error and "var_names" not in error and "Traceback" not in error
 
     adata = ad.read_h5ad(DATA / "pbmc_small.h5ad")

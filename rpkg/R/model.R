@@ -289,7 +289,7 @@ training_history <- function(model) {
 #' training data that have counts (genes without counts in any cell are left
 #' out of training, and [denoise()] gives them 0). New data needs these genes;
 #' [denoise()] accepts other genes only if they have no counts. Subset new
-#' data to the model's genes with `sce[rownames(model), ]`.
+#' data to the model's genes with `x[rownames(model), ]`.
 #'
 #' @param x A `zipo_model`.
 #' @return A list of the model's genes and `NULL`, so that `rownames(model)`

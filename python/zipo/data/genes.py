@@ -49,7 +49,7 @@ def check_gene_names(adata) -> None:
         raise InputError(
             f"gene names are not unique ({examples(list(dup))})",
             {"python": "call adata.var_names_make_unique() first",
-             "r": "make them unique first, e.g. rownames(sce) <- make.unique(rownames(sce))"})
+             "r": "make them unique first, e.g. rownames(x) <- make.unique(rownames(x))"})
     check_orientation(adata.obs_names, adata.var_names)
 
 
@@ -79,7 +79,7 @@ class GeneMatch:
                        f"({examples(list(with_counts))})" for lang in _DATA},
                 {"python": "Drop them with adata[:, model.var_names], or train a model on "
                            "these genes",
-                 "r": "Drop them with sce[rownames(model), ], or train a model on these genes"},
+                 "r": "Drop them with x[rownames(model), ], or train a model on these genes"},
                 sep=". ")
 
 
@@ -105,7 +105,7 @@ def match_genes(model_genes: pd.Index, adata) -> GeneMatch:
             _dashed_hint(missing, extra) or {
                 "python": "Subset or reorder with adata[:, model.var_names] (adding any missing "
                           "genes as zero columns), or train a model on these genes",
-                "r": "Subset or reorder with sce[rownames(model), ] (adding any missing genes "
+                "r": "Subset or reorder with x[rownames(model), ] (adding any missing genes "
                      "as rows of zeros), or train a model on these genes"},
             sep=". ")
     return GeneMatch(names.get_indexer(model_genes), extra)

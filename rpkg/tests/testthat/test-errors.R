@@ -100,7 +100,7 @@ test_that("the Python core's errors name R's objects and functions", {
   expect_match(no_python(missing), paste0(
     "^the genes of the object do not match the trained model: 1 genes of ",
     "the model are missing \\(gene2\\)\\. Subset or reorder with ",
-    "sce\\[rownames\\(model\\), \\]"))
+    "x\\[rownames\\(model\\), \\]"))
   m <- assay_of(sce, "counts")
   new_gene <- Matrix::Matrix(1, 1, ncol(m), sparse = TRUE,
                              dimnames = list("NEW", colnames(m)))
@@ -108,12 +108,12 @@ test_that("the Python core's errors name R's objects and functions", {
     list(counts = rbind(m, new_gene)))
   expect_match(no_python(error_of(denoise(extra, model = model))), paste0(
     "1 genes are not in the model and have counts here \\(NEW\\)\\. ",
-    "Drop them with sce\\[rownames\\(model\\), \\]"))
+    "Drop them with x\\[rownames\\(model\\), \\]"))
   dup <- sce
   rownames(dup)[2] <- rownames(dup)[1]
   expect_match(no_python(error_of(train(dup, epochs = 1))), paste0(
     "gene names are not unique \\(gene1\\); make them unique first, e.g. ",
-    "rownames\\(sce\\) <- make.unique\\(rownames\\(sce\\)\\)"))
+    "rownames\\(x\\) <- make.unique\\(rownames\\(x\\)\\)"))
   empty <- sce
   SummarizedExperiment::assay(empty, "counts")[, 5] <- 0
   expect_match(error_of(denoise(empty)),
