@@ -203,8 +203,14 @@ def choose_for(model) -> NeighbourPooling:
         return NeighbourPooling(note=f"offered up to {MAX_CELLS:,} cells (exact search)")
     counts, _ = model._model_counts(model.adata, check=False)  # checked when given
     latents = torch.from_numpy(model.get_latent())
-    return choose_pooling(model.network, counts, model._summary.library_size, latents,
-                          validation, cfg.train.heldout_molecules, cfg.train.seed)
+    chosen = choose_pooling(model.network, counts, model._summary.library_size, latents,
+                            validation, cfg.train.heldout_molecules, cfg.train.seed)
+    if cfg.train.verbose:
+        print("zipo: the posterior borrows from "
+              + (f"{chosen.neighbours} neighbouring cells at weight {chosen.weight:g}"
+                 if chosen.active else "no neighbouring cells")
+              + " (chosen on the validation cells' held-out molecules)", flush=True)
+    return chosen
 
 
 def pool_for(model, adata) -> Callable[[np.ndarray, torch.Tensor], tuple] | None:
