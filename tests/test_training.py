@@ -220,7 +220,9 @@ def test_plateau_and_early_stopping_count_rounds(pbmc_small):
                          plateau_threshold=0.5, early_stopping_patience=100,
                          patience_min_steps=0).train()
     h = model.history
-    np.testing.assert_allclose(h["learning_rate"], [1e-3] * 3 + [1e-4] * 2)
+    # the warm-down from 0.01 also counts rounds (x0.9 each), the cut multiplies it by 0.1
+    np.testing.assert_allclose(h["learning_rate"],
+                               [0.01 * 0.9**r * (1 if r < 3 else 0.1) for r in range(5)])
     assert list(h["step"]) == [1, 2, 3, 4, 5]
     assert h["epoch"].iloc[-1] == pytest.approx(5 / 3)
 
@@ -268,7 +270,7 @@ def test_training_ends_at_the_plateaus_last_cut(pbmc_small):
     # Every epoch after the first misses a 50% improvement, so with patience 1 the plateau cuts
     # the rate after epochs 3 and 5 (1-based); early stopping alone would run all 8 epochs.
     options = dict(max_epochs=8, plateau_patience=1, plateau_threshold=0.5,
-                   early_stopping_patience=100, patience_min_steps=0)
+                   early_stopping_patience=100, patience_min_steps=0, learning_rate=1e-3)
     model = _small_model(pbmc_small, plateau_stop=2, **options).train()
     np.testing.assert_allclose(model.history["learning_rate"], [1e-3] * 3 + [1e-4] * 2)
     h = model.history
@@ -284,14 +286,15 @@ def test_patience_spans_at_least_min_steps(pbmc_small):
     from zipo.config import TrainConfig
     from zipo.train.trainer import patience_scale
 
-    # 15 epochs of patience: 8 steps an epoch already make 120 >= 60; one step an epoch needs x4
-    assert patience_scale(TrainConfig(), 8) == 1
-    assert patience_scale(TrainConfig(), 1) == 4
+    # 5 rounds of patience: 12 steps a round make 60; 8 make 40 and need x2; one needs x12
+    assert patience_scale(TrainConfig(), 12) == 1
+    assert patience_scale(TrainConfig(), 8) == 2
+    assert patience_scale(TrainConfig(), 1) == 12
     assert patience_scale(TrainConfig(patience_min_steps=0), 1) == 1
     # 72 training cells in batches of 32 are 3 steps an epoch: patience 1 must span 6 steps, so
     # the plateau waits 2 epochs and cuts after epochs 4 and 7 (1-based), not 3 and 5
     options = dict(max_epochs=8, plateau_patience=1, plateau_threshold=0.5,
-                   early_stopping_patience=100, plateau_stop=0)
+                   early_stopping_patience=100, plateau_stop=0, learning_rate=1e-3)
     history = _small_model(pbmc_small, patience_min_steps=6, **options).train().history
     np.testing.assert_allclose(history["learning_rate"], [1e-3] * 4 + [1e-4] * 3 + [1e-5])
     with pytest.raises(ValueError, match="patience_min_steps"):

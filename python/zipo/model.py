@@ -250,7 +250,8 @@ class ZiPo(InferenceMixin, ProgramsMixin):
         self.train_indices, self.validation_indices = train_idx, val_idx
         trainer = Trainer(self.network, train_batches, val_batches, self.config.model, tc,
                           forward=wrap(self.network, self.device) if distributed else None,
-                          autocast=self._autocast(tc), mmd_groups=self._mmd_groups())
+                          autocast=self._autocast(tc), mmd_groups=self._mmd_groups(),
+                          rounds_before=len(self.history))
         if state is not None:
             trainer.load_state_dict(state)
         save = None

@@ -56,11 +56,11 @@ def patience_scale(config: TrainConfig, steps_per_round: int) -> int:
 
 
 class LearningRateSchedule:
-    """lr = max(lr0 * decay^epoch, lr_min) * plateau_scale.
+    """lr = max(lr0 * decay^rounds, lr_min) * plateau_scale.
 
-    With ``learning_rate=0.0212`` this is the paper's warm-down (0.0212 * 0.9^30 ~= 0.001); with
-    the default start of 0.001 it is flat at ``lr_min``. ``epoch`` (epochs completed) is set by
-    the trainer. On top of it a reduce-on-plateau multiplies ``plateau_scale`` by ``factor``
+    The default start of 0.01 warms down to ``lr_min`` (0.001) in 22 rounds; 0.0212 is the
+    paper's warm-down (0.0212 * 0.9^30 ~= 0.001; rounds are its epochs under the presets).
+    ``rounds`` (rounds completed) is set by the trainer. On top of it a reduce-on-plateau multiplies ``plateau_scale`` by ``factor``
     after ``patience`` rounds without a relative improvement of ``threshold`` in the monitored
     loss; ``cuts`` counts those reductions (``plateau_stop`` of them end training).
     """
@@ -68,7 +68,7 @@ class LearningRateSchedule:
     def __init__(self, config: TrainConfig, patience: int | None = None):
         self.c = config
         self.patience = config.plateau_patience if patience is None else patience
-        self.epoch = 0
+        self.rounds = 0
         self.plateau_scale = 1.0
         self.best = math.inf
         self.bad_epochs = 0  # rounds without progress (the name checkpoints carry)
@@ -76,7 +76,7 @@ class LearningRateSchedule:
 
     @property
     def lr(self) -> float:
-        decayed = max(self.c.learning_rate * self.c.lr_decay**self.epoch, self.c.lr_min)
+        decayed = max(self.c.learning_rate * self.c.lr_decay**self.rounds, self.c.lr_min)
         return decayed * self.plateau_scale
 
     def step(self, monitored: float) -> None:
@@ -97,11 +97,12 @@ class LearningRateSchedule:
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k)
-                for k in ("epoch", "plateau_scale", "best", "bad_epochs", "cuts")}
+                for k in ("rounds", "plateau_scale", "best", "bad_epochs", "cuts")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
-            setattr(self, k, v)
+            # checkpoints written before the decay counted rounds name them "epoch"
+            setattr(self, "rounds" if k == "epoch" else k, v)
 
 
 @dataclass
@@ -168,8 +169,11 @@ class Trainer:
                  val_batches: CellBatches | None, model_config: ModelConfig,
                  train_config: TrainConfig, forward: torch.nn.Module | None = None,
                  autocast: Callable[[], Any] | None = None,
-                 mmd_groups: list[tuple[int, int]] | None = None):
+                 mmd_groups: list[tuple[int, int]] | None = None, rounds_before: int = 0):
         self.net, self.train_batches, self.val_batches = net, train_batches, val_batches
+        # Rounds the model trained before this run: fine-tuning goes on down the warm-down
+        # instead of starting it again at a rate that would undo the trained weights.
+        self.rounds_before = rounds_before
         # Column ranges of the categorical covariates the alpha_mmd penalty mixes over.
         self.mmd_groups = list(mmd_groups or [])
         # What the batches go through: the network itself, or its DDP wrapper.
@@ -371,7 +375,7 @@ class Trainer:
     def _start_round(self) -> tuple[float, _RoundSums]:
         """Set the round's learning rate (the plateau may have cut it mid-epoch) and the
         network to training mode; the round's empty sums."""
-        self.schedule.epoch = self.epoch
+        self.schedule.rounds = self.rounds_before + len(self.history)
         lr = self.schedule.lr
         for group in self.optimiser.param_groups:
             group["lr"] = lr
