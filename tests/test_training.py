@@ -218,7 +218,7 @@ def test_plateau_and_early_stopping_count_rounds(pbmc_small):
     # 3 and 5, mid-epoch, and the second cut ends training there (not at an epoch's end).
     model = _small_model(pbmc_small, validation_interval=1, max_epochs=8, plateau_patience=1,
                          plateau_threshold=0.5, early_stopping_patience=100,
-                         patience_min_steps=0).train()
+                         patience_min_steps=0, learning_rate=0.01).train()
     h = model.history
     # the warm-down from 0.01 also counts rounds (x0.9 each), the cut multiplies it by 0.1
     np.testing.assert_allclose(h["learning_rate"],
@@ -286,10 +286,9 @@ def test_patience_spans_at_least_min_steps(pbmc_small):
     from zipo.config import TrainConfig
     from zipo.train.trainer import patience_scale
 
-    # 5 rounds of patience: 12 steps a round make 60; 8 make 40 and need x2; one needs x12
-    assert patience_scale(TrainConfig(), 12) == 1
-    assert patience_scale(TrainConfig(), 8) == 2
-    assert patience_scale(TrainConfig(), 1) == 12
+    # 15 rounds of patience: 8 steps a round already make 120 >= 60; one step needs x4
+    assert patience_scale(TrainConfig(), 8) == 1
+    assert patience_scale(TrainConfig(), 1) == 4
     assert patience_scale(TrainConfig(patience_min_steps=0), 1) == 1
     # 72 training cells in batches of 32 are 3 steps an epoch: patience 1 must span 6 steps, so
     # the plateau waits 2 epochs and cuts after epochs 4 and 7 (1-based), not 3 and 5

@@ -58,8 +58,9 @@ def patience_scale(config: TrainConfig, steps_per_round: int) -> int:
 class LearningRateSchedule:
     """lr = max(lr0 * decay^rounds, lr_min) * plateau_scale.
 
-    The default start of 0.01 warms down to ``lr_min`` (0.001) in 22 rounds; 0.0212 is the
-    paper's warm-down (0.0212 * 0.9^30 ~= 0.001; rounds are its epochs under the presets).
+    With the default start of 0.001 it is flat at ``lr_min``; 0.0212 is the paper's warm-down
+    (0.0212 * 0.9^30 ~= 0.001), counted in rounds like the rest of the schedule (epochs on data
+    of up to ``validation_interval`` steps an epoch, and under the presets).
     ``rounds`` (rounds completed) is set by the trainer. On top of it a reduce-on-plateau multiplies ``plateau_scale`` by ``factor``
     after ``patience`` rounds without a relative improvement of ``threshold`` in the monitored
     loss; ``cuts`` counts those reductions (``plateau_stop`` of them end training).
