@@ -86,10 +86,33 @@ def test_train_on_gpu_and_match_cpu_inference(pbmc_small, tmp_path, mixed_precis
                                rtol=1e-5, atol=1e-7)
 
 
+def _linear_output_dtypes(model) -> set:
+    """The dtypes of every nn.Linear output while ``model`` trains (the network is built in
+    train(), so the hook is global, for the duration of the call)."""
+    seen = set()
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        model.train()
+    finally:
+        handle.remove()
+    return seen
+
+
 def test_mixed_precision_changes_only_rounding(pbmc_small):
-    """bf16 and float32 encoders train to nearly the same losses over a few epochs."""
-    full = _gpu_model(pbmc_small.copy(), mixed_precision=False, prefetch=0).train()
-    half = _gpu_model(pbmc_small.copy(), mixed_precision=True, prefetch=0).train()
+    """bf16 and float32 encoders train to nearly the same losses over a few epochs, and the
+    bf16 run's training steps really compute in bfloat16."""
+    full = _gpu_model(pbmc_small.copy(), mixed_precision=False, prefetch=0)
+    assert _linear_output_dtypes(full) == {torch.float32}
+    half = _gpu_model(pbmc_small.copy(), mixed_precision=True, prefetch=0)
+    if torch.cuda.is_bf16_supported():
+        assert torch.bfloat16 in _linear_output_dtypes(half)
+    else:
+        half.train()
     # Mixed precision really is in play here: the encoder's forward and backward run in
     # bfloat16 (8 bits of mantissa, ~4e-3 relative per operation) for every training step, and
     # the differences compound over the epochs, so only a loose agreement is expected.
