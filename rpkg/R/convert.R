@@ -200,16 +200,16 @@ sce_to_anndata <- function(sce, assay.type = "counts", columns = NULL,
 
 #' Convert an AnnData object to a SingleCellExperiment
 #'
-#' The inverse of [sce_to_anndata()]: `X` becomes the assay `name` as a
-#' genes x cells dgCMatrix, `obs` becomes colData, `obsm` entries become
-#' reducedDims.
+#' The inverse of [sce_to_anndata()]: `X` becomes
+#' the assay `name` as a genes x cells dgCMatrix, `obs` becomes colData,
+#' `obsm` entries become reducedDims.
 #'
 #' @param adata A Python `anndata.AnnData` (reticulate object).
 #' @param name Name of the assay to hold `X`.
 #' @param assay Deprecated: the old name of `name`.
 #' @return A SingleCellExperiment with the assay `name` (a dgCMatrix, genes x
-#'   cells), `obs` as colData and each `obsm` entry as a reducedDim (without
-#'   its `X_` prefix).
+#'   cells), `obs` as colData and each `obsm` entry as a reducedDim
+#'   (without its `X_` prefix).
 #' @examples
 #' if (zipo_available()) {
 #'   # PBMC 4k, 1,009 genes x 2,170 cells, shipped with ZiPo's Python core

@@ -11,87 +11,92 @@
 #' (`rownames(model)`); other genes are accepted only without counts, and get
 #' 0.
 #'
-#' For a SingleCellExperiment: assay `name` (default `"denoised"`; genes x
-#' cells, dimnames kept), `reducedDim(x, dimred)` (default `"ZIPO"`; latents)
-#' and `colData(x)$zipo_library_size`; with `zero_inflation = TRUE` also assay
-#' `"zipo_zero_prob"`. With `subset.row`, the model is still trained on all
-#' genes, only the chosen genes are denoised, and `x[subset.row, ]` is returned
-#' (as `scuttle::logNormCounts()` does).
+#' For a SingleCellExperiment: assay `name` (default `"denoised"`; genes
+#' x cells, dimnames kept), `reducedDim(x, dimred)` (default `"ZIPO"`;
+#' latents) and `colData(x)$zipo_library_size`; with
+#' `zero_inflation = TRUE` also assay `"zipo_zero_prob"`. With
+#' `subset.row`, the model is still trained on all genes, only the chosen
+#' genes are denoised, and `x[subset.row, ]` is returned (as
+#' `scuttle::logNormCounts()` does).
 #'
-#' For a Seurat object: an assay `name` (default `"denoised"`) whose counts and
-#' data slots both hold the denoised values (one matrix, shared), a DimReduc
-#' `dimred` (default `"ZIPO"`, key `"ZIPO_"`) and `zipo_library_size` in the
-#' meta.data. With `subset.row` the new assay holds only those genes.
+#' For a Seurat object: an assay `name` (default `"denoised"`) whose
+#' counts and data slots both hold the denoised values (one matrix, shared), a
+#' DimReduc `dimred` (default `"ZIPO"`, key `"ZIPO_"`) and
+#' `zipo_library_size` in the meta.data. With `subset.row` the new assay
+#' holds only those genes.
 #'
 #' For a count matrix, genes x cells as Bioconductor holds counts (a `matrix`,
-#' a sparse `Matrix` such as a `dgCMatrix`, or a `DelayedMatrix`): the
-#' denoised matrix, with the dimensions and dimnames of `x` (rows `subset.row`
-#' only, when given). A sparse matrix reaches Python as index arrays, never
-#' dense. A matrix has no cell annotations, so `covariates` (and a `model`
-#' trained with covariates) need a SingleCellExperiment, as do
+#' a sparse `Matrix` such as a `dgCMatrix`, or a `DelayedMatrix`):
+#' the denoised matrix, with the dimensions and dimnames of `x` (rows
+#' `subset.row` only, when given). A sparse matrix reaches Python as index
+#' arrays, never dense. A matrix has no cell annotations, so `covariates` (and
+#' a `model` trained with covariates) need a SingleCellExperiment, as do
 #' `zero_inflation = TRUE`, the latents and the library sizes:
-#' `denoise(SingleCellExperiment(list(counts = x)))`. `name` and `dimred` are
-#' not used.
+#' `denoise(SingleCellExperiment(list(counts = x)))`. `name` and
+#' `dimred` are not used.
 #'
 #' The default names survive conversions between the two classes with
-#' `Seurat::as.Seurat()` and `Seurat::as.SingleCellExperiment()`, denoised on
-#' either side: a reducedDim `"ZIPO"` becomes a DimReduc `"ZIPO"` and back
-#' (`as.SingleCellExperiment()` upper-cases reduction names, so a lower-case
-#' name would not come back), a denoising on the other side replaces it, and no
-#' assay shares its name (Seurat refuses an assay named like a DimReduc). The
-#' Seurat assay `"denoised"` becomes the altExp `"denoised"` and back; it has a
-#' counts slot because `as.Seurat()` needs one in every altExp.
+#' `Seurat::as.Seurat()` and `Seurat::as.SingleCellExperiment()`,
+#' denoised on either side: a reducedDim `"ZIPO"` becomes a DimReduc
+#' `"ZIPO"` and back (`as.SingleCellExperiment()` upper-cases reduction
+#' names, so a lower-case name would not come back), a denoising on the other
+#' side replaces it, and no assay shares its name (Seurat refuses an assay named
+#' like a DimReduc). The Seurat assay `"denoised"` becomes the altExp
+#' `"denoised"` and back; it has a counts slot because `as.Seurat()`
+#' needs one in every altExp.
 #'
 #' Counts larger than memory: counts held as a `DelayedMatrix` (e.g.
 #' HDF5-backed, from `HDF5Array::writeHDF5Array()` or
-#' `HDF5Array::loadHDF5SummarizedExperiment()`), as an assay or as `x` itself,
-#' are read a block of cells at a time (`DelayedArray::setAutoBlockSize()` sets
-#' the block size) and reach Python as one sparse matrix; they are never made
-#' dense. With `out = "denoised.h5ad"` (not for Seurat) the denoised counts are
-#' written to that file a batch of cells at a time, and assay `name` (or, for a
-#' count matrix, the result) is an HDF5-backed `DelayedMatrix` reading the
-#' file's `X` (cells x genes on disk, genes x cells in R), so they never enter
-#' memory; with `zero_inflation = TRUE` so is `"zipo_zero_prob"` (from the
-#' file's `layers/zipo_zero_prob`, which the Python core loads once while
+#' `HDF5Array::loadHDF5SummarizedExperiment()`), as an assay or as `x`
+#' itself, are read a block of cells at a time
+#' (`DelayedArray::setAutoBlockSize()` sets the block size) and reach Python
+#' as one sparse matrix; they are never made dense. With
+#' `out = "denoised.h5ad"` (not for Seurat) the denoised counts are written to
+#' that file a batch of cells at a time, and assay `name` (or, for a count
+#' matrix, the result) is an HDF5-backed `DelayedMatrix` reading the file's
+#' `X` (cells x genes on disk, genes x cells in R), so they never enter
+#' memory; with `zero_inflation = TRUE` so is `"zipo_zero_prob"` (from
+#' the file's `layers/zipo_zero_prob`, which the Python core loads once while
 #' opening the file). The latents and library sizes come from the file's
-#' `obsm` and `obs`. Counts held as a `DelayedMatrix` get on-disk output by
-#' default, as DelayedArray realises results to HDF5 files: with `out = NULL`
-#' the file is a new `.h5ad` in `HDF5Array::getHDF5DumpDir()` (the session's
-#' temporary folder unless set; a message names it), so denoising an
-#' HDF5-backed dataset never builds a genes x cells matrix in memory;
-#' `out = FALSE` keeps the result in memory anyway. In-memory counts give an
-#' in-memory result unless `out` names a file. The file is an AnnData `.h5ad`
-#' that `anndata.read_h5ad()` reads; keep it as long as the object is used (an
-#' object reads whatever file is at that path, so replacing it with
-#' `overwrite = TRUE` changes what earlier objects see). Both need the
-#' Bioconductor package HDF5Array.
+#' `obsm` and `obs`. Counts held as a `DelayedMatrix` get on-disk
+#' output by default, as DelayedArray realises results to HDF5 files: with
+#' `out = NULL` the file is a new `.h5ad` in
+#' `HDF5Array::getHDF5DumpDir()` (the session's temporary folder unless set; a
+#' message names it), so denoising an HDF5-backed dataset never builds a genes x
+#' cells matrix in memory; `out = FALSE` keeps the result in memory anyway.
+#' In-memory counts give an in-memory result unless `out` names a file. The
+#' file is an AnnData `.h5ad` that `anndata.read_h5ad()` reads; keep it
+#' as long as the object is used (an object reads whatever file is at that path,
+#' so replacing it with `overwrite = TRUE` changes what earlier objects see).
+#' Both need the Bioconductor package HDF5Array.
 #'
 #' `expectation = "posterior"` (default) gives the rate given each cell's own
-#' count: with `likelihood = "zinb"` (default) or `"nb"` each count is shrunk
-#' towards `l * mu` as far as the fitted dispersion says (as SAVER denoises);
-#' with `"zip"` or `"poisson"` it is the rate. `"rate"` gives `l * mu`, the
-#' expected count with technical zeros removed; `"mixture"` gives
-#' `(1 - z) * l * mu`, the mean of the whole zero-inflated distribution;
-#' `"lognorm"` gives the expectation of `log1p(target_sum * X / l)` with `X`
-#' drawn from the fitted distribution: the log-normalised expression (natural
-#' log, as Seurat's `NormalizeData()` and scanpy's `normalize_total()` +
-#' `log1p()`) that a new measurement would average. A `logcounts` assay as
-#' `scuttle::logNormCounts()` makes it is this with `target_sum` = the mean
-#' library size, divided by `log(2)`. The log of the rate would overstate it at
-#' low expression.
+#' count: with `likelihood = "zinb"` (default) or `"nb"` each count is
+#' shrunk towards `l * mu` as far as the fitted dispersion says (as SAVER
+#' denoises); with `"zip"` or `"poisson"` it is the rate. `"rate"`
+#' gives `l * mu`, the expected count with technical zeros removed;
+#' `"mixture"` gives `(1 - z) * l * mu`, the mean of the whole
+#' zero-inflated distribution; `"lognorm"` gives the expectation of
+#' `log1p(target_sum * X / l)` with `X` drawn from the fitted
+#' distribution: the log-normalised expression (natural log, as Seurat's
+#' `NormalizeData()` and scanpy's `normalize_total()` + `log1p()`)
+#' that a new measurement would average. A `logcounts` assay as
+#' `scuttle::logNormCounts()` makes it is this with `target_sum` = the
+#' mean library size, divided by `log(2)`. The log of the rate would overstate
+#' it at low expression.
 #'
 #' @param x A SingleCellExperiment, a Seurat object, or a genes x cells count
 #'   matrix: a `matrix`, a sparse `Matrix` (e.g. `dgCMatrix`) or a
 #'   `DelayedMatrix` (e.g. HDF5-backed).
-#' @param ... Training options when no `model` is given: `verbose` and any ZiPo
-#'   option (see [train()]).
+#' @param ... Training options when no `model` is given: `verbose` and
+#'   any ZiPo option (see [train()]).
 #' @return `x` with the results added (for a SingleCellExperiment with
-#'   `subset.row`, `x[subset.row, ]`). For a count matrix, the denoised values
-#'   as a genes x cells matrix with the dimnames of `x`: a double `matrix`, or
-#'   an HDF5-backed `DelayedMatrix` when they go to a file (by default for a
-#'   `DelayedMatrix` `x`; see `out`).
-#' @seealso [train()] and [predict()][predict.zipo_model()] for a model used
-#'   more than once.
+#'   `subset.row`, `x[subset.row, ]`). For a count matrix, the denoised
+#'   values as a genes x cells matrix with the dimnames of `x`: a double
+#'   `matrix`, or an HDF5-backed `DelayedMatrix` when they go to a file (by
+#'   default for a `DelayedMatrix` `x`; see `out`).
+#' @seealso [train()] and [predict()][predict.zipo_model()] for a
+#'   model used more than once.
 #' @examples
 #' if (zipo_available()) {
 #'   # PBMC 4k, 1,009 genes x 2,170 cells, shipped with ZiPo's Python core
@@ -119,18 +124,19 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 
 #' @rdname denoise
 #' @param assay.type For a SingleCellExperiment, the assay with raw counts
-#'   (default `"counts"`); for a Seurat object, the same as `assay`; not used
-#'   for a count matrix.
+#'   (default `"counts"`); for a Seurat object, the same as `assay`; not
+#'   used for a count matrix.
 #' @param subset.row Genes to denoise (names, indices or a logical vector over
 #'   the rows); `NULL` (default) for all genes.
 #' @param covariates colData (meta.data) columns used as known covariates.
-#' @param likelihood `"zinb"`, `"zip"`, `"poisson"` or `"nb"`; `NULL` (default)
-#'   for the configuration's (`"zinb"`, or the `preset`'s).
+#' @param likelihood `"zinb"`, `"zip"`, `"poisson"` or `"nb"`;
+#'   `NULL` (default) for the configuration's (`"zinb"`, or the
+#'   `preset`'s).
 #' @param epochs Maximum number of training epochs.
 #' @param seed Random seed.
 #' @param model A trained `zipo_model` to apply instead of training one.
-#' @param expectation `"posterior"` (default), `"rate"`, `"mixture"` or
-#'   `"lognorm"` (see Details).
+#' @param expectation `"posterior"` (default), `"rate"`,
+#'   `"mixture"` or `"lognorm"` (see Details).
 #' @param target_sum Counts per cell that `"lognorm"` normalises to (default
 #'   `1e4`, Seurat's `scale.factor`); ignored by the other expectations.
 #' @param zero_inflation Also add the zero-inflation probabilities
@@ -139,8 +145,8 @@ setGeneric("denoise", function(x, ...) standardGeneric("denoise"))
 #' @param dimred Name of the new reducedDim (SingleCellExperiment) or DimReduc
 #'   (Seurat).
 #' @param allow_non_integer Accept non-integer counts.
-#' @param out For a SingleCellExperiment or a count matrix, an `.h5ad` file to
-#'   write the denoised counts to, which then back assay `name` (or the
+#' @param out For a SingleCellExperiment or a count matrix, an `.h5ad` file
+#'   to write the denoised counts to, which then back assay `name` (or the
 #'   returned matrix; see Details); `FALSE` keeps them in memory; `NULL`
 #'   (default) writes a new file in `HDF5Array::getHDF5DumpDir()` when the
 #'   counts are a `DelayedMatrix` and keeps them in memory otherwise. Checked

@@ -74,37 +74,42 @@
 #' Train a ZiPo model
 #'
 #' Fits ZiPo's deep zero-inflated count autoencoder to the raw counts of a
-#' SingleCellExperiment, a Seurat object or a count matrix. Training runs in
-#' the Python core and shows a progress bar per epoch. Genes with no counts in
-#' any cell are left out of the model (a message says how many):
-#' `rownames(model)` are the genes it was trained on, and [denoise()] gives the
+#' SingleCellExperiment, a Seurat object or a count matrix. Training runs in the
+#' Python core and shows a progress bar per epoch. Genes with no counts in any
+#' cell are left out of the model (a message says how many): `rownames(model)`
+#' are the genes it was trained on, and [denoise()] gives the
 #' others 0. Counts held as a `DelayedMatrix` (e.g. HDF5-backed) are read a
-#' block of cells at a time and never made dense (see [denoise()]).
+#' block of cells at a time and never made dense (see
+#' [denoise()]).
 #'
 #' @param x A SingleCellExperiment, a Seurat object, or a genes x cells count
 #'   matrix: a `matrix`, a sparse `Matrix` (e.g. `dgCMatrix`) or a
 #'   `DelayedMatrix` (e.g. HDF5-backed).
 #' @param assay.type For a SingleCellExperiment, the assay with raw counts
-#'   (default `"counts"`); for a Seurat object, the same as `assay`; not used
-#'   for a matrix.
+#'   (default `"counts"`); for a Seurat object, the same as `assay`; not
+#'   used for a matrix.
 #' @param covariates colData (or meta.data) columns used as known covariates
 #'   (not for a matrix, which has no cell annotations).
-#' @param likelihood `"zinb"`, `"zip"` (the paper's), `"poisson"` or `"nb"`;
-#'   `NULL` (default) for the configuration's (`"zinb"`, or the `preset`'s).
+#' @param likelihood `"zinb"`, `"zip"` (the paper's), `"poisson"`
+#'   or `"nb"`; `NULL` (default) for the configuration's (`"zinb"`,
+#'   or the `preset`'s).
 #' @param epochs Maximum number of epochs (early stopping may end sooner).
 #' @param seed Random seed; a seed makes a CPU run reproducible.
 #' @param verbose Show the progress bar.
 #' @param allow_non_integer Accept non-integer counts.
 #' @param ... Any other ZiPo option, e.g. `encoder_dims = c(512, 128)`,
-#'   `batch_size = 128`, `alpha_z = 0.1`, `preset = "dca"`, `device = "cuda"`.
+#'   `batch_size = 128`, `alpha_z = 0.1`, `preset = "dca"`,
+#'   `device = "cuda"`.
 #' @param assay For a Seurat object, the Seurat assay whose counts slot is used
 #'   (default: the default assay). For a SingleCellExperiment, the deprecated
 #'   old name of `assay.type` (a warning says so).
 #' @return A `zipo_model`: the trained Python model (element `py`), which
-#'   [denoise()] (`model =`), [predict()][predict.zipo_model()],
-#'   [summary()][summary.zipo_model()], [training_history()] and
+#'   [denoise()] (`model =`),
+#'   [predict()][predict.zipo_model()], [summary()][summary.zipo_model()],
+#'   [training_history()] and
 #'   [save_model()] take.
-#' @seealso [denoise()], [save_model()], [load_model()]
+#' @seealso [denoise()], [save_model()],
+#'   [load_model()]
 #' @examples
 #' if (zipo_available()) {
 #'   # PBMC 4k, 1,009 genes x 2,170 cells, shipped with ZiPo's Python core
@@ -209,13 +214,13 @@ print.zipo_model <- function(x, ...) {
 #'
 #' @param object A `zipo_model`.
 #' @param ... Unused.
-#' @return A list of class `summary.zipo_model`: likelihood, genes, latent
-#'   size, encoder and decoder widths (`decoder` empty: the paper's linear
-#'   decoder), covariates, epochs trained, the kept epoch (the best of the
-#'   figure training followed: `validation_heldout_nll` by default, see
-#'   [training_history()]), that figure's name (`monitored`) and value (`best`,
-#'   per matrix entry) and the training history as a data.frame. Printing it
-#'   shows all but the history.
+#' @return A list of class `summary.zipo_model`: likelihood, genes, latent size,
+#'   encoder and decoder widths (`decoder` empty: the paper's linear decoder),
+#'   covariates, epochs trained, the kept epoch (the best of the figure training
+#'   followed: `validation_heldout_nll` by default, see
+#'   [training_history()]), that figure's name
+#'   (`monitored`) and value (`best`, per matrix entry) and the training
+#'   history as a data.frame. Printing it shows all but the history.
 #' @examples
 #' if (zipo_available()) {
 #'   sce <- anndata_to_sce(reticulate::import("zipo.datasets")$pbmc4k_demo())
@@ -286,10 +291,11 @@ training_history <- function(model) {
 #' Genes of a ZiPo model
 #'
 #' `rownames(model)` are the genes the model was trained on: the genes of its
-#' training data that have counts (genes without counts in any cell are left
-#' out of training, and [denoise()] gives them 0). New data needs these genes;
-#' [denoise()] accepts other genes only if they have no counts. Subset new
-#' data to the model's genes with `x[rownames(model), ]`.
+#' training data that have counts (genes without counts in any cell are left out
+#' of training, and [denoise()] gives them 0). New data needs
+#' these genes; [denoise()] accepts other genes only if they
+#' have no counts. Subset new data to the model's genes with
+#' `x[rownames(model), ]`.
 #'
 #' @param x A `zipo_model`.
 #' @return A list of the model's genes and `NULL`, so that `rownames(model)`
@@ -315,8 +321,8 @@ dimnames.zipo_model <- function(x) {
 #'
 #' @param object A `zipo_model`.
 #' @param newdata A SingleCellExperiment, a Seurat object or a genes x cells
-#'   count matrix (`matrix`, `dgCMatrix` or `DelayedMatrix`) with the model's
-#'   genes (`rownames(object)`).
+#'   count matrix (`matrix`, `dgCMatrix` or `DelayedMatrix`) with the
+#'   model's genes (`rownames(object)`).
 #' @param ... Passed to [denoise()].
 #' @return `newdata` with the denoised values added, or for a count matrix the
 #'   denoised matrix (see [denoise()]).
@@ -345,7 +351,8 @@ predict.zipo_model <- function(object, newdata, ...) {
 #' @param model A `zipo_model`.
 #' @param path Directory to write or read.
 #' @param overwrite Replace an existing directory.
-#' @return `save_model()`: `path`, invisibly. `load_model()`: a `zipo_model`.
+#' @return `save_model()`: `path`, invisibly. `load_model()`: a
+#'   `zipo_model`.
 #' @examples
 #' if (zipo_available()) {
 #'   sce <- anndata_to_sce(reticulate::import("zipo.datasets")$pbmc4k_demo())

@@ -70,9 +70,9 @@ install_zipo <- function(envname = "r-zipo",
 #' Is ZiPo's Python core available?
 #'
 #' Finds and imports ZiPo's Python core once per R session (the environment
-#' [install_zipo()] made, or the Python `RETICULATE_PYTHON` names); the other
-#' functions of zipo need it. Use it to guard code that needs the core, as the
-#' examples of this package do.
+#' [install_zipo()] made, or the Python
+#' `RETICULATE_PYTHON` names); the other functions of zipo need it. Use it to
+#' guard code that needs the core, as the examples of this package do.
 #'
 #' @return `TRUE` when Python with the `zipo` module can be used from R,
 #'   `FALSE` otherwise (never an error).

@@ -2,9 +2,11 @@
 #' autoencoder
 #'
 #' `denoise(sce)` is the headline call; it takes a SingleCellExperiment, a
-#' Seurat object or a genes x cells count matrix. [train()], [save_model()]
-#' and [load_model()] give a reusable model. All modelling runs in ZiPo's
-#' Python core through reticulate; [install_zipo()] sets that up once.
+#' Seurat object or a genes x cells count matrix. [train()],
+#' [save_model()] and
+#' [load_model()] give a reusable model. All modelling
+#' runs in ZiPo's Python core through reticulate;
+#' [install_zipo()] sets that up once.
 #'
 #' @examples
 #' if (zipo_available()) {
