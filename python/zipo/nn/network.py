@@ -138,11 +138,12 @@ class ZiPoNetwork(nn.Module):
 
     @classmethod
     def _unset(cls, n_genes: int, n_covariates: int, config: ModelConfig) -> "ZiPoNetwork":
-        """The network's layers with their tensors allocated but not set: built on the meta
-        device, where the layers' own initialisation draws no random numbers."""
-        with torch.device("meta"):
-            net = cls(n_genes, n_covariates, config)
-        return net.to_empty(device="cpu")
+        """The network's layers, their values to be set by the caller. The layers' own
+        initialisation draws from torch's global generator, whose state is put back
+        afterwards. (Building on the meta device instead would draw nothing, but it imports
+        sympy: 0.3 s and ~80 MB on every new model.)"""
+        with torch.random.fork_rng(devices=[]):
+            return cls(n_genes, n_covariates, config)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
