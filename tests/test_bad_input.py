@@ -520,7 +520,9 @@ R_CASES = {
     "covariate not in colData": ('denoise(sce, covariates = "batch")', r"covariate 'batch' is not a column"),
     "covariate with NA": ('{ sce$groups[1] <- NA; denoise(sce, covariates = "groups") }',
                           r"covariate 'groups' has 1 NA values"),
-    "not an SCE": ("denoise(as.matrix(counts(sce)))", r"needs a SingleCellExperiment or a Seurat object"),
+    "not counts": ("denoise(as.data.frame(as.matrix(counts(sce))))",
+                   r"needs a SingleCellExperiment, a Seurat object or a genes x cells count "
+                   r"matrix .*not a data.frame; .*pass as.matrix\(x\)"),
     "empty cell": ('{ m <- as.matrix(counts(sce)); m[, 3] <- 0; counts(sce) <- m; denoise(sce) }',
                    r"1 cells have zero counts"),
     "bad option type": ('denoise(sce, epochs = 1, batch_size = "big")', r"batch_size must be an integer"),
