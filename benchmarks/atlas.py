@@ -296,7 +296,7 @@ def markdown(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--all-genes", type=int, nargs="*", default=[100_000],
                     help="sizes also simulated at all of PBMC 4k's detected genes")
     ap.add_argument("--mouse", type=int, nargs="*", default=[10_000],
