@@ -41,6 +41,23 @@ def test_nearest_is_the_exact_search_without_the_cell_itself():
     np.testing.assert_array_equal(found, np.argsort(d, axis=1)[:, :5])
 
 
+def test_nearest_bounds_its_distance_chunk_by_the_reference_size(monkeypatch):
+    """The default chunk holds at most DISTANCE_ENTRIES distances, so a large reference
+    searches fewer queries at a time; the neighbours found do not depend on it."""
+    import zipo.neighbours as N
+
+    rng = np.random.default_rng(2)
+    ref = torch.from_numpy(rng.normal(size=(300, 6)).astype(np.float32))
+    rows = np.arange(0, 300, 7)
+    whole = nearest(ref[rows], ref, 4, rows, chunk=len(rows))
+    shapes, topk = [], torch.topk
+    monkeypatch.setattr(torch, "topk", lambda d, *a, **kw: (shapes.append(d.shape),
+                                                           topk(d, *a, **kw))[1])
+    monkeypatch.setattr(N, "DISTANCE_ENTRIES", 300 * 5)
+    np.testing.assert_array_equal(nearest(ref[rows], ref, 4, rows), whole)
+    assert max(s[0] for s in shapes) == 5 and len(shapes) == -(-len(rows) // 5)
+
+
 def test_pooled_posterior_is_the_gamma_poisson_update():
     x = torch.tensor([[0.0, 2.0, 5.0]])
     log_m = torch.log(torch.tensor([[1.0, 1.5, 0.5]]))

@@ -70,17 +70,27 @@ class NeighbourPooling:
         return cls(**d) if d else cls(note="not chosen: the model was trained without it")
 
 
+# Distances held at once in the neighbour search (float32 entries): queries are taken in
+# chunks of at most this many entries / reference cells, so memory stays bounded whatever
+# the number of cells (a fixed 2,048 queries against 100,000 cells grew RSS by 2.3 GiB).
+DISTANCE_ENTRIES = 2**24
+
+
 def nearest(query: torch.Tensor, reference: torch.Tensor, k: int,
-            query_rows: np.ndarray | None = None, chunk: int = 2048) -> np.ndarray:
+            query_rows: np.ndarray | None = None,
+            chunk: int | None = None) -> np.ndarray:
     """Rows of ``reference`` nearest each row of ``query`` (Euclidean), nearest first, as a
     (queries x k) array; ``query_rows[i]``, query i's own row in ``reference``, is never its
-    neighbour."""
+    neighbour. ``chunk`` queries are searched at a time (default: as many as
+    :data:`DISTANCE_ENTRIES` allows)."""
     query, reference = query.float(), reference.float()
     ref_sq = (reference ** 2).sum(1)
+    chunk = chunk or min(2048, max(1, DISTANCE_ENTRIES // max(len(reference), 1)))
     found = []
     for start in range(0, len(query), chunk):
         q = query[start:start + chunk]
-        dist = ref_sq[None, :] - 2.0 * q @ reference.T  # + |q|^2, the same along a row
+        # |r|^2 - 2 q.r (+ |q|^2, the same along a row), in place: one chunk-sized matrix
+        dist = (q @ reference.T).mul_(-2.0).add_(ref_sq)
         if query_rows is not None:
             own = torch.as_tensor(query_rows[start:start + chunk], device=dist.device)
             dist[torch.arange(len(q), device=dist.device), own] = math.inf
