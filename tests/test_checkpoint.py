@@ -126,14 +126,16 @@ def test_nan_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_pa
     assert torch.equal(weights, state["trainer"]["stopper"]["best_state"]["encoder.0.0.weight"])
 
 
-@pytest.mark.parametrize("alpha_kl", [0.0, 0.5], ids=["deterministic", "latent-noise"])
-def test_a_checkpoint_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, alpha_kl):
+@pytest.mark.parametrize("alpha_kl, weight_average", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.9)],
+                         ids=["deterministic", "latent-noise", "weight-average"])
+def test_a_checkpoint_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, alpha_kl,
+                                                                     weight_average):
     """Rounds of at most 3 steps cut an epoch of 8 batches in three, and a checkpoint comes
     after every round: a run stopped after round 4 (in the middle of epoch 2) resumes there,
     skipping the batches it took, and ends as the uninterrupted run does (with alpha_kl, the
-    latents' noise stream resumes too)."""
+    latents' noise stream resumes too; with weight_average, the average)."""
     options = {**OPTIONS, "max_epochs": 3, "batch_size": 64, "validation_interval": 3,
-               "alpha_kl": alpha_kl}
+               "alpha_kl": alpha_kl, "weight_average": weight_average}
     adata = demo_subset()[:600].copy()  # 540 training cells: 9 steps an epoch, 3 rounds
 
     def stop_after_round_4(trainer):

@@ -43,7 +43,10 @@ EXPECTED = {
 RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop": 0,
                "patience_min_steps": 0, "validation_interval": 2**31 - 1,
                "validation_max_cells": 0,  # validated once an epoch on 10% of the cells
-               "neighbour_pooling": "off"}  # the published output: no borrowing
+               "neighbour_pooling": "off",  # the published output: no borrowing
+               # the paper's patiences, from a flat 0.001, no weight average
+               "learning_rate": 0.001, "lr_min": 0.001, "weight_average": 0.0,
+               "plateau_patience": 15, "early_stopping_patience": 30}
 EXPECTED_TRAIN = {"zipo": {}, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
                   "tuneddca": RECONSTRUCT}
 

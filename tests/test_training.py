@@ -247,6 +247,9 @@ def test_learning_rate_schedule_follows_the_paper(pbmc_small):
     expected = [max(0.0212 * 0.9**t, 0.015) for t in range(6)]
     np.testing.assert_allclose(model.history["learning_rate"], expected, rtol=1e-12)
     assert model.history["learning_rate"].iloc[-1] == pytest.approx(0.015)
+    # a start under the floor stays flat: the floor never raises the rate
+    flat = _small_model(pbmc_small, max_epochs=2, learning_rate=0.001, lr_min=0.003).train()
+    np.testing.assert_allclose(flat.history["learning_rate"], [0.001, 0.001], rtol=1e-12)
 
 
 def test_early_stopping_restores_best_weights(pbmc_small):
@@ -286,9 +289,9 @@ def test_patience_spans_at_least_min_steps(pbmc_small):
     from zipo.config import TrainConfig
     from zipo.train.trainer import patience_scale
 
-    # 15 rounds of patience: 8 steps a round already make 120 >= 60; one step needs x4
+    # 8 rounds of patience: 8 steps a round already make 64 >= 60; one step needs x8
     assert patience_scale(TrainConfig(), 8) == 1
-    assert patience_scale(TrainConfig(), 1) == 4
+    assert patience_scale(TrainConfig(), 1) == 8
     assert patience_scale(TrainConfig(patience_min_steps=0), 1) == 1
     # 72 training cells in batches of 32 are 3 steps an epoch: patience 1 must span 6 steps, so
     # the plateau waits 2 epochs and cuts after epochs 4 and 7 (1-based), not 3 and 5
@@ -298,6 +301,35 @@ def test_patience_spans_at_least_min_steps(pbmc_small):
     np.testing.assert_allclose(history["learning_rate"], [1e-3] * 4 + [1e-4] * 3 + [1e-5])
     with pytest.raises(ValueError, match="patience_min_steps"):
         _small_model(pbmc_small, patience_min_steps=-1)
+
+
+def test_weight_average_is_what_validation_scores_and_the_model_keeps(pbmc_small):
+    """With a round of one step, the callback sees every step: the average follows
+    a_t = d a_(t-1) + (1 - d) p_t, validation scores it, and the model
+    keeps the best round's average, not the weights the optimiser reached."""
+    decay = 0.7
+    seen = []
+
+    def record(trainer):
+        seen.append(([p.detach().clone() for p in trainer.net.parameters()],
+                     [a.clone() for a in trainer.averaged]))
+
+    model = _small_model(pbmc_small, weight_average=decay, validation_interval=1, max_epochs=2,
+                         early_stopping_patience=100, patience_min_steps=0, seed=3)
+    model.train(callback=record)
+    assert len(seen) == len(model.history) > 2
+    for (_, before), (live, averaged) in zip(seen, seen[1:]):
+        for a, p, b in zip(averaged, live, before):
+            torch.testing.assert_close(a, decay * b + (1 - decay) * p)
+    assert any(not torch.equal(a, p) for a, p in zip(*seen[-1][::-1]))
+    h = model.history
+    best = int(h[monitored_column(h)].idxmin())
+    for kept, averaged in zip(model.network.parameters(), seen[best][1]):
+        assert torch.equal(kept.detach(), averaged)
+    val = pbmc_small[model.validation_indices].copy()
+    assert model.evaluate(val)["loss"] == pytest.approx(h["validation_loss"].iloc[best], rel=1e-5)
+    with pytest.raises(ValueError, match="weight_average"):
+        _small_model(pbmc_small, weight_average=1.0)
 
 
 def test_early_stopping_threshold_ignores_small_gains_but_keeps_their_weights():

@@ -13,10 +13,14 @@ from typing import Any
 _DCA_SHAPE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 # The paper's (and DCA's) training: reconstruct all counts, stop on the validation cells' loss
 # by early stopping alone, patience counted in epochs only (validated once an epoch, on 10% of
-# the cells however many), and the posterior borrows nothing from neighbouring cells.
+# the cells however many), and the posterior borrows nothing from neighbouring cells. The
+# schedule is the paper's plateau (15) and early stopping (30) from a flat 0.001 (ours: see
+# method, "Learning rate"), without a weight average.
 _RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop": 0,
                 "patience_min_steps": 0, "validation_interval": 2**31 - 1,
-                "validation_max_cells": 0, "neighbour_pooling": "off"}
+                "validation_max_cells": 0, "neighbour_pooling": "off",
+                "learning_rate": 0.001, "lr_min": 0.001, "weight_average": 0.0,
+                "plateau_patience": 15, "early_stopping_patience": 30}
 # The paper's heads: ZIP with LibNet's predicted library (the defaults are ZINB with the
 # observed library). The DCA-like presets keep LibNet, as in the paper.
 _PAPER_HEADS = {"likelihood": "zip", "library": "predicted"}

@@ -56,10 +56,10 @@ def patience_scale(config: TrainConfig, steps_per_round: int) -> int:
 
 
 class LearningRateSchedule:
-    """lr = max(lr0 * decay^rounds, lr_min) * plateau_scale.
+    """lr = max(lr0 * decay^rounds, min(lr_min, lr0)) * plateau_scale.
 
-    With the default start of 0.001 it is flat at ``lr_min``; 0.0212 is the paper's warm-down
-    (0.0212 * 0.9^30 ~= 0.001), counted in rounds like the rest of the schedule (epochs on data
+    With the default start (0.003, equal to ``lr_min``) it is flat; 0.0212 with ``lr_min`` 0.001
+    is the paper's warm-down (0.0212 * 0.9^30 ~= 0.001), counted in rounds like the rest of the schedule (epochs on data
     of up to ``validation_interval`` steps an epoch, and under the presets).
     ``rounds`` (rounds completed) is set by the trainer. On top of it a reduce-on-plateau multiplies ``plateau_scale`` by ``factor``
     after ``patience`` rounds without a relative improvement of ``threshold`` in the monitored
@@ -77,7 +77,9 @@ class LearningRateSchedule:
 
     @property
     def lr(self) -> float:
-        decayed = max(self.c.learning_rate * self.c.lr_decay**self.rounds, self.c.lr_min)
+        # the floor never lifts the rate above its start (learning_rate under lr_min is flat)
+        start = self.c.learning_rate
+        decayed = max(start * self.c.lr_decay**self.rounds, min(self.c.lr_min, start))
         return decayed * self.plateau_scale
 
     def step(self, monitored: float) -> None:
@@ -208,6 +210,9 @@ class Trainer:
         self.split_generator = torch.Generator(device=device).manual_seed(seed)
         self.noise_generator = torch.Generator(device=device).manual_seed(seed + NOISE_STREAM)
         self.stopped = False
+        # The moving average of the weights (train.weight_average), swapped in to validate.
+        self.averaged = ([p.detach().clone() for p in net.parameters()]
+                         if train_config.weight_average > 0 else None)
         self.heldout_molecules = (
             HeldoutMolecules(val_batches, train_config.heldout_molecules, train_config.seed)
             if val_batches is not None and train_config.heldout_molecules > 0 else None)
@@ -231,6 +236,7 @@ class Trainer:
                             else self.train_batches.rng.bit_generator.state),
             "split_rng": self.split_generator.get_state(),
             "noise_rng": self.noise_generator.get_state(),
+            "averaged": self.averaged,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -250,6 +256,8 @@ class Trainer:
         # mid-epoch, the state the epoch drew its order from
         self.train_batches.rng.bit_generator.state = state["shuffle_rng"]
         self.epoch_shuffle_state = state["shuffle_rng"] if self.epoch_step else None
+        if self.averaged is not None and state.get("averaged") is not None:
+            self.averaged = state["averaged"]
         # (checkpoints written before these streams lack them)
         for key, generator in (("split_rng", self.split_generator),
                                ("noise_rng", self.noise_generator)):
@@ -295,6 +303,10 @@ class Trainer:
         # processes, so this weight makes the step that of the whole global batch.
         (terms.total * (len(idx) * n_proc / n_global)).backward()
         self.optimiser.step()
+        if self.averaged is not None:
+            with torch.no_grad():
+                for average, p in zip(self.averaged, self.net.parameters()):
+                    average.lerp_(p, 1 - self.train_config.weight_average)
         sums.total += terms.total.item() * len(idx)
         sums.nll += terms.nll.item() * len(idx)
         sums.cells += len(idx)
@@ -306,21 +318,22 @@ class Trainer:
         steps_per_epoch = self.round_ends[-1]
         row = {"epoch": self.epoch + self.epoch_step / steps_per_epoch, "step": self.steps,
                "train_loss": total / max(n, 1), "train_nll": nll / max(n, 1)}
-        if self.val_batches is not None:
-            row["validation_loss"], row["validation_nll"] = evaluate(
-                self.forward, self.val_batches, self.model_config)
-            if self.heldout_molecules is not None:
-                row.update(self.heldout_molecules.nll(self.forward))
-        row["learning_rate"] = lr
-        row["seconds"] = time.perf_counter() - sums.started
-        # Time the training step sat waiting for the loader (0 when it keeps up).
-        row["data_wait_seconds"] = self.train_batches.wait_seconds - sums.data_wait
-        self.history.append(row)
-        monitored = row[monitored_column(row)]
-        self.schedule.step(monitored)
-        # update() first: it records the round's weights when they are the best
-        self.stopped = (self.stopper.update(len(self.history) - 1, monitored, self.net)
-                        or self.schedule.finished)
+        with _swapped(self.net, self.averaged):
+            if self.val_batches is not None:
+                row["validation_loss"], row["validation_nll"] = evaluate(
+                    self.forward, self.val_batches, self.model_config)
+                if self.heldout_molecules is not None:
+                    row.update(self.heldout_molecules.nll(self.forward))
+            row["learning_rate"] = lr
+            row["seconds"] = time.perf_counter() - sums.started
+            # Time the training step sat waiting for the loader (0 when it keeps up).
+            row["data_wait_seconds"] = self.train_batches.wait_seconds - sums.data_wait
+            self.history.append(row)
+            monitored = row[monitored_column(row)]
+            self.schedule.step(monitored)
+            # update() first: it records the round's weights when they are the best
+            self.stopped = (self.stopper.update(len(self.history) - 1, monitored, self.net)
+                            or self.schedule.finished)
         return row
 
     def run(self, checkpoint: Callable[["Trainer"], None] | None = None,
@@ -397,6 +410,25 @@ class Trainer:
             checkpoint(self)
         if callback is not None:
             callback(self)
+
+
+@contextlib.contextmanager
+def _swapped(net: torch.nn.Module, averaged: list[torch.Tensor] | None):
+    """The network holds the ``averaged`` weights inside the block and its own after it (the
+    block runs as it is where there is no average)."""
+    if averaged is None:
+        yield
+        return
+    params = list(net.parameters())
+    with torch.no_grad():
+        for p, average in zip(params, averaged):
+            p.data, average.data = average.data, p.data
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, average in zip(params, averaged):
+                p.data, average.data = average.data, p.data
 
 
 def _fused_adam_supported(net: torch.nn.Module) -> bool:
