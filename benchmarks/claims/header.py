@@ -58,9 +58,9 @@ def header(args, mode: Mode, seeds: int, datasets: list[str], records: dict, sta
         "epoch 246, see `benchmarks/RESULTS.md`), so variants that converge fast are favoured "
         "and \"epochs\" comparisons hit the cap. Budget: the full mode is sized for about an "
         "hour on 2 CPU cores.",
-        "- **Learning rate.** zipo's default (0.001 flat), not the paper's 0.0212 warm-down, "
-        "which on PBMC 4k drove training into a zero-inflation-heavy minimum (see "
-        "`zipo/config.py`).",
+        "- **Learning rate.** A flat 0.001 without a weight average (the paper preset's), "
+        "not the paper's 0.0212 warm-down, which on PBMC 4k drove training into a "
+        "zero-inflation-heavy minimum (see `zipo/config.py`).",
         "- **Metrics.** NLL = mean negative log-likelihood per matrix entry of the held-out "
         "validation cells (full log-pmf, under each model's own likelihood), with the "
         "best-validation-loss weights restored. MSE = mean over validation entries of "
