@@ -27,6 +27,8 @@ PREDICTED = {"library": "predicted"}
 EXPECTED = {
     "zipo": {**PAPER_NETWORK, "encoder_dims": [512, 256, 32], "decoder_dims": [128],
              "likelihood": "zinb", "library": "observed"},
+    "fast": {**PAPER_NETWORK, "encoder_dims": [512, 256, 32], "decoder_dims": [128],
+             "likelihood": "zinb", "library": "observed"},
     "paper": {**PAPER_NETWORK, **PREDICTED, "likelihood": "zip"},
     "dca": {"likelihood": "nb", **DCA_LIKE, **PREDICTED, "residuals": False,
             "activation": "relu", "input_transform": "normalize_log1p", "alpha_w": 0.0},
@@ -47,7 +49,10 @@ RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop
                # the paper's patiences, from a flat 0.001, no weight average
                "learning_rate": 0.001, "lr_min": 0.001, "weight_average": 0.0,
                "plateau_patience": 15, "early_stopping_patience": 30}
-EXPECTED_TRAIN = {"zipo": {}, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
+# "fast": the defaults' model at a flat 0.003 with a weight average and shorter patiences
+FAST = {"learning_rate": 0.003, "lr_min": 0.003, "weight_average": 0.9, "plateau_patience": 8,
+        "early_stopping_patience": 16}
+EXPECTED_TRAIN = {"zipo": {}, "fast": FAST, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
                   "tuneddca": RECONSTRUCT}
 
 
@@ -119,8 +124,8 @@ def test_config_file_overrides_the_preset_and_options_override_the_file(pbmc_sma
 
 
 def test_unknown_preset_errors_clearly(pbmc_small):
-    with pytest.raises(ValueError, match="unknown preset 'scvi'; choose one of zipo, paper, dca, "
-                                         "zipdca, tuneddca"):
+    with pytest.raises(ValueError, match="unknown preset 'scvi'; choose one of zipo, fast, paper, "
+                                         "dca, zipdca, tuneddca"):
         zipo.ZiPo(pbmc_small, preset="scvi")
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("DCA")  # names are case-sensitive

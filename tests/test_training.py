@@ -289,9 +289,9 @@ def test_patience_spans_at_least_min_steps(pbmc_small):
     from zipo.config import TrainConfig
     from zipo.train.trainer import patience_scale
 
-    # 8 rounds of patience: 8 steps a round already make 64 >= 60; one step needs x8
+    # 15 rounds of patience: 8 steps a round already make 120 >= 60; one step needs x4
     assert patience_scale(TrainConfig(), 8) == 1
-    assert patience_scale(TrainConfig(), 1) == 8
+    assert patience_scale(TrainConfig(), 1) == 4
     assert patience_scale(TrainConfig(patience_min_steps=0), 1) == 1
     # 72 training cells in batches of 32 are 3 steps an epoch: patience 1 must span 6 steps, so
     # the plateau waits 2 epochs and cuts after epochs 4 and 7 (1-based), not 3 and 5

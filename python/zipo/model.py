@@ -62,8 +62,9 @@ class ZiPo(InferenceMixin, ProgramsMixin):
     config
         A :class:`~zipo.config.ZiPoConfig` or the path of a TOML config file.
     preset
-        Starting configuration: ``"zipo"`` (the defaults), ``"paper"`` (the paper's model and
-        training), ``"dca"``, ``"zipdca"`` or ``"tuneddca"`` (:mod:`zipo.presets`).
+        Starting configuration: ``"zipo"`` (the defaults), ``"fast"`` (the defaults' model in
+        about half the epochs), ``"paper"`` (the paper's model and training), ``"dca"``,
+        ``"zipdca"`` or ``"tuneddca"`` (:mod:`zipo.presets`).
     **options
         Any other option by name (``encoder_dims=[512, 128]``, ``max_epochs=50``...); they
         override ``preset`` and ``config``. See ``zipo.config``.

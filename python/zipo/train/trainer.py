@@ -58,8 +58,8 @@ def patience_scale(config: TrainConfig, steps_per_round: int) -> int:
 class LearningRateSchedule:
     """lr = max(lr0 * decay^rounds, min(lr_min, lr0)) * plateau_scale.
 
-    With the default start (0.003, equal to ``lr_min``) it is flat; 0.0212 with ``lr_min`` 0.001
-    is the paper's warm-down (0.0212 * 0.9^30 ~= 0.001), counted in rounds like the rest of the schedule (epochs on data
+    With the default start of 0.001 it is flat at ``lr_min``; 0.0212 is the paper's warm-down
+    (0.0212 * 0.9^30 ~= 0.001), counted in rounds like the rest of the schedule (epochs on data
     of up to ``validation_interval`` steps an epoch, and under the presets).
     ``rounds`` (rounds completed) is set by the trainer. On top of it a reduce-on-plateau multiplies ``plateau_scale`` by ``factor``
     after ``patience`` rounds without a relative improvement of ``threshold`` in the monitored
@@ -164,8 +164,8 @@ class _RoundSums:
 
 
 class Trainer:
-    """The training loop and everything it carries between rounds (weights, Adam state,
-    schedule, early-stopping record, history, random streams, position in the epoch), so a run
+    """The training loop and everything it carries between rounds (weights and their moving
+    average, Adam state, schedule, early-stopping record, history, random streams, position in the epoch), so a run
     can be checkpointed and resumed exactly where it stopped, mid-epoch included."""
 
     def __init__(self, net: ZiPoNetwork, train_batches: CellBatches,
