@@ -40,7 +40,7 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     import anndata as ad
 
     import zipo
-    from zipo.train.trainer import kept_row
+    from zipo.train.schedule import kept_row
 
     from . import datasets as D
     from .clustering import depth_r2_within_labels, latent_scores

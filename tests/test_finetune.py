@@ -9,7 +9,7 @@ import torch
 
 import zipo
 from zipo.data.loader import split_cells
-from zipo.train.trainer import kept_row
+from zipo.train.schedule import kept_row
 
 OPTIONS = dict(encoder_dims=[256, 64], batch_size=128, seed=0, verbose=False)
 EPOCHS_A, EPOCHS_B = 6, 4

@@ -15,7 +15,7 @@ from zipo.config import ModelConfig
 from zipo.data.counts import CountMatrix
 from zipo.data.loader import CellBatches, csr_to_torch
 from zipo.nn.network import ZiPoNetwork
-from zipo.train.trainer import kept_row
+from zipo.train.schedule import kept_row
 
 from benchmarks.scale import choose_first_layer
 

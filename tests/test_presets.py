@@ -50,7 +50,7 @@ RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop
                "learning_rate": 0.001, "lr_min": 0.001, "weight_average": 0.0,
                "plateau_patience": 15, "early_stopping_patience": 30}
 # "fast": the defaults' model at a flat 0.003 with a weight average and shorter patiences
-FAST = {"learning_rate": 0.003, "lr_min": 0.003, "weight_average": 0.9, "plateau_patience": 8,
+FAST = {"learning_rate": 0.003, "lr_min": 0.003, "weight_average": 0.97, "plateau_patience": 8,
         "early_stopping_patience": 16}
 EXPECTED_TRAIN = {"zipo": {}, "fast": FAST, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
                   "tuneddca": RECONSTRUCT}

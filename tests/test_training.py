@@ -13,7 +13,7 @@ from scipy import stats
 
 import zipo
 from zipo.data.loader import split_cells
-from zipo.train.trainer import monitored_column
+from zipo.train.schedule import monitored_column
 
 from conftest import SMALL_ENCODER
 
@@ -194,7 +194,7 @@ def test_continued_training_appends_history(pbmc_small):
 
 
 def test_rounds_cut_long_epochs_and_leave_short_ones_alone(pbmc_small):
-    from zipo.train.trainer import round_ends
+    from zipo.train.schedule import round_ends
 
     assert round_ends(8, 100) == [8]
     assert round_ends(352, 100) == [88, 176, 264, 352]
@@ -287,7 +287,7 @@ def test_training_ends_at_the_plateaus_last_cut(pbmc_small):
 
 def test_patience_spans_at_least_min_steps(pbmc_small):
     from zipo.config import TrainConfig
-    from zipo.train.trainer import patience_scale
+    from zipo.train.schedule import patience_scale
 
     # 15 rounds of patience: 8 steps a round already make 120 >= 60; one step needs x4
     assert patience_scale(TrainConfig(), 8) == 1
@@ -333,7 +333,7 @@ def test_weight_average_is_what_validation_scores_and_the_model_keeps(pbmc_small
 
 
 def test_early_stopping_threshold_ignores_small_gains_but_keeps_their_weights():
-    from zipo.train.trainer import EarlyStopping
+    from zipo.train.schedule import EarlyStopping
 
     net = torch.nn.Linear(2, 1)
     # 1.0, then gains of 0.05% a step: below a 0.1% threshold they are not progress

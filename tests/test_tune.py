@@ -15,7 +15,7 @@ import zipo  # noqa: E402
 from zipo.cli import main  # noqa: E402
 from zipo.config import load_config  # noqa: E402
 from zipo.tools.search_space import ENCODER_SHAPES, PAPER_SEARCH_SPACE  # noqa: E402
-from zipo.train.trainer import monitored_column  # noqa: E402
+from zipo.train.schedule import monitored_column  # noqa: E402
 
 from optuna.trial import TrialState  # noqa: E402
 

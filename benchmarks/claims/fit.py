@@ -101,7 +101,7 @@ def run_fit(spec: dict) -> dict:
     h = model.history
     rec["epochs"] = int(len(h))
     if len(h):
-        from zipo.train.trainer import monitored_column
+        from zipo.train.schedule import monitored_column
 
         vl = h[monitored_column(h)].to_numpy(dtype=float)
         if not np.all(np.isfinite(h["validation_nll"].to_numpy(dtype=float))):

@@ -57,7 +57,7 @@ def run_zipo(method, task, x, t, seed, max_epochs, threads, depth=None):
     fit_seconds = time.perf_counter() - started
     h = model.history
     if diverged is None:
-        from zipo.train.trainer import monitored_column
+        from zipo.train.schedule import monitored_column
 
         monitored = h[monitored_column(h)]
         epochs = int(len(h))

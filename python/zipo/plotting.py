@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .train.trainer import kept_row
+from .train.schedule import kept_row
 
 
 def plot_history(history: pd.DataFrame, ax=None, path: str | Path | None = None):

@@ -182,8 +182,8 @@ def result_cells(adata, key_added: str = "zipo") -> dict[str, Any]:
 
 def kept_epoch(model) -> dict[str, Any]:
     """The epoch whose weights ``model`` keeps, for R's ``summary()``: the ``column`` training
-    followed (:func:`zipo.train.trainer.monitored_column`), its ``value`` and the ``epoch``."""
-    from .train.trainer import kept_row, monitored_column
+    followed (:func:`zipo.train.schedule.monitored_column`), its ``value`` and the ``epoch``."""
+    from .train.schedule import kept_row, monitored_column
 
     history = model.history
     at = kept_row(history)

@@ -142,7 +142,7 @@ def tune(
         Optuna objects replacing the defaults: ``MedianPruner(n_startup_trials=5,
         n_warmup_steps=10)`` and ``TPESampler(seed=...)``. Steps are epochs, counted from 1;
         the value reported at each is the metric at the best epoch so far (the epoch training
-        keeps: :func:`zipo.train.trainer.monitored_column`).
+        keeps: :func:`zipo.train.schedule.monitored_column`).
     verbose
         Optuna's log and a progress bar over trials (trials' own training bars stay off).
 
@@ -158,7 +158,7 @@ def tune(
     from optuna.trial import TrialState
 
     from ..model import ZiPo
-    from ..train.trainer import kept_row, monitored_column
+    from ..train.schedule import kept_row, monitored_column
 
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
