@@ -23,7 +23,7 @@ from .config import ZiPoConfig, load_config  # noqa: E402
 __all__ = ["ZiPo", "ZiPoConfig", "denoise", "load_config", "tune", "__version__"]
 
 # name: the submodule that defines it (imported on first use, after import_torch)
-_LAZY = {"ZiPo": "model", "denoise": "model", "tune": "tools.tuning"}
+_LAZY = {"ZiPo": "model", "denoise": "workflow", "tune": "tools.tuning"}
 
 
 def __getattr__(name: str):

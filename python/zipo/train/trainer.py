@@ -47,8 +47,9 @@ class _RoundSums:
 
 class Trainer:
     """The training loop and everything it carries between rounds (weights and their moving
-    average, Adam state, schedule, early-stopping record, history, random streams, position in the epoch), so a run
-    can be checkpointed and resumed exactly where it stopped, mid-epoch included."""
+    average, Adam state, schedule, early-stopping record, history, random streams, position in
+    the epoch), so a run can be checkpointed and resumed exactly where it stopped, mid-epoch
+    included."""
 
     def __init__(self, net: ZiPoNetwork, train_batches: CellBatches,
                  val_batches: CellBatches | None, model_config: ModelConfig,
