@@ -11,6 +11,12 @@ datasets such as ``celltypist_sample``), then scored against ``X''`` exactly as 
 scores (Poisson NLL and deviance of the rescaled rate, sqrt MSE; genes without counts in ``X'``
 get the no-denoising baseline). Prints one line per fit and a mean ± sd table, so
 variants can be compared with the scVI rows of RESULTS.md without re-running scVI.
+
+``--split-seed S`` keeps the split of seed S for every fit (``--seeds`` then seed the models
+alone), and ``--ensemble`` also scores each variant's posterior output averaged over its fits:
+how much of the error is the spread between trained models.
+
+    python -m benchmarks.mcv_variants --variant default --seeds 0 1 2 3 --split-seed 0 --ensemble
 """
 
 from __future__ import annotations
@@ -35,21 +41,31 @@ def parse_variant(words: list[str]) -> tuple[str, dict]:
     return name, options
 
 
-def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int,
-                  max_epochs: int) -> dict:
-    import anndata as ad
-
-    import zipo
-    from zipo.train.schedule import kept_row
-
+def mcv_split(dataset: str, n_genes: int, p: float, seed: int):
+    """(dataset, X', X'') of the split ``benchmarks.run`` makes for ``mcv{p}`` and ``seed``."""
     from . import datasets as D
-    from .clustering import depth_r2_within_labels, latent_scores
     from . import protocols as P
     from .splits import PROTOCOLS
 
     ds = D.pbmc4k(n_genes or None) if dataset == "pbmc4k" else D.load(dataset)
     rng = np.random.default_rng([seed, PROTOCOLS.index(f"mcv{p}"), 7])  # as splits.make_split
-    x1, x2 = P.mcv_split(ds.counts, p, rng)
+    return ds, *P.mcv_split(ds.counts, p, rng)
+
+
+def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int,
+                  max_epochs: int, split_seed: int | None = None,
+                  predictions: list | None = None) -> dict:
+    """The record of one fit on the split of ``split_seed`` (default ``seed``); under NB/ZINB
+    its posterior output (all genes, at the depth of X') is appended to ``predictions``."""
+    import anndata as ad
+
+    import zipo
+    from zipo.train.schedule import kept_row
+
+    from .clustering import depth_r2_within_labels, latent_scores
+    from . import protocols as P
+
+    ds, x1, x2 = mcv_split(dataset, n_genes, p, seed if split_seed is None else split_seed)
     expressed = P.expressed_genes(x1)
     adata = ad.AnnData(x1[:, expressed].astype(np.float32))
     adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
@@ -88,7 +104,18 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
         if ds.truth:
             scores["truth_sqrt_mse"] = truth_sqrt_mse(post, ds, p)
         rec.update({f"posterior_{k}": v for k, v in scores.items()})
+        if predictions is not None:
+            predictions.append(post)
     return rec
+
+
+def ensemble_scores(predictions: list, p: float, dataset: str, n_genes: int,
+                    split_seed: int) -> dict:
+    """MCV scores of the mean of ``predictions`` (posterior outputs on one split)."""
+    from . import protocols as P
+
+    x2 = mcv_split(dataset, n_genes, p, split_seed)[2]
+    return P.score_mcv(np.mean(predictions, axis=0), x2, p)
 
 
 def truth_sqrt_mse(full: np.ndarray, ds, p: float) -> float:
@@ -109,7 +136,13 @@ def main(argv=None) -> None:
     ap.add_argument("--genes", type=int, default=2000, help="pbmc4k: most-detected genes kept (0: every detected gene)")
     ap.add_argument("--max-epochs", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split-seed", type=int, default=None,
+                    help="the split of this seed for every fit (default: each fit's seed)")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="with --split-seed: also score each variant's mean posterior output")
     args = ap.parse_args(argv)
+    if args.ensemble and args.split_seed is None:
+        ap.error("--ensemble needs --split-seed (an average is of fits on one split)")
 
     import torch
 
@@ -119,13 +152,18 @@ def main(argv=None) -> None:
                "latent_depth_r2",
                "validation_heldout_nll", "validation_heldout_nll_posterior", "epochs", "fit_s", "posterior_poisson_nll",
                "posterior_sqrt_mse", "posterior_truth_sqrt_mse"]
-    rows = {}
+    rows, ensembles = {}, {}
     for words in args.variant:
         name, options = parse_variant(words)
+        predictions = [] if args.ensemble else None
         for seed in args.seeds:
-            rec = fit_and_score(options, seed, args.p, args.dataset, args.genes, args.max_epochs)
+            rec = fit_and_score(options, seed, args.p, args.dataset, args.genes, args.max_epochs,
+                                args.split_seed, predictions)
             print(json.dumps({"variant": name, "seed": seed, **rec}), flush=True)
             rows.setdefault(name, []).append(rec)
+            if predictions:  # the average of the fits so far
+                ensembles.setdefault(name, []).append(ensemble_scores(
+                    predictions, args.p, args.dataset, args.genes, args.split_seed))
     where = f"pbmc4k, {args.genes} genes" if args.dataset == "pbmc4k" else args.dataset
     print(f"\n{where}, MCV p = {args.p}, seeds {args.seeds} (mean ± sd)")
     print("| variant | " + " | ".join(metrics) + " |")
@@ -134,6 +172,13 @@ def main(argv=None) -> None:
         cells = [f"{np.mean([r[m] for r in recs]):.5g} ± {np.std([r[m] for r in recs]):.2g}"
                  if all(m in r for r in recs) else "—" for m in metrics]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if ensembles:
+        print(f"\nposterior output averaged over the first n fits (split of seed {args.split_seed})")
+        print("| variant | n | poisson_nll | poisson_deviance | sqrt_mse |\n| --- | ---: | ---: | ---: | ---: |")
+        for name, scores in ensembles.items():
+            for n, sc in enumerate(scores, 1):
+                print(f"| {name} | {n} | {sc['poisson_nll']:.5f} | {sc['poisson_deviance']:.5f} | "
+                      f"{sc['sqrt_mse']:.5f} |")
 
 
 if __name__ == "__main__":
