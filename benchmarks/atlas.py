@@ -17,7 +17,7 @@ them with at least 20 UMIs; no true rates there).
 The first ``--scored`` cells (2,000) are split by molecular cross-validation (p = 0.9): the
 file holds X' for them, and their X'' and true rates are kept beside it. Each method trains
 on the whole file with its defaults and its own stopping rule, in a fresh process (peak RSS is
-that process's): ZiPo from the backed file (``zipo.ZiPo(backed).train()``), scVI from the file
+that process's VmHWM; its ru_maxrss would also count the image forked from this one): ZiPo from the backed file (``zipo.ZiPo(backed).train()``), scVI from the file
 read into memory as CSR (``scvi.model.SCVI(adata).train()``, epochs ``min(400, 400 * 20,000 /
 cells)``). Both then predict the scored cells, which are scored on X'' (Poisson deviance, as
 ``benchmarks.run``) and against the true rates (square-root error at the full depth). Where
@@ -173,11 +173,13 @@ def _cells(path: Path) -> int:
 
 # --------------------------------------------------------------------------- fits
 ZIPO_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, torch
 import torch._dynamo  # as `import scvi` does before scVI's clock starts
 path, threads, scored, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 options = json.loads(sys.argv[5])
+sys.path.insert(0, sys.argv[6])
+from wio import peak_rss_mb
 torch.set_num_threads(threads)
 import anndata as ad, zipo
 data = ad.read_h5ad(path, backed="r")
@@ -191,11 +193,11 @@ h = model.history
 print(json.dumps({"seconds": seconds, "epochs": float(h["epoch"].iloc[-1]),
                   "steps": int(h["step"].iloc[-1]), "rounds": len(h),
                   "batch_size": model.config.train.batch_size,
-                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "peak_rss_gib": peak_rss_mb() / 1024}))
 """
 
 SCVI_CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 import numpy as np, torch
 path, threads, scored, out, epochs = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
                                       sys.argv[4], int(sys.argv[5]))
@@ -204,6 +206,7 @@ torch.set_num_threads(threads)
 import anndata as ad, scvi
 from scvi.model._utils import get_max_epochs_heuristic
 from scvi_worker import _params
+from wio import peak_rss_mb
 scvi.settings.seed, scvi.settings.num_threads, scvi.settings.dl_num_workers = 0, threads, 0
 adata = ad.read_h5ad(path)
 started = time.perf_counter()
@@ -217,8 +220,7 @@ ran = len(model.history["elbo_train"])
 np.save(out, _params(model, adata[:scored].copy())[0].astype(np.float32))
 steps_per_epoch = -(-int(adata.n_obs * 0.9) // 128)  # scVI: 90% train, batches of 128
 print(json.dumps({"seconds": seconds, "epochs": ran, "steps": ran * steps_per_epoch,
-                  "rule": rule, "batch_size": 128, "peak_rss_gib":
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "rule": rule, "batch_size": 128, "peak_rss_gib": peak_rss_mb() / 1024}))
 """
 
 
@@ -232,7 +234,7 @@ def fit(method: str, path: Path, threads: int, scored: int, scvi_epochs: int = 0
         out = Path(tmp) / "pred.npy"
         if method == "zipo":
             cmd = [sys.executable, "-c", ZIPO_CHILD, str(path), str(threads), str(scored),
-                   str(out), json.dumps(zipo_options or {})]
+                   str(out), json.dumps(zipo_options or {}), str(HERE / "workers")]
         else:
             exe = python("scvi")
             if not exe.exists():
