@@ -17,9 +17,9 @@ them with at least 20 UMIs; no true rates there).
 The first ``--scored`` cells (2,000) are split by molecular cross-validation (p = 0.9): the
 file holds X' for them, and their X'' and true rates are kept beside it. Each method trains
 on the whole file with its defaults and its own stopping rule, in a fresh process (peak RSS is
-that process's VmHWM; its ru_maxrss would also count the image forked from this one): ZiPo from the backed file (``zipo.ZiPo(backed).train()``), scVI from the file
-read into memory as CSR (``scvi.model.SCVI(adata).train()``, epochs ``min(400, 400 * 20,000 /
-cells)``). Both then predict the scored cells, which are scored on X'' (Poisson deviance, as
+that process's VmHWM; its ru_maxrss would also count the image forked from this one): ZiPo
+from the backed file (``zipo.ZiPo(backed).train()``), scVI from the file read into memory as
+CSR (``scvi.model.SCVI(adata).train()``, epochs ``min(400, 400 * 20,000 / cells)``). Both then predict the scored cells, which are scored on X'' (Poisson deviance, as
 ``benchmarks.run``) and against the true rates (square-root error at the full depth). Where
 scVI's rule is out of reach, ``--scvi-epochs N`` times N epochs and projects its rule's time
 (its accuracy is then that of N epochs, marked). Run it alone: other jobs inflate every time.

@@ -109,15 +109,6 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     return rec
 
 
-def ensemble_scores(predictions: list, p: float, dataset: str, n_genes: int,
-                    split_seed: int) -> dict:
-    """MCV scores of the mean of ``predictions`` (posterior outputs on one split)."""
-    from . import protocols as P
-
-    x2 = mcv_split(dataset, n_genes, p, split_seed)[2]
-    return P.score_mcv(np.mean(predictions, axis=0), x2, p)
-
-
 def truth_sqrt_mse(full: np.ndarray, ds, p: float) -> float:
     """Error against the simulation's true rates on the square-root scale, of ``full`` (the
     prediction at the depth of X') scaled to the whole cell's depth."""
@@ -125,7 +116,8 @@ def truth_sqrt_mse(full: np.ndarray, ds, p: float) -> float:
     return float(np.mean((np.sqrt(at_depth) - np.sqrt(ds.truth["rate"])) ** 2))
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> tuple[dict, dict]:
+    """Fit, print, and return the records by variant and the ensembles' scores by variant."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", nargs="+", action="append", required=True,
@@ -152,7 +144,11 @@ def main(argv=None) -> None:
                "latent_depth_r2",
                "validation_heldout_nll", "validation_heldout_nll_posterior", "epochs", "fit_s", "posterior_poisson_nll",
                "posterior_sqrt_mse", "posterior_truth_sqrt_mse"]
+    from . import protocols as P
+
     rows, ensembles = {}, {}
+    # the held-out molecules the averages are scored on (one split for every fit)
+    held = mcv_split(args.dataset, args.genes, args.p, args.split_seed)[2] if args.ensemble else None
     for words in args.variant:
         name, options = parse_variant(words)
         predictions = [] if args.ensemble else None
@@ -162,8 +158,8 @@ def main(argv=None) -> None:
             print(json.dumps({"variant": name, "seed": seed, **rec}), flush=True)
             rows.setdefault(name, []).append(rec)
             if predictions:  # the average of the fits so far
-                ensembles.setdefault(name, []).append(ensemble_scores(
-                    predictions, args.p, args.dataset, args.genes, args.split_seed))
+                ensembles.setdefault(name, []).append(
+                    P.score_mcv(np.mean(predictions, axis=0), held, args.p))
     where = f"pbmc4k, {args.genes} genes" if args.dataset == "pbmc4k" else args.dataset
     print(f"\n{where}, MCV p = {args.p}, seeds {args.seeds} (mean ± sd)")
     print("| variant | " + " | ".join(metrics) + " |")
@@ -179,6 +175,7 @@ def main(argv=None) -> None:
             for n, sc in enumerate(scores, 1):
                 print(f"| {name} | {n} | {sc['poisson_nll']:.5f} | {sc['poisson_deviance']:.5f} | "
                       f"{sc['sqrt_mse']:.5f} |")
+    return rows, ensembles
 
 
 if __name__ == "__main__":

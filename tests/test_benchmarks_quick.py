@@ -245,3 +245,22 @@ def test_atlas_simulates_around_real_cells_and_scores_a_fit(tmp_path, monkeypatc
     assert 0 < rec["mcv_deviance"] < 10 and 0 < rec["truth_sqrt_mse"] < 10
     assert "1 of 1" not in atlas.markdown([{**rec, "source": "pbmc4k", "cells": 600,
                                            "genes": "2000", "method": "zipo"}])
+
+
+def test_mcv_variants_scores_the_average_of_fits_on_one_split(capsys):
+    """``--split-seed`` gives every fit the same split, and ``--ensemble`` scores the mean of
+    their posterior outputs: one fit's "average" is that fit, and the Poisson deviance, convex
+    in the prediction, is no worse for the mean of two than for the two on average."""
+    from benchmarks import mcv_variants
+
+    rows, ensembles = mcv_variants.main(
+        ["--dataset", "simulated", "--variant", "tiny", "encoder_dims=[32,8]",
+         "--seeds", "0", "1", "--split-seed", "0", "--ensemble", "--max-epochs", "2"])
+    fits, averages = rows["tiny"], ensembles["tiny"]
+    assert len(fits) == len(averages) == 2
+    single = [f["posterior_poisson_deviance"] for f in fits]
+    assert single[0] != single[1]  # different models
+    assert averages[0]["poisson_deviance"] == pytest.approx(single[0], rel=1e-12)
+    assert averages[1]["poisson_deviance"] < np.mean(single)
+    assert all(averages[1]["poisson_deviance"] != pytest.approx(x, rel=1e-9) for x in single)
+    assert "averaged over the first n fits" in capsys.readouterr().out
