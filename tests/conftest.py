@@ -45,10 +45,12 @@ SMALL_ENCODER = [64, 16]
 
 
 def small_model(adata, **options):
-    """An untrained ZiPo with the small network, 2 epochs, batches of 32; ``options`` override."""
+    """An untrained ZiPo with the small network, 2 epochs, batches of 32 and one fit (whose
+    outputs are its network's; tests/test_fits.py covers the average of several);
+    ``options`` override."""
     import zipo
 
-    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=2, batch_size=32, verbose=False)
+    kw = dict(encoder_dims=SMALL_ENCODER, max_epochs=2, batch_size=32, verbose=False, n_fits=1)
     kw.update(options)
     return zipo.ZiPo(adata, **kw)
 
@@ -102,11 +104,12 @@ def pbmc4k_demo_data():
 def trained_model(_pbmc_small):
     """A ZIP model with the paper's predicted library (so its rate is what every expectation
     builds on: the posterior equals it), trained 3 epochs on pbmc_small with the default
-    training. Tests must not train it further."""
+    training, one fit (its outputs are its network's; tests/test_fits.py covers the average
+    of several). Tests must not train it further."""
     import zipo
 
     model = zipo.ZiPo(
         _pbmc_small.copy(), encoder_dims=SMALL_ENCODER, max_epochs=3, batch_size=32, seed=0,
-        verbose=False, likelihood="zip", library="predicted",
+        verbose=False, likelihood="zip", library="predicted", n_fits=1,
     )
     return model.train()

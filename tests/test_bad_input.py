@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import zipo
+from zipo.io import FORMAT_VERSION
 
 from conftest import SMALL_ENCODER
 
@@ -459,7 +460,7 @@ def cli_files(tmp_path_factory, _pbmc_small, trained_model):
     newer = folder / "newer-model"
     trained_model.save(newer)
     meta = json.loads((newer / "zipo.json").read_text())
-    meta["format_version"] += 1
+    meta["format_version"] = FORMAT_VERSION + 1
     (newer / "zipo.json").write_text(json.dumps(meta))
     (folder / "unknown-key.toml").write_text("[train]\nmax_epoch = 3\n")
     (folder / "wrong-type.toml").write_text("[model]\nencoder_dims = 'big'\n")
@@ -483,7 +484,7 @@ CLI_CASES = {
     "output folder missing": (["denoise", "{f}/model", "{f}/data.h5ad", "--out", "{t}/no/such/out.h5ad"],
                               r"folder .* does not exist"),
     "newer model format": (["denoise", "{f}/newer-model", "{f}/data.h5ad", "--out", "{t}/o.h5ad"],
-                           r"format version 2, newer than this ZiPo"),
+                           rf"format version {FORMAT_VERSION + 1}, newer than this ZiPo"),
     "not a model dir": (["denoise", "{t}", "{f}/data.h5ad", "--out", "{t}/o.h5ad"], r"not a ZiPo model directory"),
     "transposed at denoise": (["denoise", "{f}/model", "{f}/transposed.h5ad", "--out", "{t}/o.h5ad"],
                               r"looks transposed"),

@@ -23,7 +23,8 @@ import torch
 import zipo
 from zipo.data.covariates import CovariateEncoder
 
-TINY = dict(encoder_dims=[32, 8], batch_size=32, seed=0, verbose=False)
+# One fit: the identities tested here are a network's (tests/test_fits.py: several fits).
+TINY = dict(encoder_dims=[32, 8], batch_size=32, seed=0, verbose=False, n_fits=1)
 
 
 # ----------------------------------------------------------------------------- encoding

@@ -22,9 +22,10 @@ REPORT_KEYS = {"pruned_fraction", "weights_pruned", "weights_total", "delta", "n
 
 @pytest.fixture(scope="module")
 def base(_pbmc_small):
-    """A small ZIP model trained on pbmc_small (unpruned); tests work on deep copies."""
+    """A small ZIP model of one fit trained on pbmc_small (unpruned; the report is of its
+    network); tests work on deep copies."""
     m = zipo.ZiPo(_pbmc_small.copy(), encoder_dims=ENCODER, max_epochs=15, batch_size=32,
-                  seed=0, alpha_w=0.5, verbose=False)
+                  seed=0, alpha_w=0.5, verbose=False, n_fits=1)
     return m.train()
 
 

@@ -41,7 +41,9 @@ class InferenceMixin:
         By default they are written into ``adata``: ``layers[f"{key_added}_denoised"]`` (cells x
         genes, float32), ``obsm[f"X_{key_added}"]`` (latents), ``obs[f"{key_added}_library_size"]``
         (l: taken from the counts or predicted by LibNet, ``model.library``), and with
-        ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z).
+        ``zero_inflation=True`` ``layers[f"{key_added}_zero_prob"]`` (z). A model of several
+        fits (``train.n_fits``) writes the mean of its fits' denoised values and z, and the
+        first fit's latents and library sizes.
 
         Parameters
         ----------
@@ -112,11 +114,12 @@ class InferenceMixin:
         cols, keep = output_columns(self.var_names, adata, keep, notify=adata is not self.adata)
         sink = output_sink(adata, keep, self.config.model.encoder_dims[-1], out, key_added,
                            denoised, zero_inflation, overwrite)
-        pool = (pool_for(self, adata) if denoised and expectation == "posterior"
-                and reference is None else None)
+        pooling = denoised and expectation == "posterior" and reference is None
+        fits = [(fit.network, pool_for(fit, adata) if pooling else None)
+                for fit in (self, *self.further_fits)]
         with sink:
-            write_predictions(self.network, batches, sink, cols, expectation, denoised,
-                              zero_inflation, depth, target_sum, reference, pool)
+            write_predictions(fits, batches, sink, cols, expectation, denoised,
+                              zero_inflation, depth, target_sum, reference)
         if out is not None:
             return sink.result()
         target = output_target(adata, copy)

@@ -46,44 +46,57 @@ detected genes) get 0 under every expectation, and a zero-inflation probability 
 rate of 0 implies."""
 
 
+Pool = Callable[[np.ndarray, torch.Tensor], tuple]
+
+
 @torch.no_grad()
-def write_predictions(network: ZiPoNetwork, batches: CellBatches, sink, columns: np.ndarray | None,
-                      expectation: Expectation, denoised: bool, zero_inflation: bool,
-                      depth: float = 1.0, target_sum: float = 1e4,
-                      reference: np.ndarray | None = None,
-                      pool: Callable[[np.ndarray, torch.Tensor], tuple] | None = None) -> None:
-    """Run ``network`` over ``batches`` and write each batch's latents, library sizes, and
-    (for the model genes ``columns``, all when None; -1 for an undetected gene the model lacks,
-    which gets 0) expectations (see :func:`expected_values`) and zero probabilities into
-    ``sink``. ``reference`` (cells x encoded covariates) predicts the cells at these covariates
-    instead of their own (``denoise(covariate_values=...)``). ``pool(cells, counts)`` gives a
-    batch's pooled neighbour terms of the posterior (:mod:`zipo.neighbours`)."""
-    device = next(network.parameters()).device
+def write_predictions(fits: Sequence[tuple[ZiPoNetwork, Pool | None]], batches: CellBatches,
+                      sink, columns: np.ndarray | None, expectation: Expectation,
+                      denoised: bool, zero_inflation: bool, depth: float = 1.0,
+                      target_sum: float = 1e4, reference: np.ndarray | None = None) -> None:
+    """Run each fit's network over ``batches`` and write each batch's latents (the first
+    fit's), and the fits' mean library sizes, (for the model genes ``columns``, all when
+    None; -1 for an undetected gene the model lacks, which gets 0) expectations (see
+    :func:`expected_values`) and zero probabilities into ``sink``. ``reference`` (cells x
+    encoded covariates) predicts the cells at these covariates instead of their own
+    (``denoise(covariate_values=...)``). A fit's ``pool(cells, counts)`` gives a batch's
+    pooled neighbour terms of its posterior (:mod:`zipo.neighbours`)."""
+    device = next(fits[0][0].parameters()).device
     present = None if columns is None or np.all(columns >= 0) else columns >= 0
     if present is not None:
         columns = columns[present]
     columns = None if columns is None else torch.as_tensor(columns, device=device)
-    network.eval()
+    for network, _ in fits:
+        network.eval()
     for x, c, idx in batches:
-        o = own = network(x, c)
-        if reference is not None:
-            o = network.heads(own.latent, x,
-                              torch.as_tensor(reference[idx], dtype=c.dtype, device=c.device))
-        latent = o.latent.cpu().numpy()
-        library = torch.exp(o.log_library).cpu().numpy()
-        mean = zprob = None
-        if denoised or zero_inflation:
+        latent = library = mean = zprob = None
+        for network, pool in fits:
+            o = own = network(x, c)
+            if reference is not None:
+                o = network.heads(own.latent, x,
+                                  torch.as_tensor(reference[idx], dtype=c.dtype, device=c.device))
+            if latent is None:
+                latent = o.latent.cpu().numpy()
+            size = torch.exp(o.log_library)
+            library = size if library is None else library.add_(size)
+            if not (denoised or zero_inflation):
+                continue
             log_m = o.log_mean if columns is None else o.log_mean[:, columns]
             z = (torch.sigmoid(o.logit_z if columns is None else o.logit_z[:, columns])
                  if o.logit_z is not None else None)
             if denoised:
                 pooled = pool(idx, x) if pool is not None else None
-                mean = _with_zeros(expected_values(o, log_m, z, columns, expectation, depth,
-                                                   target_sum, x, own, pooled).cpu().numpy(),
-                                   present)
+                value = expected_values(o, log_m, z, columns, expectation, depth, target_sum,
+                                        x, own, pooled)
+                mean = value if mean is None else mean.add_(value)
             if zero_inflation:
-                zprob = _with_zeros(
-                    (z if z is not None else torch.zeros_like(log_m)).cpu().numpy(), present)
+                zero = z if z is not None else torch.zeros_like(log_m)
+                zprob = zero if zprob is None else zprob.add_(zero)
+        library = (library / len(fits)).cpu().numpy()
+        if mean is not None:
+            mean = _with_zeros((mean / len(fits)).cpu().numpy(), present)
+        if zprob is not None:
+            zprob = _with_zeros((zprob / len(fits)).cpu().numpy(), present)
         sink.write(idx, latent, library, mean, zprob)
 
 

@@ -216,7 +216,9 @@ print.zipo_model <- function(x, ...) {
 #' @param ... Unused.
 #' @return A list of class `summary.zipo_model`: likelihood, genes, latent size,
 #'   encoder and decoder widths (`decoder` empty: the paper's linear decoder),
-#'   covariates, epochs trained, the kept epoch (the best of the figure training
+#'   covariates, the number of fits whose outputs [denoise()] averages
+#'   (`fits`, the `n_fits` option: 4 on data under 500 cells by default),
+#'   epochs trained, the kept epoch (the best of the figure training
 #'   followed: `validation_heldout_nll` by default, see
 #'   [training_history()]), that figure's name
 #'   (`monitored`) and value (`best`, per matrix entry) and the training
@@ -242,6 +244,7 @@ summary.zipo_model <- function(object, ...) {
     encoder = unlist(cfg$model$encoder_dims),
     decoder = as.integer(unlist(cfg$model$decoder_dims)),
     covariates = unlist(cfg$data$covariates),
+    fits = 1L + length(py$further_fits),
     epochs = nrow(history),
     kept_epoch = as.integer(kept$epoch),
     monitored = kept$column,
@@ -261,7 +264,8 @@ print.summary.zipo_model <- function(x, ...) {
       paste(listed(x$decoder, "linear"), collapse = "-"), "\n")
   cat("  covariates:          ",
       paste(listed(x$covariates, "none"), collapse = ", "), "\n")
-  cat("  epochs trained:      ", x$epochs, "\n")
+  cat("  fits averaged:       ", x$fits, "\n")
+  cat("  epochs trained:      ", x$epochs, "(the first fit)\n")
   cat("  kept epoch:          ", x$kept_epoch, "\n")
   cat("  best ", x$monitored, ": ", format(x$best, digits = 5),
       " (per matrix entry)\n", sep = "")

@@ -345,9 +345,12 @@ class ProgramsMixin:
 
     def prune(self, delta: float = 1e-4, adata=None) -> dict:
         """Prune the first encoder layer at ``delta``; pruned weights stay zero through later
-        training and save/load. Returns the report of :func:`zipo.tools.programs.prune`."""
+        training and save/load. Returns the report of :func:`zipo.tools.programs.prune` (of
+        the first fit; a model's further fits are pruned at the same ``delta``)."""
         self._prune_mask, report = prune(self, delta, adata, self._prune_mask)
         self.pruning = {k: report[k] for k in PRUNING_RECORD}
+        for fit in self.further_fits:  # denoise averages them: all pruned alike
+            fit.prune(delta, adata)
         return report
 
     def gene_programs(self, adata=None, min_weight: float = 0.0,

@@ -8,6 +8,8 @@ test_that("train, print, summary, history, save, load and predict", {
   expect_s3_class(s, "summary.zipo_model")
   expect_identical(s$genes, 40L)
   expect_identical(s$epochs, 3L)
+  expect_identical(s$fits, 4L)  # 90 cells: four fits averaged by default
+  expect_output(print(s), "fits averaged: +4")
   expect_identical(s$decoder, 128L)  # the default hidden decoder layer
   expect_output(print(s), "decoder: +128")
   h <- training_history(model)
