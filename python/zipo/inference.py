@@ -24,7 +24,8 @@ class InferenceMixin:
 
     @torch.no_grad()
     def get_latent(self, adata=None, batch_size: int | None = None) -> np.ndarray:
-        """Latents U (cells x latent size) of ``adata`` (default: the training data)."""
+        """Latents U (cells x latent size) of ``adata`` (default: the training data); the
+        first fit's, for a model of several."""
         self._require_trained()
         batches = self.cell_batches(adata if adata is not None else self.adata, batch_size)
         self.network.eval()
@@ -127,7 +128,8 @@ class InferenceMixin:
         return target if copy else None
 
     def evaluate(self, adata=None, batch_size: int | None = None) -> dict[str, float]:
-        """Mean NLL per matrix entry and total loss of ``adata`` under the trained model."""
+        """Mean NLL per matrix entry and total loss of ``adata`` under the trained model (its
+        first fit's network, for a model of several)."""
         self._require_trained()
         batches = self.cell_batches(adata if adata is not None else self.adata, batch_size)
         loss, nll = evaluate(self.network, batches, self.config.model)
