@@ -25,8 +25,9 @@ from zipo.train.distributed import _free_port
 
 # 72 training cells in batches of 24: every step splits 12 + 12 over the two processes. The
 # paper's objective: with train.objective_heldout each process draws the molecule splits of its
-# own cells, so 2 processes match 1 statistically but not step for step.
-OPTIONS = {"train.max_epochs": 3, "train.batch_size": 24, "train.seed": 5,
+# own cells, so 2 processes match 1 statistically but not step for step. One fit: the reads
+# and histories compared are one network's training (each further fit trains the same way).
+OPTIONS = {"train.max_epochs": 3, "train.batch_size": 24, "train.seed": 5, "train.n_fits": 1,
            "model.encoder_dims": [32, 8], "train.first_layer": "dense", "train.verbose": False,
            "train.objective_heldout": 0.0, "train.heldout_molecules": 0.0,
            "train.device": "cpu"}  # gloo on the CPU also where CUDA is present

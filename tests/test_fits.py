@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import zipo
 
@@ -103,6 +104,18 @@ def test_fine_tuning_goes_on_with_every_fit(pbmc_small):
     assert len(model.history) == len(model.further_fits[0].history) == 4
 
 
+def test_add_fits_trains_what_n_fits_would_have(pbmc_small):
+    one = small_model(pbmc_small.copy(), n_fits=1, seed=2).train()
+    assert one.add_fits(1) is one and one.further_fits == []
+    one.add_fits(3)
+    three = small_model(pbmc_small.copy(), n_fits=3, seed=2).train()
+    assert one.config.train.n_fits == 3 and len(one.further_fits) == 2
+    np.testing.assert_array_equal(_denoised(one, pbmc_small).layers["zipo_denoised"],
+                                  _denoised(three, pbmc_small).layers["zipo_denoised"])
+    one.add_fits(0)  # 80 cells: four
+    assert len(one.further_fits) == 3
+
+
 def test_pruning_prunes_every_fit(pbmc_small):
     model = small_model(pbmc_small, n_fits=2, max_epochs=2).train()
     model.prune(0.5)
@@ -111,11 +124,37 @@ def test_pruning_prunes_every_fit(pbmc_small):
         assert (fit.network.first_layer.weight == 0).any()
 
 
-def test_checkpoints_train_one_fit(pbmc_small, tmp_path):
-    with pytest.raises(ValueError, match="pass n_fits=1"):
-        small_model(pbmc_small, n_fits=2).train(checkpoint_dir=tmp_path / "a")
-    model = small_model(pbmc_small.copy(), n_fits=0).train(checkpoint_dir=tmp_path / "b")
-    assert model.further_fits == []  # the default on 80 cells, but one network checkpoints
+def test_a_killed_run_of_several_fits_resumes_to_the_same_model(pbmc_small, tmp_path,
+                                                               monkeypatch):
+    from zipo.train.checkpoint import CHECKPOINT_FILE
+    from zipo.train.trainer import Trainer
+
+    opts = dict(n_fits=3, max_epochs=6, checkpoint_every=1, early_stopping_patience=1000,
+                seed=3)
+    straight = small_model(pbmc_small.copy(), **opts).train()
+    run, trainers = Trainer.run, []
+
+    def dies_in_the_second_fit(self, save, every, callback=None):
+        trainers.append(self)
+        if len(trainers) == 2:
+            def callback(trainer):  # noqa: F811 - the second fit's run ends after 3 rounds
+                if len(trainer.history) == 3:
+                    raise KeyboardInterrupt
+        return run(self, save, every, callback)
+
+    monkeypatch.setattr(Trainer, "run", dies_in_the_second_fit)
+    with pytest.raises(KeyboardInterrupt):
+        small_model(pbmc_small.copy(), **opts).train(checkpoint_dir=tmp_path)
+    monkeypatch.setattr(Trainer, "run", run)
+    assert (tmp_path / CHECKPOINT_FILE).is_file() and (tmp_path / "fit-2" / CHECKPOINT_FILE).is_file()
+    assert not (tmp_path / "fit-3").exists()
+    resumed = small_model(pbmc_small.copy(), **opts).train(checkpoint_dir=tmp_path, resume=True)
+    assert len(resumed.further_fits) == 2
+    for a, b in zip((resumed, *resumed.further_fits), (straight, *straight.further_fits)):
+        for key, value in a.network.state_dict().items():
+            assert torch.equal(value, b.network.state_dict()[key]), key
+    np.testing.assert_array_equal(_denoised(resumed, pbmc_small).layers["zipo_denoised"],
+                                  _denoised(straight, pbmc_small).layers["zipo_denoised"])
 
 
 def test_n_fits_must_not_be_negative(pbmc_small):

@@ -49,6 +49,8 @@ def test_paper_space_best_model_and_toml_that_zipo_train_reproduces(pbmc_small, 
     best = study.best_trial
     assert study.best_value == min(values)
     assert model.is_trained and len(model.history) == 2
+    # trials train one fit; the best then gets the three more that 80 cells get by default
+    assert len(model.further_fits) == 3 and model.config.train.n_fits == 0
     assert "-".join(map(str, model.config.model.encoder_dims)) == best.params["encoder_dims"]
     assert model.config.model.alpha_z == best.params["alpha_z"]
     assert model.config.model.alpha_w == best.params["alpha_w"]
@@ -70,6 +72,7 @@ def test_paper_space_best_model_and_toml_that_zipo_train_reproduces(pbmc_small, 
                  "--quiet", "--device", "cpu"]) == 0
     retrained = zipo.ZiPo.load(model_dir)
     assert retrained.config.model.encoder_dims == model.config.model.encoder_dims
+    assert len(retrained.further_fits) == 3
     assert kept_score(retrained) == pytest.approx(best.value, rel=1e-4)
 
     # An existing out is refused before any training, and left untouched.

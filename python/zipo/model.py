@@ -30,7 +30,7 @@ from .neighbours import NeighbourPooling, choose_for
 from .nn.network import ZiPoNetwork
 from .inference import InferenceMixin
 from .tools.programs import ProgramsMixin, PruneMask
-from .train.checkpoint import read_checkpoint, write_checkpoint
+from .train.checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
 from .device import local_device, resolve_device
 from .train.distributed import init_from_environment, world, wrap
 from .train.trainer import Trainer
@@ -212,14 +212,16 @@ class ZiPo(InferenceMixin, ProgramsMixin):
         checkpoint_dir
             Write the whole training state (weights, optimiser, schedule, early-stopping
             record, random streams, position in the epoch) there atomically every
-            ``checkpoint_every`` rounds.
+            ``checkpoint_every`` rounds; fit k of a model of several (``n_fits``) in
+            ``checkpoint_dir/fit-k``.
         resume
             Continue from the last checkpoint in ``checkpoint_dir``: a killed run ends with
-            the same weights as an uninterrupted one (CPU, same seed).
+            the same weights as an uninterrupted one (CPU, same seed); a fit that had not
+            started trains afresh.
         callback
-            Called as ``callback(trainer)`` after every round (``trainer.history[-1]`` is that
-            round's row); an exception it raises stops training, e.g. Optuna's
-            ``TrialPruned``.
+            Called as ``callback(trainer)`` after every round of the first fit
+            (``trainer.history[-1]`` is that round's row); an exception it raises stops
+            training, e.g. Optuna's ``TrialPruned``.
         **options
             Any other option of :class:`~zipo.config.TrainConfig` by name
             (``learning_rate``, ``early_stopping_patience``...).
@@ -239,7 +241,8 @@ class ZiPo(InferenceMixin, ProgramsMixin):
             torch.set_num_threads(tc.num_threads)
         if self.adata is None:
             raise ValueError("this model was loaded without data; pass adata to ZiPo.load to train it")
-        n_fits = self._n_fits(checkpoint_dir)
+        # a trained model goes on with each of its fits
+        n_fits = 1 + len(self.further_fits) if self.is_trained else self._fits_asked()
         rng = np.random.default_rng(tc.seed)
         counts, _ = self._model_counts(self.adata, check=False)  # checked when given
         cov = self.covariate_encoder.transform(self.adata.obs)
@@ -288,42 +291,54 @@ class ZiPo(InferenceMixin, ProgramsMixin):
                 self.is_trained = True
             self.network.eval()
         self.pooling = choose_for(self)
-        self._train_further_fits(n_fits)
+        self._train_further_fits(n_fits, checkpoint_dir, resume)
         return self
 
-    def _n_fits(self, checkpoint_dir) -> int:
-        """How many fits :meth:`train` trains: a trained model's own (fine-tuning goes on with
-        each), else ``train.n_fits``, 0 settled by the number of cells."""
-        n = (1 + len(self.further_fits) if self.is_trained else self.config.train.n_fits
-             or (self.AUTO_FITS if self.adata.n_obs < self.AUTO_FITS_BELOW_CELLS else 1))
-        if n > 1 and checkpoint_dir is not None:
-            if self.config.train.n_fits or self.further_fits:
-                raise ValueError(f"checkpoint_dir holds the training of one network, and this "
-                                 f"model trains {n}: pass n_fits=1 (or no checkpoint_dir)")
-            return 1  # a checkpointed run trains one fit unless told otherwise
-        return n
+    def _fits_asked(self) -> int:
+        """``train.n_fits``, 0 settled by the number of cells."""
+        return self.config.train.n_fits or (
+            self.AUTO_FITS if self.adata.n_obs < self.AUTO_FITS_BELOW_CELLS else 1)
 
-    def _train_further_fits(self, n_fits: int) -> None:
+    def add_fits(self, n_fits: int = 0) -> "ZiPo":
+        """Train the fits that a trained model lacks, up to ``n_fits`` in all (0: as many as
+        ``train.n_fits = 0`` gives its data), e.g. for a tuning trial's model of one fit; its
+        fits are kept as they are, and its config then says ``n_fits``."""
+        self._require_trained()
+        if self.adata is None:
+            raise ValueError("this model was loaded without data; pass adata to ZiPo.load to train it")
+        self.config.set_option("train.n_fits", n_fits)
+        self._train_further_fits(self._fits_asked(), None, False,
+                                 first=2 + len(self.further_fits))
+        return self
+
+    def _train_further_fits(self, n_fits: int, checkpoint_dir: str | Path | None,
+                            resume: bool, first: int = 2) -> None:
         """Train fits 2 to ``n_fits``, each with this model's configuration from ``seed`` +
-        k - 1 (new ones from their own initial weights, trained ones fine-tuned)."""
+        k - 1 (new ones from their own initial weights, trained ones fine-tuned), fit k's
+        checkpoints in ``checkpoint_dir/fit-k``: a resumed run resumes each fit that has one,
+        and trains the others afresh."""
         tc = self.config.train
-        for k in range(2, n_fits + 1):
+        for k in range(first, n_fits + 1):
             config = copy.deepcopy(self.config)
             config.train.seed, config.train.n_fits = tc.seed + k - 1, 1
-            if k - 2 < len(self.further_fits):
-                fit = self.further_fits[k - 2]
-                fit.config = config
-            else:
+            new = k - 2 >= len(self.further_fits)
+            if new:
                 fit = type(self).__new__(type(self))
                 fit._init_state(config, self.var_names, self.covariate_encoder,
                                 ZiPoNetwork.seeded(len(self.var_names),
                                                    self.covariate_encoder.width,
                                                    config.model, config.train.seed),
                                 self.adata, self._summary)
-                self.further_fits.append(fit)
+            else:
+                fit = self.further_fits[k - 2]
+                fit.config = config
+            where = None if checkpoint_dir is None else Path(checkpoint_dir) / f"fit-{k}"
             if tc.verbose:
                 print(f"zipo: fit {k} of {n_fits} (denoise averages the fits)", flush=True)
-            fit.train()
+            fit.train(checkpoint_dir=where,
+                      resume=resume and where is not None and has_checkpoint(where))
+            if new:  # kept once trained, so a failed fit never joins the average
+                self.further_fits.append(fit)
 
     def _first_layer_mode(self, state: dict | None) -> str:
         """``train.first_layer``, with ``auto`` settled by the data's density (a resumed run

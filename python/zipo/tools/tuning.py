@@ -151,8 +151,10 @@ def tune(
     TuneResult
         ``.model``, the best trial's trained :class:`~zipo.ZiPo`, kept in memory from its
         trial (if that trial ran in an earlier run of a resumed study, it is retrained with its
-        config, which on CPU gives the same weights); ``.study``, the ``optuna.Study``; and
-        ``.best_params``, ``.best_value`` and ``.trials()``.
+        config, which on CPU gives the same weights); trials train one fit each, and the
+        best then gets the further fits ``train.n_fits`` asks (``ZiPo.add_fits``);
+        ``.study``, the ``optuna.Study``; and ``.best_params``, ``.best_value`` and
+        ``.trials()``.
     """
     optuna = _import_optuna()
     from optuna.trial import TrialState
@@ -202,6 +204,7 @@ def tune(
             for (section, name), dist in space.items():
                 value = suggest(trial, name, dist, optuna)
                 cfg.update({section: {name: option_value(name, value)}}, source="search space")
+            cfg.train.n_fits = 1  # a trial is scored on its first fit; the best gets the rest
             model = ZiPo(adata, config=cfg)
             state = {"best_loss": math.inf, "score": math.inf}
 
@@ -246,7 +249,9 @@ def tune(
             for name, value in best_trial.params.items():  # its own space, whatever ours is now
                 section, name = find_option(name, source=f"trial {best_trial.number}")
                 cfg.update({section: {name: option_value(name, value)}}, source="best trial")
+            cfg.train.n_fits = 1
             model = ZiPo(adata, config=cfg).train()
+        model.add_fits(base.train.n_fits)  # the fits the config asks beyond the trial's one
     finally:
         optuna.logging.set_verbosity(verbosity)
     model.config.train.verbose = user_verbose

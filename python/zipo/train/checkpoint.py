@@ -37,6 +37,10 @@ def write_checkpoint(directory: str | Path, trainer, var_names: Sequence[str],
     return target
 
 
+def has_checkpoint(directory: str | Path) -> bool:
+    return (Path(directory) / CHECKPOINT_FILE).is_file()
+
+
 def read_checkpoint(directory: str | Path, var_names: Sequence[str], config: ZiPoConfig) -> dict:
     """The trainer state saved in ``directory``, after checking it was made on these genes
     with these [model] and [data] options."""
