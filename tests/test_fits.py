@@ -148,7 +148,17 @@ def test_a_killed_run_of_several_fits_resumes_to_the_same_model(pbmc_small, tmp_
     monkeypatch.setattr(Trainer, "run", run)
     assert (tmp_path / CHECKPOINT_FILE).is_file() and (tmp_path / "fit-2" / CHECKPOINT_FILE).is_file()
     assert not (tmp_path / "fit-3").exists()
+    rounds_at_start = []
+
+    def counted(self, save, every, callback=None):
+        rounds_at_start.append(len(self.history))
+        return run(self, save, every, callback)
+
+    monkeypatch.setattr(Trainer, "run", counted)
     resumed = small_model(pbmc_small.copy(), **opts).train(checkpoint_dir=tmp_path, resume=True)
+    # each fit goes on from its own checkpoint: the first had finished, the second had run 3
+    # rounds, the third had not started
+    assert rounds_at_start == [6, 3, 0]
     assert len(resumed.further_fits) == 2
     for a, b in zip((resumed, *resumed.further_fits), (straight, *straight.further_fits)):
         for key, value in a.network.state_dict().items():

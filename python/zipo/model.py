@@ -2,7 +2,7 @@
 
 It composes the other parts: the config (:mod:`zipo.config`), the data checks and loader
 (:mod:`zipo.data`), the network (:mod:`zipo.nn`), training (:mod:`zipo.train`), the outputs
-(:mod:`zipo.outputs`), the gene programs (:mod:`zipo.tools.programs`, whose
+(:mod:`zipo.outputs`), the averages of several fits (:mod:`zipo.fits`), the gene programs (:mod:`zipo.tools.programs`, whose
 :class:`~zipo.tools.programs.ProgramsMixin` gives ``ZiPo`` ``prune`` and the programs) and
 the model directory (:mod:`zipo.io`, which reads and writes the plain data that ``save``
 gives it and ``load`` builds a model from). Only ``ZiPo``'s own methods set its state.
@@ -10,7 +10,6 @@ gives it and ``load`` builds a model from). Only ``ZiPo``'s own methods set its 
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -28,15 +27,16 @@ from .data.loader import CellBatches, inference_batches, split_cells, training_b
 from .io import SavedModel, read_model, write_model
 from .neighbours import NeighbourPooling, choose_for
 from .nn.network import ZiPoNetwork
+from .fits import FitsMixin
 from .inference import InferenceMixin
 from .tools.programs import ProgramsMixin, PruneMask
-from .train.checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
+from .train.checkpoint import read_checkpoint, write_checkpoint
 from .device import local_device, resolve_device
 from .train.distributed import init_from_environment, world, wrap
 from .train.trainer import Trainer
 
 
-class ZiPo(InferenceMixin, ProgramsMixin):
+class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
     """Deep zero-inflated count autoencoder for single-cell RNA-seq counts.
 
     Parameters
@@ -74,10 +74,6 @@ class ZiPo(InferenceMixin, ProgramsMixin):
     # sparse first layer wins below about 3% non-zeros. A fixed rule rather than timing each
     # run keeps training reproducible: the two modes agree only to float rounding.
     SPARSE_BELOW_DENSITY = 0.03
-    # train.n_fits = 0: AUTO_FITS fits on data under AUTO_FITS_BELOW_CELLS cells. Averaging
-    # four fits' posterior gained 1.3-4.0% held-out deviance on 80-559 cells and 0.2% on 2,170
-    # (docs, history: "Averages of fits on small data"); under 500 cells a fit takes seconds.
-    AUTO_FITS, AUTO_FITS_BELOW_CELLS = 4, 500
 
     def __init__(self, adata, layer: str | None = None, covariates: list[str] | None = None,
                  likelihood: str | None = None, config: ZiPoConfig | str | Path | None = None,
@@ -293,52 +289,6 @@ class ZiPo(InferenceMixin, ProgramsMixin):
         self.pooling = choose_for(self)
         self._train_further_fits(n_fits, checkpoint_dir, resume)
         return self
-
-    def _fits_asked(self) -> int:
-        """``train.n_fits``, 0 settled by the number of cells."""
-        return self.config.train.n_fits or (
-            self.AUTO_FITS if self.adata.n_obs < self.AUTO_FITS_BELOW_CELLS else 1)
-
-    def add_fits(self, n_fits: int = 0) -> "ZiPo":
-        """Train the fits that a trained model lacks, up to ``n_fits`` in all (0: as many as
-        ``train.n_fits = 0`` gives its data), e.g. for a tuning trial's model of one fit; its
-        fits are kept as they are, and its config then says ``n_fits``."""
-        self._require_trained()
-        if self.adata is None:
-            raise ValueError("this model was loaded without data; pass adata to ZiPo.load to train it")
-        self.config.set_option("train.n_fits", n_fits)
-        self._train_further_fits(self._fits_asked(), None, False,
-                                 first=2 + len(self.further_fits))
-        return self
-
-    def _train_further_fits(self, n_fits: int, checkpoint_dir: str | Path | None,
-                            resume: bool, first: int = 2) -> None:
-        """Train fits 2 to ``n_fits``, each with this model's configuration from ``seed`` +
-        k - 1 (new ones from their own initial weights, trained ones fine-tuned), fit k's
-        checkpoints in ``checkpoint_dir/fit-k``: a resumed run resumes each fit that has one,
-        and trains the others afresh."""
-        tc = self.config.train
-        for k in range(first, n_fits + 1):
-            config = copy.deepcopy(self.config)
-            config.train.seed, config.train.n_fits = tc.seed + k - 1, 1
-            new = k - 2 >= len(self.further_fits)
-            if new:
-                fit = type(self).__new__(type(self))
-                fit._init_state(config, self.var_names, self.covariate_encoder,
-                                ZiPoNetwork.seeded(len(self.var_names),
-                                                   self.covariate_encoder.width,
-                                                   config.model, config.train.seed),
-                                self.adata, self._summary)
-            else:
-                fit = self.further_fits[k - 2]
-                fit.config = config
-            where = None if checkpoint_dir is None else Path(checkpoint_dir) / f"fit-{k}"
-            if tc.verbose:
-                print(f"zipo: fit {k} of {n_fits} (denoise averages the fits)", flush=True)
-            fit.train(checkpoint_dir=where,
-                      resume=resume and where is not None and has_checkpoint(where))
-            if new:  # kept once trained, so a failed fit never joins the average
-                self.further_fits.append(fit)
 
     def _first_layer_mode(self, state: dict | None) -> str:
         """``train.first_layer``, with ``auto`` settled by the data's density (a resumed run
