@@ -17,6 +17,8 @@ from zipo.data.loader import CellBatches, csr_to_torch
 from zipo.nn.network import NetworkOutput
 from zipo.train.heldout import HeldoutMolecules, binomial, binomial_split
 
+from conftest import small_model
+
 
 def test_binomial_split_keeps_every_molecule_and_the_layout():
     x = torch.tensor(np.random.default_rng(0).poisson(1.5, (40, 30)), dtype=torch.float32)
@@ -32,6 +34,32 @@ def test_binomial_split_keeps_every_molecule_and_the_layout():
         splits.append(held)
     # the sparse and the dense first layer see the same split of the same cells
     assert torch.equal(splits[0], splits[1])
+
+
+def test_a_csr_batch_splits_into_dense_parts_as_a_dense_batch_does():
+    # The dense first layer's training batches of sparse counts arrive as CSR (the split then
+    # needs no scan for the non-zeros); its parts must be the dense batch's split exactly.
+    x = torch.tensor(np.random.default_rng(2).poisson(0.8, (33, 57)), dtype=torch.float32)
+    from_dense = binomial_split(x, 0.1, torch.Generator().manual_seed(4))
+    from_csr = binomial_split(csr_to_torch(sp.csr_matrix(x.numpy())), 0.1,
+                              torch.Generator().manual_seed(4), dense=True)
+    for a, b in zip(from_dense, from_csr):
+        assert b.layout == torch.strided
+        assert torch.equal(a, b)
+
+
+def test_sparse_counts_train_the_dense_first_layer_as_dense_counts_do(pbmc_small):
+    # The same cells as scipy CSR (CSR batches, split from their non-zeros) and as a dense
+    # array (dense batches): the same training, to the last bit.
+    dense = pbmc_small.copy()
+    dense.X = pbmc_small.X.toarray()
+    models = [small_model(a, first_layer="dense", max_epochs=3, seed=1).train()
+              for a in (pbmc_small, dense)]
+    assert models[0].first_layer_mode == models[1].first_layer_mode == "dense"
+    for column in ("train_loss", "validation_heldout_nll"):
+        np.testing.assert_array_equal(models[0].history[column], models[1].history[column])
+    for a, b in zip(models[0].network.parameters(), models[1].network.parameters()):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

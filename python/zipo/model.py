@@ -270,7 +270,7 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         trainer = Trainer(self.network, train_batches, val_batches, self.config.model, tc,
                           forward=wrap(self.network, self.device) if distributed else None,
                           autocast=self._autocast(tc), mmd_groups=self._mmd_groups(),
-                          rounds_before=len(self.history))
+                          rounds_before=len(self.history), first_layer=self.first_layer_mode)
         if state is not None:
             trainer.load_state_dict(state)
         save = None

@@ -84,6 +84,12 @@ class CountMatrix:
         return block if self.columns is None else block[:, self.columns]
 
     @property
+    def stored_sparse(self) -> bool:
+        """True when batches are read as sparse blocks with no dense step: a scipy matrix in
+        memory, or anndata's backed CSR dataset."""
+        return sp.issparse(self.source) or isinstance(self.source, anndata.abc.CSRDataset)
+
+    @property
     def on_disk(self) -> bool:
         """True for a backed (on-disk) matrix, read in slices."""
         return not (sp.issparse(self.source) or isinstance(self.source, np.ndarray))

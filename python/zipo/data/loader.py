@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..nn.sparse import csr_tensor
 from .atlas import ConcatenatedRows
 from .counts import CountMatrix
 
@@ -33,12 +34,9 @@ def split_cells(n_obs: int, validation_fraction: float, rng: np.random.Generator
 
 def csr_to_torch(block: sp.csr_matrix) -> torch.Tensor:
     """A scipy CSR batch as a torch sparse CSR tensor (shares the arrays, no dense copy)."""
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(block.indptr.astype(np.int64, copy=False)),
-        torch.from_numpy(block.indices.astype(np.int64, copy=False)),
-        torch.from_numpy(block.data),
-        size=block.shape,
-    )
+    return csr_tensor(torch.from_numpy(block.indptr.astype(np.int64, copy=False)),
+                      torch.from_numpy(block.indices.astype(np.int64, copy=False)),
+                      torch.from_numpy(block.data), block.shape)
 
 
 class CellBatches:
@@ -184,14 +182,21 @@ def training_batches(counts: CountMatrix, covariates: np.ndarray, train_idx: np.
                      device: torch.device, sparse: bool,
                      shard: tuple[int, int]) -> tuple[CellBatches, CellBatches | None]:
     """Shuffled batches of the training cells and ordered ones of the validation cells (None
-    without any), as ``config`` (the [train] options) asks."""
+    without any), as ``config`` (the [train] options) asks; ``sparse``: the first layer is
+    sparse (every batch CSR)."""
     chunk = config.shuffle_chunk or (max(1, config.batch_size // 8) if counts.on_disk else 1)
-    loader = dict(device=device, sparse=sparse, prefetch=config.prefetch, shard=shard)
+    loader = dict(device=device, prefetch=config.prefetch, shard=shard)
+    # Under Noise2Self the training batches of sparse counts stay CSR for the dense first layer
+    # too: the molecule split draws from the stored non-zeros and densifies what it returns
+    # (binomial_split), instead of scanning each dense batch for them.
+    train_sparse = sparse or (config.objective_heldout > 0 and counts.stored_sparse)
     train = CellBatches(counts, covariates, train_idx, config.batch_size, True, rng,
-                        chunk_size=chunk, file_starts=file_starts(counts), **loader)
+                        chunk_size=chunk, file_starts=file_starts(counts), sparse=train_sparse,
+                        **loader)
     # Small validation sets are read (and split, HeldoutMolecules) once, not every epoch.
     keep = len(val_idx) * counts.n_vars <= KEEP_LOADED_ENTRIES
-    val = (CellBatches(counts, covariates, val_idx, config.batch_size, keep_loaded=keep, **loader)
+    val = (CellBatches(counts, covariates, val_idx, config.batch_size, keep_loaded=keep,
+                       sparse=sparse, **loader)
            if len(val_idx) else None)
     return train, val
 

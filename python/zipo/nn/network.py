@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..distributions import likelihood_flags
-from .sparse import csr_rows, sparse_linear
+from .sparse import csr_rows, csr_tensor, sparse_linear
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import ModelConfig
@@ -207,8 +207,7 @@ class ZiPoNetwork(nn.Module):
         if self.input_transform == "normalize_log1p":
             rows = csr_rows(x.crow_indices())
             values = values * (self.target_library / self.input_totals(x))[rows]
-        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), torch.log1p(values),
-                                       size=x.shape)
+        return csr_tensor(x.crow_indices(), x.col_indices(), torch.log1p(values), x.shape)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Counts (cells x genes, dense or sparse CSR) -> latents U."""

@@ -3,7 +3,20 @@ non-zeros, not with cells x genes."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# Torch warns once per process that CSR tensors are "beta"; ZiPo's use of them (build, slice
+# values, embedding_bag, sparse.mm) is tested here, so the warning only alarms users.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+               shape) -> torch.Tensor:
+    """A torch sparse CSR tensor of arrays that are already valid CSR (from scipy, or another
+    CSR tensor's), built without torch's invariant checks."""
+    return torch.sparse_csr_tensor(crow, col, values, size=tuple(shape), check_invariants=False)
 
 
 def csr_rows(crow: torch.Tensor) -> torch.Tensor:
@@ -34,7 +47,8 @@ class _SparseLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         crow, col, values = ctx.saved_tensors
         n_cells, n_genes = ctx.shape
-        xt = torch.sparse_coo_tensor(torch.stack([col, csr_rows(crow)]), values, (n_genes, n_cells))
+        xt = torch.sparse_coo_tensor(torch.stack([col, csr_rows(crow)]), values, (n_genes, n_cells),
+                                     check_invariants=False)
         grad_w = torch.sparse.mm(xt.to_sparse_csr(), grad).t()
         return None, grad_w, grad.sum(0) if ctx.has_bias else None
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, TrainConfig
 from ..data.loader import CellBatches
 from ..nn.network import ZiPoNetwork
+from ..nn.sparse import as_dense
 from .distributed import all_reduce_sum, world
 from .evaluate import evaluate
 from .heldout import HeldoutMolecules, binomial_split, split_seed
@@ -55,7 +56,8 @@ class Trainer:
                  val_batches: CellBatches | None, model_config: ModelConfig,
                  train_config: TrainConfig, forward: torch.nn.Module | None = None,
                  autocast: Callable[[], Any] | None = None,
-                 mmd_groups: list[tuple[int, int]] | None = None, rounds_before: int = 0):
+                 mmd_groups: list[tuple[int, int]] | None = None, rounds_before: int = 0,
+                 first_layer: str = "dense"):
         self.net, self.train_batches, self.val_batches = net, train_batches, val_batches
         # Rounds the model trained before this run: fine-tuning goes on down the warm-down
         # instead of starting it again at a rate that would undo the trained weights.
@@ -78,7 +80,9 @@ class Trainer:
         self.stopper = EarlyStopping(train_config.early_stopping_patience * scale,
                                      train_config.early_stopping_threshold)
         self.history: list[dict] = []
-        self.first_layer = "sparse" if train_batches.sparse else "dense"
+        # How the first layer reads a batch: the batches are CSR for "sparse", and may be CSR
+        # for "dense" too (under Noise2Self the split densifies them; loader.training_batches).
+        self.first_layer = first_layer
         self.epoch = 0  # epochs completed
         self.epoch_step = 0  # steps into the current epoch (a checkpoint may fall mid-epoch)
         self.steps = 0  # optimiser steps of this run
@@ -165,8 +169,11 @@ class Trainer:
         heldout = self.train_config.objective_heldout
         if heldout > 0:
             # Noise2Self: predict molecules the network did not see, a fresh split each step.
-            x, target = binomial_split(x, heldout, self.split_generator)
+            x, target = binomial_split(x, heldout, self.split_generator,
+                                       dense=self.first_layer == "dense")
             rate_scale = heldout / (1 - heldout)
+        elif self.first_layer == "dense":
+            x = target = as_dense(x)
         with self.autocast():
             out = self.forward(x, c, noise=self.noise_generator)
         # With DDP the alpha_mmd penalty compares the cells of this process's share of
