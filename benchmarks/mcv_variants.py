@@ -17,6 +17,10 @@ alone), and ``--ensemble`` also scores each variant's posterior output averaged 
 how much of the error is the spread between trained models.
 
     python -m benchmarks.mcv_variants --variant default --seeds 0 1 2 3 --split-seed 0 --ensemble
+
+``--pooling-grid`` also scores the posterior with every fit of the model given the same
+borrowing from neighbours, each (k, w) of a grid (what validation chose is in the record): how
+far the choice made on the validation cells is from the best in hindsight.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def mcv_split(dataset: str, n_genes: int, p: float, seed: int):
 
 def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int,
                   max_epochs: int, split_seed: int | None = None,
-                  predictions: list | None = None) -> dict:
+                  predictions: list | None = None, pooling_grid: bool = False) -> dict:
     """The record of one fit on the split of ``split_seed`` (default ``seed``); under NB/ZINB
     its posterior output (all genes, at the depth of X') is appended to ``predictions``."""
     import anndata as ad
@@ -106,7 +110,42 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
         rec.update({f"posterior_{k}": v for k, v in scores.items()})
         if predictions is not None:
             predictions.append(post)
+        if pooling_grid:
+            rec.update(score_pooling_grid(model, adata, post, expressed, x2, p))
     return rec
+
+
+POOLING_GRID_NEIGHBOURS = (5, 15, 30, 50, 99)  # 99: every other cell of 100
+POOLING_GRID_WEIGHTS = (0.1, 0.3, 1.0, 3.0)
+
+
+def score_pooling_grid(model, adata, post: np.ndarray, expressed, x2, p: float) -> dict:
+    """Each fit's chosen (k, w), and the MCV deviance of the posterior with every fit given
+    the same (k, w) of the grid instead (k capped at the cells - 1; "none": no borrowing)."""
+    from zipo.neighbours import NeighbourPooling
+
+    from . import protocols as P
+
+    post = post.copy()  # the record's own prediction stays as it was
+    fits = [model, *model.further_fits]
+    chosen = [f.pooling for f in fits]
+    grid = [(0, 0.0)] + [(k, w) for k in POOLING_GRID_NEIGHBOURS for w in POOLING_GRID_WEIGHTS]
+    scores = {}
+    try:
+        for k, w in grid:
+            for fit in fits:
+                fit.pooling = NeighbourPooling(neighbours=min(k, adata.n_obs - 1), weight=w)
+            post[:, expressed] = model.denoise(adata, expectation="posterior",
+                                               copy=True).layers["zipo_denoised"]
+            scores["none" if w == 0 else f"k={k},w={w:g}"] = P.score_mcv(post, x2, p)[
+                "poisson_deviance"]
+    finally:
+        for fit, pooling in zip(fits, chosen):
+            fit.pooling = pooling
+    best = min(scores, key=scores.get)
+    return {"pooling_chosen": [f"k={c.neighbours},w={c.weight:g}" for c in chosen],
+            "pooling_grid_deviance": scores, "pooling_best_in_hindsight": best,
+            "pooling_best_deviance": scores[best]}
 
 
 def truth_sqrt_mse(full: np.ndarray, ds, p: float) -> float:
@@ -132,6 +171,8 @@ def main(argv=None) -> tuple[dict, dict]:
                     help="the split of this seed for every fit (default: each fit's seed)")
     ap.add_argument("--ensemble", action="store_true",
                     help="with --split-seed: also score each variant's mean posterior output")
+    ap.add_argument("--pooling-grid", action="store_true",
+                    help="also score the posterior at every (k, w) of a grid of borrowing")
     args = ap.parse_args(argv)
     if args.ensemble and args.split_seed is None:
         ap.error("--ensemble needs --split-seed (an average is of fits on one split)")
@@ -143,7 +184,8 @@ def main(argv=None) -> tuple[dict, dict]:
                "op_mse_log1p_lognorm", "truth_sqrt_mse", "kmeans_ari", "kmeans_nmi",
                "latent_depth_r2",
                "validation_heldout_nll", "validation_heldout_nll_posterior", "epochs", "fit_s", "posterior_poisson_nll",
-               "posterior_sqrt_mse", "posterior_truth_sqrt_mse"]
+               "posterior_sqrt_mse", "posterior_truth_sqrt_mse", "posterior_poisson_deviance",
+               "pooling_best_deviance"]
     from . import protocols as P
 
     rows, ensembles = {}, {}
@@ -154,7 +196,7 @@ def main(argv=None) -> tuple[dict, dict]:
         predictions = [] if args.ensemble else None
         for seed in args.seeds:
             rec = fit_and_score(options, seed, args.p, args.dataset, args.genes, args.max_epochs,
-                                args.split_seed, predictions)
+                                args.split_seed, predictions, args.pooling_grid)
             print(json.dumps({"variant": name, "seed": seed, **rec}), flush=True)
             rows.setdefault(name, []).append(rec)
             if predictions:  # the average of the fits so far

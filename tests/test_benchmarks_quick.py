@@ -269,3 +269,23 @@ def test_mcv_variants_scores_the_average_of_fits_on_one_split(capsys):
     assert averages[1]["poisson_deviance"] < np.mean(single)
     assert all(averages[1]["poisson_deviance"] != pytest.approx(x, rel=1e-9) for x in single)
     assert "averaged over the first n fits" in capsys.readouterr().out
+
+
+def test_mcv_variants_scores_a_grid_of_borrowing_beside_the_choice():
+    """``--pooling-grid`` scores the posterior with every fit given each (k, w). With
+    borrowing off the fits choose none, so the grid's "none" is the record's own posterior
+    score, and the record is left as it was (its model keeps its choice)."""
+    import torch
+
+    from benchmarks import mcv_variants
+
+    rows, _ = mcv_variants.main(
+        ["--dataset", "pbmc_small", "--variant", "tiny", "encoder_dims=[32,8]", "n_fits=2",
+         "neighbour_pooling=off", "--threads", str(torch.get_num_threads()), "--seeds", "0",
+         "--max-epochs", "3", "--pooling-grid"])
+    (rec,) = rows["tiny"]
+    grid = rec["pooling_grid_deviance"]
+    assert len(grid) == 1 + 5 * 4 and rec["pooling_chosen"] == ["k=0,w=0", "k=0,w=0"]
+    assert grid["none"] == pytest.approx(rec["posterior_poisson_deviance"], rel=1e-12)
+    assert rec["pooling_best_deviance"] == min(grid.values())
+    assert len(set(grid.values())) == len(grid)  # each borrowing changes the output
