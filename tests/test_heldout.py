@@ -48,6 +48,25 @@ def test_a_csr_batch_splits_into_dense_parts_as_a_dense_batch_does():
         assert torch.equal(a, b)
 
 
+def test_training_batches_of_sparse_counts_are_csr_under_noise2self_on_the_cpu(pbmc_small):
+    from zipo.config import TrainConfig
+    from zipo.data import loader
+
+    def made(adata, device="cpu", **options):
+        train, val = loader.training_batches(
+            CountMatrix(adata), np.zeros((80, 0), np.float32), np.arange(70),
+            np.arange(70, 80), TrainConfig(**options), np.random.default_rng(0),
+            torch.device(device), sparse=False, shard=(0, 1))
+        return train.sparse, val.sparse
+
+    dense = pbmc_small.copy()
+    dense.X = pbmc_small.X.toarray()
+    assert made(pbmc_small) == (True, False)  # the validation cells feed the dense layer
+    assert made(dense) == (False, False)  # nothing stored to draw from
+    assert made(pbmc_small, objective_heldout=0.0) == (False, False)  # no split
+    assert made(pbmc_small, device="cuda") == (False, False)  # pinned dense batches
+
+
 def test_sparse_counts_train_the_dense_first_layer_as_dense_counts_do(pbmc_small):
     # The same cells as scipy CSR (CSR batches, split from their non-zeros) and as a dense
     # array (dense batches): the same training, to the last bit.

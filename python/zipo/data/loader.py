@@ -186,10 +186,12 @@ def training_batches(counts: CountMatrix, covariates: np.ndarray, train_idx: np.
     sparse (every batch CSR)."""
     chunk = config.shuffle_chunk or (max(1, config.batch_size // 8) if counts.on_disk else 1)
     loader = dict(device=device, prefetch=config.prefetch, shard=shard)
-    # Under Noise2Self the training batches of sparse counts stay CSR for the dense first layer
-    # too: the molecule split draws from the stored non-zeros and densifies what it returns
-    # (binomial_split), instead of scanning each dense batch for them.
-    train_sparse = sparse or (config.objective_heldout > 0 and counts.stored_sparse)
+    # Under Noise2Self on the CPU the training batches of sparse counts stay CSR for the dense
+    # first layer too: the molecule split draws from the stored non-zeros and densifies what
+    # it returns (binomial_split), instead of scanning each dense batch for them. (A GPU finds
+    # them fast, and takes dense batches from pinned memory, copied beside its work.)
+    train_sparse = sparse or (config.objective_heldout > 0 and counts.stored_sparse
+                              and torch.device(device).type == "cpu")
     train = CellBatches(counts, covariates, train_idx, config.batch_size, True, rng,
                         chunk_size=chunk, file_starts=file_starts(counts), sparse=train_sparse,
                         **loader)
