@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .option_types import CHOICES, checked_value, field_names
+from .option_types import check_ranges, checked_value, field_names
 from .presets import PRESETS
 
 
@@ -279,51 +279,10 @@ class ZiPoConfig:
                 self.set_option(key, value, source=source)
 
     def validate(self) -> None:
-        m, t = self.model, self.train
-        for (section, name), choices in CHOICES.items():
-            value = getattr(getattr(self, section), name)
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        for name in ("encoder_dims", "decoder_dims", "library_dims"):
-            dims = getattr(m, name)
-            if any(d < 1 for d in dims):
-                raise ValueError(f"{name} must hold positive layer widths, got {dims}")
-        if not m.encoder_dims:
-            raise ValueError("encoder_dims needs at least one layer (its last width is the latent size)")
-        for name in ("alpha_z", "alpha_w", "alpha_theta", "mse_weight", "alpha_kl", "alpha_mmd"):
-            if getattr(m, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(m, name)}")
-        if not 0 <= t.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {t.validation_fraction}")
-        for name in ("heldout_molecules", "objective_heldout", "weight_average"):
-            if not 0 <= getattr(t, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(t, name)}")
-        if t.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 cells), got {t.batch_size}")
-        if t.validation_interval < 1 or t.validation_max_cells < 0:
-            raise ValueError("validation_interval must be >= 1 and validation_max_cells >= 0 "
-                             f"(got {t.validation_interval} and {t.validation_max_cells})")
-        for name, least, meaning in TRAIN_MINIMA:
-            if getattr(t, name) < least:
-                raise ValueError(f"{name} must be >= {least}{meaning}, got {getattr(t, name)}")
-        if t.prefetch < 0 or t.shuffle_chunk < 0:
-            raise ValueError("prefetch and shuffle_chunk must be >= 0 "
-                             f"(got {t.prefetch} and {t.shuffle_chunk})")
-        for name in ("learning_rate", "lr_min"):
-            if getattr(t, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(t, name)}")
-        if not 0 <= t.early_stopping_threshold < 1:
-            raise ValueError("early_stopping_threshold must be in [0, 1), got "
-                             f"{t.early_stopping_threshold}")
-        if not 0 < t.lr_decay <= 1 or not 0 < t.plateau_factor <= 1:
-            raise ValueError("lr_decay and plateau_factor must be in (0, 1]")
-
+        """Check every option's choice and range (:func:`zipo.option_types.check_ranges`)."""
+        check_ranges(self.model, self.train)
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-# Train options with a least value: (name, least, what the least means).
-TRAIN_MINIMA = (("n_fits", 0, " (0: chosen by the number of cells)"), ("checkpoint_every", 1, ""),
-                ("max_epochs", 1, ""), ("plateau_stop", 0, " (0: never)"),
-                ("patience_min_steps", 0, " (0: patience in epochs)"))
 
 
 def find_option(key: str, source: str = "argument") -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """Checking a config option's value against the type its dataclass field declares, so a
 typo or a wrong type in a config file, ``--set`` or a keyword names the key and what it wants;
-and the values of the options that name a choice.
+the values of the options that name a choice; and each option's range.
 
 The choices are named here, not in the modules that implement them (:mod:`zipo.distributions`,
 :mod:`zipo.nn.network`, which import them from here), so that reading and checking a config
@@ -72,6 +72,55 @@ def checked_value(section: str, target, key: str, value: Any, source: str) -> An
             return value
         raise ValueError(f"{where} must be a string, got {value!r}")
     raise AssertionError(f"unhandled option type {hint} for {key}")  # pragma: no cover
+
+
+# Train options with a least value: (name, least, what the least means).
+TRAIN_MINIMA = (("n_fits", 0, " (0: chosen by the number of cells)"), ("checkpoint_every", 1, ""),
+                ("max_epochs", 1, ""), ("plateau_stop", 0, " (0: never)"),
+                ("patience_min_steps", 0, " (0: patience in epochs)"))
+
+
+def check_ranges(m, t) -> None:
+    """Raise ValueError naming the first option of the [model] ``m`` or [train] ``t``
+    settings whose value is not one of its choices or is out of its range."""
+    sections = {"model": m, "train": t}
+    for (section, name), choices in CHOICES.items():
+        value = getattr(sections[section], name)
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    for name in ("encoder_dims", "decoder_dims", "library_dims"):
+        dims = getattr(m, name)
+        if any(d < 1 for d in dims):
+            raise ValueError(f"{name} must hold positive layer widths, got {dims}")
+    if not m.encoder_dims:
+        raise ValueError("encoder_dims needs at least one layer (its last width is the latent size)")
+    for name in ("alpha_z", "alpha_w", "alpha_theta", "mse_weight", "alpha_kl", "alpha_mmd"):
+        if getattr(m, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(m, name)}")
+    if not 0 <= t.validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {t.validation_fraction}")
+    for name in ("heldout_molecules", "objective_heldout", "weight_average"):
+        if not 0 <= getattr(t, name) < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(t, name)}")
+    if t.batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 cells), got {t.batch_size}")
+    if t.validation_interval < 1 or t.validation_max_cells < 0:
+        raise ValueError("validation_interval must be >= 1 and validation_max_cells >= 0 "
+                         f"(got {t.validation_interval} and {t.validation_max_cells})")
+    for name, least, meaning in TRAIN_MINIMA:
+        if getattr(t, name) < least:
+            raise ValueError(f"{name} must be >= {least}{meaning}, got {getattr(t, name)}")
+    if t.prefetch < 0 or t.shuffle_chunk < 0:
+        raise ValueError("prefetch and shuffle_chunk must be >= 0 "
+                         f"(got {t.prefetch} and {t.shuffle_chunk})")
+    for name in ("learning_rate", "lr_min"):
+        if getattr(t, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(t, name)}")
+    if not 0 <= t.early_stopping_threshold < 1:
+        raise ValueError("early_stopping_threshold must be in [0, 1), got "
+                         f"{t.early_stopping_threshold}")
+    if not 0 < t.lr_decay <= 1 or not 0 < t.plateau_factor <= 1:
+        raise ValueError("lr_decay and plateau_factor must be in (0, 1]")
 
 
 def _is_int(v: Any) -> bool:

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, TrainConfig
 from ..data.loader import CellBatches
 from ..nn.network import ZiPoNetwork
-from ..nn.sparse import as_dense
 from .distributed import all_reduce_sum, world
 from .evaluate import evaluate
 from .heldout import HeldoutMolecules, binomial_split, split_seed
@@ -172,8 +171,6 @@ class Trainer:
             x, target = binomial_split(x, heldout, self.split_generator,
                                        dense=self.first_layer == "dense")
             rate_scale = heldout / (1 - heldout)
-        elif self.first_layer == "dense":
-            x = target = as_dense(x)
         with self.autocast():
             out = self.forward(x, c, noise=self.noise_generator)
         # With DDP the alpha_mmd penalty compares the cells of this process's share of
