@@ -289,3 +289,49 @@ def test_mcv_variants_scores_a_grid_of_borrowing_beside_the_choice():
     assert grid["none"] == pytest.approx(rec["posterior_poisson_deviance"], rel=1e-12)
     assert rec["pooling_best_deviance"] == min(grid.values())
     assert len(set(grid.values())) == len(grid)  # each borrowing changes the output
+
+
+def test_stopping_rules_stop_where_the_trainer_would():
+    """A rule's last round, read off a trajectory: the plateau's n-th cut, or early stopping
+    ``patience`` rounds after the last progress (by more than the threshold), whichever first."""
+    from benchmarks.stopping import Trajectory
+
+    scores = [1.0, 0.9, 0.8, 0.79, 0.85, 0.78, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    cuts = [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    traj = Trajectory(patience=4, threshold=0.05, plateau_stop=2, scores=scores, cuts=cuts)
+    assert traj.stop_row(None, 1.0) == 6  # progress last at round 2 (0.79, 0.78 are < 5%)
+    assert traj.stop_row(1, 1.0) == 5  # the first cut comes first
+    assert traj.stop_row(None, 0.5) == 4  # patience 2
+    assert traj.kept_row(6) == 5 and traj.kept_row(4) == 3
+    no_threshold = Trajectory(patience=4, threshold=0.0, plateau_stop=0, scores=scores, cuts=cuts)
+    assert no_threshold.stop_row(None, 1.0) == 9  # any gain is progress; no plateau stop
+    # after the first cut, the plateau's patience of 4 halved: its second cut at 3 bad rounds
+    late = Trajectory(patience=99, threshold=0.0, plateau_stop=2, plateau_patience=4,
+                      scores=scores, cuts=cuts, bad_rounds=[0, 0, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6])
+    assert late.stop_row(None, 1.0) == 9 and late.stop_row(None, 1.0, 0.5) == 8
+    # the first cut (round 5) stops if nothing improved for 1 round (x0.25 of 4): 0.78 did
+    assert late.stop_row(None, 1.0, 1.0, 0.25) == 9
+    stalled = Trajectory(patience=99, threshold=0.0, plateau_stop=2, plateau_patience=4,
+                         scores=[1.0, 0.9, 0.95, 0.95, 0.95, 0.95], cuts=[0, 0, 0, 0, 1, 1])
+    assert stalled.stop_row(None, 1.0, 1.0, 0.5) == 4 and stalled.stop_row(None, 1.0, 1.0, 1) == 5
+
+
+def test_stopping_rules_keep_what_a_run_with_the_rule_keeps():
+    """Read off one run, the plateau's first cut keeps the model a run with plateau_stop = 1
+    trains: the same rounds and the same posterior deviance."""
+    import torch
+
+    from benchmarks import mcv_variants, stopping
+
+    options = ["encoder_dims=[32,8]", "n_fits=1", "plateau_patience=2",
+               "early_stopping_patience=6", "patience_min_steps=0"]
+    threads = str(torch.get_num_threads())
+    records = stopping.main(["--dataset", "pbmc_small", "--options", *options, "--seeds", "0",
+                             "--max-epochs", "60", "--threads", threads])
+    (trained,), (first_cut,) = records["trained"], records["first cut"]
+    assert trained["share"] == 1 and first_cut["rounds"] < trained["rounds"]
+    run = mcv_variants.fit_and_score(
+        {**mcv_variants.parse_variant(["cut", *options])[1], "plateau_stop": 1}, 0, 0.9,
+        "pbmc_small", 2000, 60)
+    assert run["epochs"] == first_cut["rounds"]
+    assert run["posterior_poisson_deviance"] == pytest.approx(first_cut["deviance"], rel=1e-12)
