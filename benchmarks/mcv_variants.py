@@ -56,24 +56,34 @@ def mcv_split(dataset: str, n_genes: int, p: float, seed: int):
     return ds, *P.mcv_split(ds.counts, p, rng)
 
 
+def mcv_anndata(dataset: str, n_genes: int, p: float, seed: int):
+    """(dataset, X' as AnnData at the genes it expresses, X', X'', those genes) of the split
+    :func:`mcv_split` makes: what each fit of ZiPo trains on."""
+    import anndata as ad
+
+    from . import protocols as P
+
+    ds, x1, x2 = mcv_split(dataset, n_genes, p, seed)
+    expressed = P.expressed_genes(x1)
+    adata = ad.AnnData(x1[:, expressed].astype(np.float32))
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
+    return ds, adata, x1, x2, expressed
+
+
 def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int,
                   max_epochs: int, split_seed: int | None = None,
                   predictions: list | None = None, pooling_grid: bool = False) -> dict:
     """The record of one fit on the split of ``split_seed`` (default ``seed``); under NB/ZINB
     its posterior output (all genes, at the depth of X') is appended to ``predictions``."""
-    import anndata as ad
-
     import zipo
     from zipo.train.schedule import kept_row
 
     from .clustering import depth_r2_within_labels, latent_scores
     from . import protocols as P
 
-    ds, x1, x2 = mcv_split(dataset, n_genes, p, seed if split_seed is None else split_seed)
-    expressed = P.expressed_genes(x1)
-    adata = ad.AnnData(x1[:, expressed].astype(np.float32))
-    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
-    adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
+    ds, adata, x1, x2, expressed = mcv_anndata(dataset, n_genes, p,
+                                               seed if split_seed is None else split_seed)
     started = time.perf_counter()
     options = {"device": "cpu", **options}  # a variant may name device=cuda
     model = zipo.ZiPo(adata, seed=seed, verbose=False, max_epochs=max_epochs, **options).train()

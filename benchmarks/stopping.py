@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .datasets import DATASETS, EXTRA_DATASETS
-from .mcv_variants import mcv_split, parse_variant
+from .mcv_variants import mcv_anndata, parse_variant
 
 # name: (plateau_stop, early stopping's patience scale, the plateau's patience scale after
 # its first cut, the stall at the first cut that stops, as a share of the plateau's patience);
@@ -126,18 +126,12 @@ def recording_trainers(trajectories: list[Trajectory]):
 def score_rules(options: dict, seed: int, p: float, dataset: str, n_genes: int,
                 max_epochs: int) -> dict[str, dict]:
     """Train one model on the split of ``seed`` and score each rule of :data:`RULES`."""
-    import anndata as ad
-
     import zipo
     from zipo.neighbours import choose_for
 
     from . import protocols as P
 
-    _, x1, x2 = mcv_split(dataset, n_genes, p, seed)
-    expressed = P.expressed_genes(x1)
-    adata = ad.AnnData(x1[:, expressed].astype(np.float32))
-    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
-    adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
+    _, adata, x1, x2, expressed = mcv_anndata(dataset, n_genes, p, seed)
     trajectories: list[Trajectory] = []
     undo = recording_trainers(trajectories)
     try:
