@@ -18,6 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import protocols as P  # noqa: E402
 
 
+@pytest.fixture
+def shipped_data(monkeypatch):
+    """The benchmark datasets' folder pointed at tests/data (its pbmc_small.h5ad): a user's
+    clone has no ../shared beside it."""
+    from benchmarks import datasets
+
+    monkeypatch.setattr(datasets, "SHARED_DATA", Path(__file__).resolve().parent / "data")
+
+
 def _counts(seed=0, n=60, g=40):
     rng = np.random.default_rng(seed)
     return sp.csr_matrix(rng.poisson(rng.gamma(1.0, 2.0, (n, g))).astype(np.float32))
@@ -271,7 +280,7 @@ def test_mcv_variants_scores_the_average_of_fits_on_one_split(capsys):
     assert "averaged over the first n fits" in capsys.readouterr().out
 
 
-def test_mcv_variants_scores_a_grid_of_borrowing_beside_the_choice():
+def test_mcv_variants_scores_a_grid_of_borrowing_beside_the_choice(shipped_data):
     """``--pooling-grid`` scores the posterior with every fit given each (k, w). With
     borrowing off the fits choose none, so the grid's "none" is the record's own posterior
     score, and the record is left as it was (its model keeps its choice)."""
@@ -316,7 +325,7 @@ def test_stopping_rules_stop_where_the_trainer_would():
     assert stalled.stop_row(None, 1.0, 1.0, 0.5) == 4 and stalled.stop_row(None, 1.0, 1.0, 1) == 5
 
 
-def test_stopping_rules_keep_what_a_run_with_the_rule_keeps():
+def test_stopping_rules_keep_what_a_run_with_the_rule_keeps(shipped_data):
     """Read off one run, the plateau's first cut keeps the model a run with plateau_stop = 1
     trains: the same rounds and the same posterior deviance."""
     import torch
