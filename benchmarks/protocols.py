@@ -110,12 +110,17 @@ def poisson_score(pred, target) -> float:
     return float(np.mean(pred - target * np.log(pred)))
 
 
-def poisson_deviance(pred, target) -> float:
-    """Mean Poisson deviance ``2 * (t log(t / pred) - (t - pred))`` with ``0 log 0 = 0``."""
+def poisson_deviance_entries(pred, target) -> np.ndarray:
+    """Poisson deviance ``2 * (t log(t / pred) - (t - pred))`` per entry, ``0 log 0 = 0``."""
     pred, target = _safe(pred), dense(target).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         term = np.where(target > 0, target * np.log(target / pred), 0.0)
-    return float(np.mean(2.0 * (term - (target - pred))))
+    return 2.0 * (term - (target - pred))
+
+
+def poisson_deviance(pred, target) -> float:
+    """Mean Poisson deviance over all entries (:func:`poisson_deviance_entries`)."""
+    return float(np.mean(poisson_deviance_entries(pred, target)))
 
 
 def sqrt_mse(pred, target) -> float:

@@ -344,3 +344,24 @@ def test_stopping_rules_keep_what_a_run_with_the_rule_keeps(shipped_data):
         "pbmc_small", 2000, 60)
     assert run["epochs"] == first_cut["rounds"]
     assert run["posterior_poisson_deviance"] == pytest.approx(first_cut["deviance"], rel=1e-12)
+
+
+def test_headroom_bounds_start_from_the_harness_score(shipped_data, monkeypatch):
+    """``benchmarks.headroom``'s default row is the posterior deviance ``mcv_variants`` scores
+    for the same fit; a per-gene dispersion in hindsight is at least as good as one scale for
+    all genes, which is at least as good as none; hiding each gene's own count changes the
+    output; and without CellMapper's venv there is no mix row."""
+    import torch
+
+    from benchmarks import headroom, mcv_variants, venvs
+
+    monkeypatch.setattr(venvs, "ready", lambda name: False)
+    options = ["encoder_dims=[32,8]", "n_fits=2", "max_epochs=3"]
+    (rec,) = headroom.main(["--dataset", "pbmc_small", "--seeds", "0", "--groups", "3",
+                            "--threads", str(torch.get_num_threads()), "--options", *options])
+    run = mcv_variants.fit_and_score(mcv_variants.parse_variant(["x", *options[:2]])[1], 0,
+                                     0.9, "pbmc_small", 2000, 3)
+    assert rec["default"] == pytest.approx(run["posterior_poisson_deviance"], rel=1e-6)
+    assert rec["dispersion per gene, best"] <= rec["dispersion x c, best"] <= rec["default"]
+    assert rec["own count hidden (zero)"] != rec["default"] != rec["own count hidden (expected)"]
+    assert "+ CellMapper, best mix" not in rec
