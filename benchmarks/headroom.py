@@ -20,6 +20,10 @@ gain, never a candidate (no default may be chosen on these molecules):
 - ``dispersion x c, best``: theta scaled by the best c of ``DISPERSION_SCALES`` for all genes;
 - ``dispersion per gene, best``: each gene scaled by its own best c (the most any per-gene
   recalibration of the shrinkage could gain);
+- ``borrowing and dispersion, validation's choice``: not a bound but a candidate: the
+  borrowing (k, w) and a dispersion scale c of ``DISPERSION_CHOICES`` chosen together on the
+  validation cells' held-out molecules, as ``zipo.neighbours.choose_pooling`` chooses (k, w)
+  alone (same candidates, splits and seed; the model's own choice on a tie);
 - ``+ CellMapper, best mix``: ``(1 - a) ZiPo + a CellMapper`` at the best a of ``MIX``, with
   CellMapper run as the harness runs it (its venv, ``python -m benchmarks.run --setup``):
   what combining with the kNN smoother's output could gain.
@@ -37,16 +41,63 @@ import numpy as np
 from .datasets import DATASETS, EXTRA_DATASETS
 from .mcv_variants import mcv_anndata, parse_variant
 
-DISPERSION_SCALES = (0.25, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0, 8.0)
+DISPERSION_CHOICES = (1.0, 0.1, 0.25, 0.5, 2.0)  # the model's own (c = 1) first: kept on a tie
+DISPERSION_SCALES = (0.05, 0.1, 0.25, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0, 8.0)
 MIX = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 ROWS = ("default", "own count hidden (zero)", "own count hidden (expected)",
-        "dispersion x c, best", "dispersion per gene, best", "+ CellMapper, best mix")
+        "dispersion x c, best", "dispersion per gene, best",
+        "borrowing and dispersion, validation's choice", "+ CellMapper, best mix")
+
+
+class _ScaledDispersion:
+    """A network whose outputs' dispersion theta is multiplied by ``scale``."""
+
+    def __init__(self, network, scale: float):
+        self.network, self.log_scale = network, float(np.log(scale))
+
+    def eval(self):
+        self.network.eval()
+
+    def __call__(self, x, c):
+        from dataclasses import replace
+
+        o = self.network(x, c)
+        return replace(o, log_theta=o.log_theta + self.log_scale)
+
+
+def validation_choice(fit) -> tuple:
+    """(borrowing, dispersion scale) of ``fit`` chosen together on its validation cells'
+    held-out molecules: ``choose_pooling``'s scores of every (k, w) at each scale of
+    ``DISPERSION_CHOICES``, the lowest kept (the model's own pooling on a tie)."""
+    import torch
+
+    from zipo.neighbours import NeighbourPooling, choose_pooling
+
+    counts, _ = fit._model_counts(fit.adata, check=False)
+    latents = torch.from_numpy(fit.get_latent())
+    train = fit.config.train
+    own = fit.pooling  # chosen at c = 1 by the same function: its scores are c = 1's
+    if not own.scores:  # no choice was made (borrowing off, or not applicable)
+        return own, 1.0
+    plain = next(k for k in own.scores if k.endswith(",w=0.0"))
+    best = own.scores[f"k={own.neighbours},w={own.weight}" if own.active else plain]
+    choice = (own, 1.0)
+    for scale in DISPERSION_CHOICES[1:]:
+        scores = choose_pooling(_ScaledDispersion(fit.network, scale), counts,
+                                fit._summary.library_size, latents, fit.validation_batches(),
+                                train.heldout_molecules, train.seed).scores
+        key = min(scores, key=scores.get)
+        if scores[key] < best:
+            k, w = (float(v.split("=")[1]) for v in key.split(","))
+            best, choice = scores[key], (NeighbourPooling(neighbours=int(k), weight=w), scale)
+    return choice
 
 
 def posterior_variants(model, adata, groups: np.ndarray) -> dict:
     """The model's posterior output (cells x model genes, the mean over its fits) at each
-    dispersion scale (keyed by the scale) and with each gene's own count hidden (keyed
-    ``"zero"`` and ``"expected"``)."""
+    dispersion scale (keyed by the scale), with each gene's own count hidden (keyed
+    ``"zero"`` and ``"expected"``), and with each fit's :func:`validation_choice` (keyed
+    ``"validation"``; the choices under ``"choices"``)."""
     import torch
 
     from zipo.distributions import posterior_rate
@@ -56,15 +107,28 @@ def posterior_variants(model, adata, groups: np.ndarray) -> dict:
     fits = [model, *model.further_fits]
     outputs: dict = {}
     masks = [torch.as_tensor(groups == g) for g in np.unique(groups)]
+    outputs["choices"] = []
     with torch.no_grad():
         for fit in fits:
             net, pool = fit.network, pool_for(fit, adata)
+            own_pooling = fit.pooling
+            try:
+                fit.pooling, chosen_scale = validation_choice(fit)
+                outputs["choices"].append(f"k={fit.pooling.neighbours},"
+                                          f"w={fit.pooling.weight:g},c={chosen_scale:g}")
+                chosen_pool = pool_for(fit, adata)
+            finally:
+                fit.pooling = own_pooling
             net.eval()
             parts: dict = {}
             for x, c, idx in model.cell_batches(adata):
                 pooled = pool(idx, x) if pool is not None else None
+                chosen_pooled = chosen_pool(idx, x) if chosen_pool is not None else None
                 x = as_dense(x).float()
                 o = net(x, c)
+                parts.setdefault("validation", []).append(posterior_rate(
+                    x, o.log_mean, o.logit_z, o.log_theta + float(np.log(chosen_scale)),
+                    chosen_pooled))
                 for scale in DISPERSION_SCALES:
                     parts.setdefault(scale, []).append(posterior_rate(
                         x, o.log_mean, o.logit_z, o.log_theta + float(np.log(scale)), pooled))
@@ -80,7 +144,7 @@ def posterior_variants(model, adata, groups: np.ndarray) -> dict:
                             if full is not None:
                                 full[:, mask] = part[:, mask]
                     parts.setdefault(key, []).append(posterior_rate(x, *heads, pooled))
-            for key, chunks in parts.items():
+            for key, chunks in parts.items():  # (the fits' mean)
                 value = torch.cat(chunks).double().numpy() / len(fits)
                 outputs[key] = value if key not in outputs else outputs[key] + value
     return outputs
@@ -148,7 +212,10 @@ def headroom(options: dict, seed: int, p: float, dataset: str, n_genes: int, gro
            "own count hidden (expected)": P.score_mcv(full(outputs["expected"]), x2,
                                                       p)["poisson_deviance"],
            "dispersion x c, best": float(totals[best]), "dispersion scale": DISPERSION_SCALES[best],
-           "dispersion per gene, best": float(by_gene.min(axis=0).sum())}
+           "dispersion per gene, best": float(by_gene.min(axis=0).sum()),
+           "borrowing and dispersion, validation's choice": P.score_mcv(
+               full(outputs["validation"]), x2, p)["poisson_deviance"],
+           "choices": outputs["choices"]}
     rival = cellmapper_output(x1, seed, threads)
     if rival is not None:
         mixes = [P.score_mcv((1 - a) * default + a * rival, x2, p)["poisson_deviance"] for a in MIX]

@@ -350,7 +350,8 @@ def test_headroom_bounds_start_from_the_harness_score(shipped_data, monkeypatch)
     """``benchmarks.headroom``'s default row is the posterior deviance ``mcv_variants`` scores
     for the same fit; a per-gene dispersion in hindsight is at least as good as one scale for
     all genes, which is at least as good as none; hiding each gene's own count changes the
-    output; and without CellMapper's venv there is no mix row."""
+    output; each fit gets a choice made on its validation cells; and without CellMapper's venv
+    there is no mix row."""
     import torch
 
     from benchmarks import headroom, mcv_variants, venvs
@@ -364,4 +365,5 @@ def test_headroom_bounds_start_from_the_harness_score(shipped_data, monkeypatch)
     assert rec["default"] == pytest.approx(run["posterior_poisson_deviance"], rel=1e-6)
     assert rec["dispersion per gene, best"] <= rec["dispersion x c, best"] <= rec["default"]
     assert rec["own count hidden (zero)"] != rec["default"] != rec["own count hidden (expected)"]
+    assert len(rec["choices"]) == 2 and "borrowing and dispersion, validation's choice" in rec
     assert "+ CellMapper, best mix" not in rec
