@@ -350,8 +350,8 @@ def test_headroom_bounds_start_from_the_harness_score(shipped_data, monkeypatch)
     """``benchmarks.headroom``'s default row is the posterior deviance ``mcv_variants`` scores
     for the same fit; a per-gene dispersion in hindsight is at least as good as one scale for
     all genes, which is at least as good as none; hiding each gene's own count changes the
-    output; each fit gets a choice made on its validation cells; and without CellMapper's venv
-    there is no mix row."""
+    output; each fit gets a choice made on its validation cells, which with c = 1 alone on
+    offer is its own borrowing; and without CellMapper's venv there is no mix row."""
     import torch
 
     from benchmarks import headroom, mcv_variants, venvs
@@ -367,3 +367,9 @@ def test_headroom_bounds_start_from_the_harness_score(shipped_data, monkeypatch)
     assert rec["own count hidden (zero)"] != rec["default"] != rec["own count hidden (expected)"]
     assert len(rec["choices"]) == 2 and "borrowing and dispersion, validation's choice" in rec
     assert "+ CellMapper, best mix" not in rec
+    # with c = 1 the only scale offered, each fit keeps its own borrowing: the default output
+    monkeypatch.setattr(headroom, "DISPERSION_CHOICES", (1.0,))
+    (own,) = headroom.main(["--dataset", "pbmc_small", "--seeds", "0", "--groups", "3",
+                            "--threads", str(torch.get_num_threads()), "--options", *options])
+    assert own["borrowing and dispersion, validation's choice"] == pytest.approx(
+        own["default"], rel=1e-12)
