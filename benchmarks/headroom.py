@@ -105,9 +105,8 @@ def posterior_variants(model, adata, groups: np.ndarray) -> dict:
     from zipo.nn.sparse import as_dense
 
     fits = [model, *model.further_fits]
-    outputs: dict = {}
+    outputs: dict = {"choices": []}
     masks = [torch.as_tensor(groups == g) for g in np.unique(groups)]
-    outputs["choices"] = []
     with torch.no_grad():
         for fit in fits:
             net, pool = fit.network, pool_for(fit, adata)
