@@ -115,8 +115,10 @@ def simulate(n_cells: int = 2000, n_genes: int = 1000, n_types: int = 5, seed: i
     - counts ``Poisson(lambda)``, then zero inflation: each entry is set to 0 with probability
       ``pi_g ~ Beta(1, 5)`` (mean 0.17).
 
-    ``truth`` holds ``rate`` (lambda, cells x genes) and ``pi`` (per gene). Genes with no counts
-    are dropped (so "about" ``n_genes``).
+    ``truth`` holds ``rate`` (lambda, cells x genes), ``pi`` (per gene), and the state-level
+    parameters the Bayes floor needs (``benchmarks.floor``): ``mean`` (``L_c * mu_{type(c), g}``,
+    cells x genes) and ``theta`` (per gene). Genes with no counts are dropped (so "about"
+    ``n_genes``).
     """
     rng = np.random.default_rng(seed)
     base = rng.lognormal(0.0, 1.5, n_genes)
@@ -137,6 +139,7 @@ def simulate(n_cells: int = 2000, n_genes: int = 1000, n_types: int = 5, seed: i
     pi = rng.beta(1.0, 5.0, n_genes)
     counts = rng.poisson(rate) * (rng.random((n_cells, n_genes)) >= pi[None, :])
     keep = counts.sum(axis=0) > 0
+    mean = library[:, None] * mu[types]
     counts, rate, pi = counts[:, keep], rate[:, keep], pi[keep]
     labels = np.array([f"type{t}" for t in types], dtype=object)
     return Dataset(
@@ -144,7 +147,8 @@ def simulate(n_cells: int = 2000, n_genes: int = 1000, n_types: int = 5, seed: i
         np.array([f"gene{i}" for i in np.flatnonzero(keep)]), labels, "cell type (simulated)",
         f"Gamma-Poisson with {n_types} cell-type programs and gene-wise zero inflation "
         f"(pi ~ Beta(1, 5)), {n_cells} x {int(keep.sum())}, seed {seed}.",
-        {"rate": rate.astype(np.float64), "pi": pi.astype(np.float64)})
+        {"rate": rate.astype(np.float64), "pi": pi.astype(np.float64),
+         "mean": mean[:, keep], "theta": theta[keep]})
 
 
 CACHE = Path(__file__).resolve().parent / ".data_cache"

@@ -220,3 +220,19 @@ def oracle_mcv_prediction(x1, rate, pi, p: float) -> np.ndarray:
     survive = (1 - pi) * np.exp(-p * rate)
     p_real = np.where(x1 > 0, 1.0, survive / (pi + survive))
     return p * rate * p_real  # score_mcv multiplies by (1 - p) / p
+
+
+def bayes_mcv_prediction(x1, mean, theta, pi, p: float) -> np.ndarray:
+    """The best prediction of ``X''`` from ``X'`` given the true state-level parameters of a
+    zero-inflated Gamma-Poisson world (each entry's rate ~ Gamma(``theta``, ``theta`` /
+    ``mean``) at the whole depth, its count Poisson, 0 with probability ``pi`` for both
+    parts), on ``X'``'s depth as :func:`oracle_mcv_prediction`. ``X'`` sees the rate at depth
+    p, m' = p mean: a count x moves it to (theta + x) m' / (theta + m'); a zero is structural
+    with probability pi / (pi + (1 - pi) NB(0; m', theta)), else moves it the same way."""
+    x1 = dense(x1).astype(np.float64)
+    m1 = p * np.asarray(mean, dtype=np.float64)
+    theta = np.asarray(theta, dtype=np.float64)
+    pi = np.asarray(pi, dtype=np.float64)
+    shrunk = (theta + x1) * m1 / (theta + m1)
+    nb_zero = (1 - pi) * np.exp(-theta * np.log1p(m1 / theta))
+    return np.where(x1 > 0, shrunk, shrunk * nb_zero / (pi + nb_zero))

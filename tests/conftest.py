@@ -113,3 +113,16 @@ def trained_model(_pbmc_small):
         verbose=False, likelihood="zip", library="predicted", n_fits=1,
     )
     return model.train()
+
+
+@pytest.fixture
+def shipped_data(monkeypatch):
+    """The benchmark datasets' folder (``benchmarks.datasets.SHARED_DATA``) pointed at
+    tests/data (its pbmc_small.h5ad): a user's clone has no ../shared beside it."""
+    import sys
+
+    if str(DATA_DIR.parents[1]) not in sys.path:  # the repository root: benchmarks/
+        sys.path.insert(0, str(DATA_DIR.parents[1]))
+    from benchmarks import datasets
+
+    monkeypatch.setattr(datasets, "SHARED_DATA", DATA_DIR)

@@ -18,15 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import protocols as P  # noqa: E402
 
 
-@pytest.fixture
-def shipped_data(monkeypatch):
-    """The benchmark datasets' folder pointed at tests/data (its pbmc_small.h5ad): a user's
-    clone has no ../shared beside it."""
-    from benchmarks import datasets
-
-    monkeypatch.setattr(datasets, "SHARED_DATA", Path(__file__).resolve().parent / "data")
-
-
 def _counts(seed=0, n=60, g=40):
     rng = np.random.default_rng(seed)
     return sp.csr_matrix(rng.poisson(rng.gamma(1.0, 2.0, (n, g))).astype(np.float32))
