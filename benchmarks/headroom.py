@@ -20,6 +20,9 @@ gain, never a candidate (no default may be chosen on these molecules):
 - ``dispersion x c, best``: theta scaled by the best c of ``DISPERSION_SCALES`` for all genes;
 - ``dispersion per gene, best``: each gene scaled by its own best c (the most any per-gene
   recalibration of the shrinkage could gain);
+- ``dropout zeros kept``: not a bound: the posterior with each zero the model calls a dropout
+  taken as a structural zero, whose held-out molecules are 0 too (the rate given a zero
+  weighted by the chance that it is not a dropout), where the default imputes the rate;
 - ``borrowing and dispersion, validation's choice``: not a bound but a candidate: the
   borrowing (k, w) and a dispersion scale c of ``DISPERSION_CHOICES`` chosen together on the
   validation cells' held-out molecules, as ``zipo.neighbours.choose_pooling`` chooses (k, w)
@@ -45,7 +48,7 @@ DISPERSION_CHOICES = (1.0, 0.1, 0.25, 0.5, 2.0)  # the model's own (c = 1) first
 DISPERSION_SCALES = (0.05, 0.1, 0.25, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0, 8.0)
 MIX = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 ROWS = ("default", "own count hidden (zero)", "own count hidden (expected)",
-        "dispersion x c, best", "dispersion per gene, best",
+        "dispersion x c, best", "dispersion per gene, best", "dropout zeros kept",
         "borrowing and dispersion, validation's choice", "+ CellMapper, best mix")
 
 
@@ -93,10 +96,24 @@ def validation_choice(fit) -> tuple:
     return choice
 
 
+def dropouts_kept(x, o, pooled, rate):
+    """``rate``, the posterior of :func:`zipo.distributions.posterior_rate` for counts ``x``
+    and network output ``o``, with the share it imputes to each zero as a dropout removed:
+    (1 - P(dropout | 0)) times the rate given a zero of the NB part."""
+    import torch
+
+    m, theta = torch.exp(o.log_mean), torch.exp(o.log_theta)
+    log_nb_zero = -theta * torch.logaddexp(o.log_mean - o.log_theta, torch.zeros(()))
+    dropout = torch.sigmoid(o.logit_z - log_nb_zero)
+    prior = m if pooled is None else (theta + pooled[0]) * m / (theta + pooled[1] * m)
+    return torch.where(x > 0, rate, rate - dropout * prior)
+
+
 def posterior_variants(model, adata, groups: np.ndarray) -> dict:
     """The model's posterior output (cells x model genes, the mean over its fits) at each
     dispersion scale (keyed by the scale), with each gene's own count hidden (keyed
-    ``"zero"`` and ``"expected"``), and with each fit's :func:`validation_choice` (keyed
+    ``"zero"`` and ``"expected"``), with dropout zeros kept (keyed ``"dropouts kept"``, zero
+    inflation only), and with each fit's :func:`validation_choice` (keyed
     ``"validation"``; the choices under ``"choices"``)."""
     import torch
 
@@ -131,6 +148,9 @@ def posterior_variants(model, adata, groups: np.ndarray) -> dict:
                 for scale in DISPERSION_SCALES:
                     parts.setdefault(scale, []).append(posterior_rate(
                         x, o.log_mean, o.logit_z, o.log_theta + float(np.log(scale)), pooled))
+                if o.logit_z is not None:
+                    parts.setdefault("dropouts kept", []).append(
+                        dropouts_kept(x, o, pooled, parts[1.0][-1]))
                 expected = torch.exp(o.log_mean)
                 if o.logit_z is not None:
                     expected = expected * torch.sigmoid(-o.logit_z)
@@ -212,6 +232,9 @@ def headroom(options: dict, seed: int, p: float, dataset: str, n_genes: int, gro
                                                       p)["poisson_deviance"],
            "dispersion x c, best": float(totals[best]), "dispersion scale": DISPERSION_SCALES[best],
            "dispersion per gene, best": float(by_gene.min(axis=0).sum()),
+           **({"dropout zeros kept": P.score_mcv(full(outputs["dropouts kept"]), x2,
+                                                 p)["poisson_deviance"]}
+              if "dropouts kept" in outputs else {}),
            "borrowing and dispersion, validation's choice": P.score_mcv(
                full(outputs["validation"]), x2, p)["poisson_deviance"],
            "choices": outputs["choices"]}

@@ -83,3 +83,27 @@ def test_a_fitted_world_and_its_rows(shipped_data, monkeypatch):
     assert set(rec) == {"epochs", *floor.ROWS} - {"CellMapper"}
     others = [v for k, v in rec.items() if k not in ("epochs", "oracle", "Bayes floor")]
     assert rec["oracle"] < rec["Bayes floor"] < min(others)
+
+
+def test_dropout_zeros_kept_is_the_bayes_prediction_at_the_fits_own_depth():
+    """headroom's posterior without the dropouts' imputation is the Bayes prediction with the
+    model's parameters taken as true, at the depth the model saw (p = 1)."""
+    import torch
+
+    from benchmarks.headroom import dropouts_kept
+    from zipo.distributions import posterior_rate
+    from zipo.nn.network import NetworkOutput
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.full((30, 20), 0.7), generator=g).double()
+    log_mean, logit_z, log_theta = (torch.randn(30, 20, generator=g).double() for _ in range(3))
+    # log l + log mu = log mean, with log mu's logsumexp over genes 0 as the network's
+    log_library = torch.logsumexp(log_mean, dim=1)
+    o = NetworkOutput(latent=torch.zeros(30, 2), log_library=log_library,
+                      log_mu=log_mean - log_library[:, None], logit_z=logit_z,
+                      log_theta=log_theta)
+    kept = dropouts_kept(x, o, None, posterior_rate(x, log_mean, logit_z, log_theta))
+    expected = P.bayes_mcv_prediction(x.numpy(), log_mean.exp().numpy(),
+                                      log_theta.exp().numpy(), torch.sigmoid(logit_z).numpy(), 1.0)
+    assert kept.numpy() == pytest.approx(expected, rel=1e-9)
+    assert (kept[x == 0] < posterior_rate(x, log_mean, logit_z, log_theta)[x == 0]).all()

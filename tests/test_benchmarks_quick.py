@@ -356,6 +356,7 @@ def test_headroom_bounds_start_from_the_harness_score(shipped_data, monkeypatch)
     assert rec["default"] == pytest.approx(run["posterior_poisson_deviance"], rel=1e-6)
     assert rec["dispersion per gene, best"] <= rec["dispersion x c, best"] <= rec["default"]
     assert rec["own count hidden (zero)"] != rec["default"] != rec["own count hidden (expected)"]
+    assert rec["dropout zeros kept"] != rec["default"]
     assert len(rec["choices"]) == 2 and "borrowing and dispersion, validation's choice" in rec
     assert "+ CellMapper, best mix" not in rec
     # with c = 1 the only scale offered, each fit keeps its own borrowing: the default output
