@@ -44,12 +44,11 @@ Rows, scored as the harness scores (MCV Poisson deviance):
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 
-from .datasets import DATASETS, EXTRA_DATASETS
+from .headroom import cellmapper_output, print_means, split_arguments
 from .mcv_variants import parse_variant
 
 ROWS = ("oracle", "Bayes floor", "ZiPo", "Bayes, ZiPo's m, theta, pi",
@@ -132,7 +131,6 @@ def scores(world: str, p: float, seed: int, truth: tuple | None, options: dict,
     import zipo
 
     from . import protocols as P
-    from .headroom import cellmapper_output
 
     x1, x2, rate, m, theta, pi = world_split(world, p, seed, truth)
     expressed = P.expressed_genes(x1)
@@ -169,20 +167,12 @@ def scores(world: str, p: float, seed: int, truth: tuple | None, options: dict,
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", default="pbmc4k", choices=[*DATASETS, *EXTRA_DATASETS])
-    ap.add_argument("--p", type=float, default=0.9, choices=[0.9, 0.5])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--genes", type=int, default=2000, help="pbmc4k: most-detected genes kept")
+    ap = split_arguments(__doc__, "--world")
     ap.add_argument("--world-seed", type=int, default=100, help="seed of the fit the world is")
     ap.add_argument("--world-options", nargs="*", default=[], metavar="KEY=VALUE",
                     help="zipo options of the fit the world is")
     ap.add_argument("--structural-zeros", action="store_true",
                     help="a fitted world also draws the fit's zero inflation")
-    ap.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="zipo options of the fits scored")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
     import torch
@@ -199,16 +189,11 @@ def main(argv=None) -> list[dict]:
         rec = scores(args.world, args.p, seed, truth, options, args.threads)
         print(json.dumps({"seed": seed, **rec}), flush=True)
         recs.append(rec)
-    floor = np.mean([r["Bayes floor"] for r in recs])
-    print(f"\nworld {args.world}, MCV p = {args.p}, seeds {args.seeds}: MCV Poisson deviance "
-          "(mean over seeds), and its distance from the Bayes floor")
-    print("| prediction | deviance | above the floor |\n| --- | ---: | ---: |")
-    for row in ROWS:
-        if all(row in r for r in recs):
-            value = np.mean([r[row] for r in recs])
-            print(f"| {row} | {value:.4f} | {100 * (value / floor - 1):+.2f}% |")
+    print_means(recs, ROWS, "Bayes floor",
+                f"world {args.world}, MCV p = {args.p}, seeds {args.seeds}: MCV Poisson deviance "
+                "(mean over seeds), and its distance from the Bayes floor", "prediction",
+                "above the floor", 4)
     return recs
-
 
 if __name__ == "__main__":
     main()

@@ -246,16 +246,37 @@ def headroom(options: dict, seed: int, p: float, dataset: str, n_genes: int, gro
     return rec
 
 
-def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__,
+def split_arguments(description: str, dataset_flag: str) -> argparse.ArgumentParser:
+    """The arguments of a run over the harness's MCV splits of one dataset (named by
+    ``dataset_flag``) and several seeds."""
+    ap = argparse.ArgumentParser(description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="pbmc4k", choices=[*DATASETS, *EXTRA_DATASETS])
+    ap.add_argument(dataset_flag, default="pbmc4k", choices=[*DATASETS, *EXTRA_DATASETS])
     ap.add_argument("--p", type=float, default=0.9, choices=[0.9, 0.5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--genes", type=int, default=2000, help="pbmc4k: most-detected genes kept")
-    ap.add_argument("--groups", type=int, default=10, help="gene groups hidden in turn")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE", help="zipo options")
+    ap.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="zipo options of the fits scored")
+    return ap
+
+
+def print_means(recs: list[dict], rows, reference: str, title: str, first: str,
+                last: str, digits: int) -> None:
+    """A markdown table of each row's mean over ``recs`` and its change against the mean of
+    the ``reference`` row (rows missing from a record are left out)."""
+    print(f"\n{title}")
+    print(f"| {first} | deviance | {last} |\n| --- | ---: | ---: |")
+    base = np.mean([r[reference] for r in recs])
+    for row in rows:
+        if all(row in r for r in recs):
+            value = np.mean([r[row] for r in recs])
+            print(f"| {row} | {value:.{digits}f} | {100 * (value / base - 1):+.2f}% |")
+
+
+def main(argv=None) -> list[dict]:
+    ap = split_arguments(__doc__, "--dataset")
+    ap.add_argument("--groups", type=int, default=10, help="gene groups hidden in turn")
     args = ap.parse_args(argv)
 
     import torch
@@ -267,14 +288,9 @@ def main(argv=None) -> list[dict]:
         rec = headroom(options, seed, args.p, args.dataset, args.genes, args.groups, args.threads)
         print(json.dumps({"seed": seed, **rec}), flush=True)
         recs.append(rec)
-    print(f"\n{args.dataset}, MCV p = {args.p}, seeds {args.seeds}: MCV Poisson deviance "
-          "(mean over seeds), change against the default output")
-    print("| output | deviance | change |\n| --- | ---: | ---: |")
-    reference = np.mean([r["default"] for r in recs])
-    for row in (*ROWS, "CellMapper"):
-        if all(row in r for r in recs):
-            value = np.mean([r[row] for r in recs])
-            print(f"| {row} | {value:.5f} | {100 * (value / reference - 1):+.2f}% |")
+    print_means(recs, (*ROWS, "CellMapper"), "default",
+                f"{args.dataset}, MCV p = {args.p}, seeds {args.seeds}: MCV Poisson deviance "
+                "(mean over seeds), change against the default output", "output", "change", 5)
     return recs
 
 
