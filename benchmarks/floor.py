@@ -49,7 +49,7 @@ import json
 import numpy as np
 
 from .headroom import cellmapper_output, print_means, split_arguments
-from .mcv_variants import parse_variant
+from .mcv_variants import counts_anndata, parse_variant
 
 ROWS = ("oracle", "Bayes floor", "ZiPo", "Bayes, ZiPo's m, theta, pi",
         "Bayes, ZiPo's m, true theta, pi", "Bayes, true m, ZiPo's theta, pi", "CellMapper",
@@ -80,15 +80,12 @@ def fitted_world(dataset: str, genes: int, options: dict, seed: int,
                  structural_zeros: bool = False):
     """(m, theta, pi) of ZiPo trained on all counts of ``dataset``: the world's truth (pi 0
     unless ``structural_zeros``)."""
-    import anndata as ad
     import zipo
 
     from . import datasets as D
 
     ds = D.pbmc4k(genes or None) if dataset == "pbmc4k" else D.load(dataset)
-    adata = ad.AnnData(ds.counts.astype(np.float32))
-    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
-    adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
+    adata = counts_anndata(ds.counts)
     model = zipo.ZiPo(adata, seed=seed, verbose=False, **{"device": "cpu", **options}).train()
     m, theta, pi = zinb_parameters(model, adata)
     return m, theta, pi if structural_zeros else np.zeros_like(pi)
@@ -127,7 +124,6 @@ def world_split(world: str, p: float, seed: int, truth: tuple | None):
 def scores(world: str, p: float, seed: int, truth: tuple | None, options: dict,
            threads: int) -> dict:
     """One seed's MCV deviance of each of ``ROWS``."""
-    import anndata as ad
     import zipo
 
     from . import protocols as P
@@ -144,9 +140,7 @@ def scores(world: str, p: float, seed: int, truth: tuple | None, options: dict,
 
     rec = {"oracle": deviance(P.oracle_mcv_prediction(x1, rate, pi, p)),
            "Bayes floor": bayes(m, theta, pi), "no denoising": deviance(base)}
-    adata = ad.AnnData(x1[:, expressed].astype(np.float32))
-    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
-    adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
+    adata = counts_anndata(x1[:, expressed])
     model = zipo.ZiPo(adata, seed=seed, verbose=False, **{"device": "cpu", **options}).train()
     full = base.copy()
     full[:, expressed] = model.denoise(adata, expectation="posterior",

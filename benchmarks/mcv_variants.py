@@ -59,16 +59,21 @@ def mcv_split(dataset: str, n_genes: int, p: float, seed: int):
 def mcv_anndata(dataset: str, n_genes: int, p: float, seed: int):
     """(dataset, X' as AnnData at the genes it expresses, X', X'', those genes) of the split
     :func:`mcv_split` makes: what each fit of ZiPo trains on."""
-    import anndata as ad
-
     from . import protocols as P
 
     ds, x1, x2 = mcv_split(dataset, n_genes, p, seed)
     expressed = P.expressed_genes(x1)
-    adata = ad.AnnData(x1[:, expressed].astype(np.float32))
+    return ds, counts_anndata(x1[:, expressed]), x1, x2, expressed
+
+
+def counts_anndata(x):
+    """Counts as the AnnData a ZiPo fit reads: float32, cells ``c0...``, genes ``g0...``."""
+    import anndata as ad
+
+    adata = ad.AnnData(x.astype(np.float32))
     adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
     adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
-    return ds, adata, x1, x2, expressed
+    return adata
 
 
 def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int,
