@@ -33,6 +33,7 @@ from .tools.programs import ProgramsMixin, PruneMask
 from .train.checkpoint import read_checkpoint, write_checkpoint
 from .device import local_device, resolve_device
 from .train.distributed import init_from_environment, world, wrap
+from .train.heldout import FixedSplit
 from .train.trainer import Trainer
 
 
@@ -109,6 +110,8 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         # Cells of adata that the last train() fitted and held out.
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
+        # Their molecules split once, under train.validation_holdout = "molecules" (else None).
+        self.validation_split: FixedSplit | None = None
         self.first_layer_mode: str | None = None  # "sparse" or "dense", once trained here
         #: ``{delta, pruned_fraction, weights_pruned, weights_total}`` once :meth:`prune` ran
         #: (saved with the model), else None.
@@ -244,11 +247,19 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         cov = self.covariate_encoder.transform(self.adata.obs)
         train_idx, val_idx = split_cells(self.adata.n_obs, tc.validation_fraction, rng,
                                          tc.validation_max_cells)
+        self.validation_split = None
+        if tc.validation_holdout == "molecules" and tc.heldout_molecules > 0 and len(val_idx):
+            # The validation cells train on their kept molecules; only the held-out ones are
+            # never seen.
+            self.validation_split = FixedSplit.draw(counts, val_idx, tc.heldout_molecules,
+                                                    tc.seed)
+            counts = self.validation_split.counts(counts)
+            train_idx = np.arange(self.adata.n_obs)
         if not self.is_trained:
             # seeded now, so the seed given here counts
             self.network = ZiPoNetwork.seeded(len(self.var_names), self.covariate_encoder.width,
                                               self.config.model, tc.seed)
-            # Start the heads from the training cells only, so validation stays held out.
+            # Start the heads from the training cells' counts only, so validation stays held out.
             genes = gene_totals(counts, train_idx) + 0.5  # +0.5: genes seen only in validation
             library = self._summary.library_size[train_idx]
             self.network.initialise_from_data(
@@ -270,7 +281,8 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         trainer = Trainer(self.network, train_batches, val_batches, self.config.model, tc,
                           forward=wrap(self.network, self.device) if distributed else None,
                           autocast=self._autocast(tc), mmd_groups=self._mmd_groups(),
-                          rounds_before=len(self.history), first_layer=self.first_layer_mode)
+                          rounds_before=len(self.history), first_layer=self.first_layer_mode,
+                          validation_split=self.validation_split)
         if state is not None:
             trainer.load_state_dict(state)
         save = None
@@ -331,12 +343,15 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         return inference_batches(counts, cov, self.config.train, self.device, batch_size)
 
     def validation_batches(self, device: str | torch.device | None = None) -> CellBatches | None:
-        """Mini-batches of the cells the last :meth:`train` held out, read densely; None
-        without data or a validation split."""
+        """Mini-batches of the cells the last :meth:`train` validated on, read densely (their
+        kept molecules under ``validation_holdout = "molecules"``); None without data or a
+        validation split."""
         val = self.validation_indices
         if self.adata is None or val is None or not len(val):
             return None
         counts, _ = self._model_counts(self.adata, check=False)  # checked when given
+        if self.validation_split is not None:
+            counts = self.validation_split.counts(counts)  # the molecules validation kept
         cov = self.covariate_encoder.transform(self.adata.obs)
         return CellBatches(counts, cov, val, self.config.train.batch_size,
                            device=self.device if device is None else device)
@@ -351,6 +366,7 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         for fit in (self, *self.further_fits):
             fit.adata, fit._summary = adata, summary
             fit.train_indices = fit.validation_indices = None  # they indexed the former data
+            fit.validation_split = None
         return self
 
     def _require_trained(self) -> None:

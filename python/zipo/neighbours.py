@@ -36,7 +36,7 @@ from .distributions import poisson_log_pmf, posterior_rate
 from .errors import notice
 from .nn.sparse import as_dense
 from .option_types import LIKELIHOODS
-from .train.heldout import binomial_split
+from .train.heldout import FixedSplit, binomial_split
 
 CANDIDATE_NEIGHBOURS = (5, 15, 30, 50)
 CANDIDATE_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -148,26 +148,33 @@ def self_pool(latents: torch.Tensor, counts: CountMatrix, library: np.ndarray,
 @torch.no_grad()
 def choose_pooling(network: torch.nn.Module, counts: CountMatrix, library: np.ndarray,
                    latents: torch.Tensor, validation: CellBatches, heldout: float,
-                   seed: int) -> NeighbourPooling:
+                   seed: int, fixed: FixedSplit | None = None) -> NeighbourPooling:
     """The candidate (k, w) whose posterior best predicts the validation cells' held-out
     molecules (Poisson NLL per entry), the cells' other molecules as their counts and all
-    other cells' counts as neighbours, over :data:`SPLITS` splits of the molecules; w = 0 on
-    a tie. The splits are drawn from ``seed`` alone, so every process of a distributed run
-    chooses alike."""
+    other cells' counts as neighbours, over :data:`SPLITS` splits of the molecules drawn from
+    ``seed`` alone, so every process of a distributed run chooses alike; w = 0 on a tie. With
+    ``fixed``, the split the cells trained with instead (``validation`` reads their kept
+    molecules), and their neighbours are found from the latents of those."""
     n = len(latents)
     val = validation.indices
     k_max = min(max(CANDIDATE_NEIGHBOURS), n - 1)
     if k_max < 1:
         return NeighbourPooling(note="too few cells to have neighbours")
-    pool = PooledCounts(counts, library, val, nearest(latents[val], latents, k_max, val))
+    network.eval()
+    if fixed is None:
+        generator = torch.Generator(device=validation.device).manual_seed(seed + 7_919)
+        splits = ((*binomial_split(x, heldout, generator), c, idx)
+                  for _ in range(SPLITS) for x, c, idx in validation)
+        query = latents[val]
+    else:
+        splits = ((x, fixed.held_rows(idx, x.device), c, idx) for x, c, idx in validation)
+        query = torch.cat([network.encode(x).float().cpu() for x, _, _ in validation])
+    pool = PooledCounts(counts, library, val, nearest(query, latents, k_max, val))
     ks = sorted({min(k, k_max) for k in CANDIDATE_NEIGHBOURS})
     totals = {(k, w): 0.0 for k in ks for w in CANDIDATE_WEIGHTS}
     entries = 0
     scale = math.log(heldout / (1 - heldout))
-    generator = torch.Generator(device=validation.device).manual_seed(seed + 7_919)
-    network.eval()
-    for x, c, idx in (batch for _ in range(SPLITS) for batch in validation):
-        kept, target = binomial_split(x, heldout, generator)
+    for kept, target, c, idx in splits:
         out = network(kept, c)
         kept = as_dense(kept).float()
         log_mean = out.log_mean.float()
@@ -214,7 +221,8 @@ def choose_for(model) -> NeighbourPooling:
     counts, _ = model._model_counts(model.adata, check=False)  # checked when given
     latents = torch.from_numpy(model.get_latent())
     chosen = choose_pooling(model.network, counts, model._summary.library_size, latents,
-                            validation, cfg.train.heldout_molecules, cfg.train.seed)
+                            validation, cfg.train.heldout_molecules, cfg.train.seed,
+                            fixed=model.validation_split)
     if cfg.train.verbose:
         print("zipo: the posterior borrows from "
               + (f"{chosen.neighbours} neighbouring cells at weight {chosen.weight:g}"

@@ -18,13 +18,15 @@ ACTIVATIONS = ("sigmoid", "relu", "gelu", "tanh", "elu", "softplus")
 INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
 FIRST_LAYER_MODES = ("auto", "sparse", "dense")
 NEIGHBOUR_POOLING = ("auto", "off")
+VALIDATION_HOLDOUT = ("cells", "molecules")
 LIBRARY_MODES = ("predicted", "observed")
 DISPERSIONS = ("gene-cell", "gene")
 #: The allowed values of each option that names a choice, by (section, option).
 CHOICES = {("model", "likelihood"): tuple(LIKELIHOODS), ("model", "activation"): ACTIVATIONS,
            ("model", "input_transform"): INPUT_TRANSFORMS, ("model", "library"): LIBRARY_MODES,
            ("model", "dispersion"): DISPERSIONS, ("train", "first_layer"): FIRST_LAYER_MODES,
-           ("train", "neighbour_pooling"): NEIGHBOUR_POOLING}
+           ("train", "neighbour_pooling"): NEIGHBOUR_POOLING,
+           ("train", "validation_holdout"): VALIDATION_HOLDOUT}
 
 
 def field_names(klass) -> list[str]:

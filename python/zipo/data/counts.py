@@ -150,6 +150,49 @@ class CountMatrix:
             yield sl, block if sp.issparse(block) else np.asarray(block)
 
 
+class RowsReplaced:
+    """The counts of ``base`` with the rows of the cells ``cells`` (sorted) read from
+    ``replacement`` instead (CSR, those cells x ``base``'s genes as it reads them), e.g. the
+    validation cells' kept molecules; everything else is ``base``'s."""
+
+    def __init__(self, base: CountMatrix, cells: np.ndarray, replacement: sp.csr_matrix):
+        self.base, self.replacement = base, replacement
+        self.position = np.full(base.n_obs, -1, dtype=np.int64)
+        self.position[cells] = np.arange(len(cells))
+
+    def __getattr__(self, name: str):
+        if name == "base":  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def _replaced(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of ``idx`` are replaced, their rows of ``replacement``)."""
+        pos = self.position[np.asarray(idx, dtype=np.int64)]
+        mine = np.flatnonzero(pos >= 0)
+        return mine, pos[mine]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        block = self.base.rows(idx)
+        mine, pos = self._replaced(idx)
+        if len(mine):
+            block[mine] = self.replacement[pos].toarray()
+        return block
+
+    def rows_csr(self, idx: np.ndarray) -> sp.csr_matrix:
+        block = self.base.rows_csr(idx)
+        mine, pos = self._replaced(idx)
+        if not len(mine):
+            return block
+        others = np.ones(len(idx), dtype=np.float32)
+        others[mine] = 0
+        pick = sp.csr_matrix((np.ones(len(mine), dtype=np.float32), (mine, pos)),
+                             shape=(len(idx), self.replacement.shape[0]))
+        out = (sp.diags(others) @ block + pick @ self.replacement).tocsr()
+        out.eliminate_zeros()
+        out.sort_indices()
+        return out.astype(np.float32, copy=False)
+
+
 @dataclass
 class CountSummary:
     library_size: np.ndarray  # total counts per cell, float64

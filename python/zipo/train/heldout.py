@@ -13,9 +13,13 @@ as well, so a choice between likelihoods and outputs can be made on validation c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
+from ..data.counts import CountMatrix, RowsReplaced
 from ..data.loader import CellBatches
 from ..distributions import poisson_log_pmf, posterior_rate
 from ..nn.sparse import as_dense, csr_rows, csr_tensor
@@ -85,6 +89,50 @@ def binomial(n: torch.Tensor, p: float, generator: torch.Generator, rounds: int 
     return successes.index_add_(0, open_idx, rest).view(n.shape)
 
 
+# The fixed split's stream: the same in every process (each trains on all cells' kept molecules).
+FIXED_SPLIT_STREAM = 2_000_029
+
+
+@dataclass
+class FixedSplit:
+    """The validation cells' molecules split once by binomial thinning
+    (``train.validation_holdout = "molecules"``): the kept ones train with the other cells'
+    counts (:meth:`counts`), the held-out ones are what validation scores (:meth:`held_rows`)."""
+
+    cells: np.ndarray  # sorted
+    kept: sp.csr_matrix
+    held: sp.csr_matrix
+
+    @classmethod
+    def draw(cls, counts: CountMatrix, cells: np.ndarray, heldout: float, seed: int
+             ) -> "FixedSplit":
+        """Split the counts of ``cells`` with ``heldout`` held out, from ``seed`` alone, a
+        block of cells at a time (never a dense matrix of them all)."""
+        generator = torch.Generator().manual_seed(seed + FIXED_SPLIT_STREAM)
+        step = max(1, 2**22 // max(counts.n_vars, 1))
+        kept, held = [], []
+        for start in range(0, len(cells), step):
+            block = counts.rows_csr(cells[start:start + step])
+            values = binomial(torch.from_numpy(block.data), heldout, generator).numpy()
+            for parts, v in ((kept, block.data - values), (held, values)):
+                # copied: eliminate_zeros rewrites the index arrays the other part shares
+                part = sp.csr_matrix((v, block.indices, block.indptr), shape=block.shape,
+                                     copy=True)
+                part.eliminate_zeros()
+                parts.append(part)
+        return cls(np.asarray(cells), sp.vstack(kept, format="csr"),
+                   sp.vstack(held, format="csr"))
+
+    def counts(self, base: CountMatrix) -> RowsReplaced:
+        """``base`` with the cells' kept molecules in place of their counts."""
+        return RowsReplaced(base, self.cells, self.kept)
+
+    def held_rows(self, idx: np.ndarray, device) -> torch.Tensor:
+        """The held-out molecules of the cells ``idx`` (some of ``cells``), dense."""
+        rows = self.held[np.searchsorted(self.cells, idx)].toarray()
+        return torch.from_numpy(rows).to(device)
+
+
 def _poisson_nll_sum(log_rate: torch.Tensor, target: torch.Tensor) -> float:
     return -poisson_log_pmf(target, log_rate).sum(dtype=torch.float64).item()
 
@@ -93,13 +141,20 @@ class HeldoutMolecules:
     """The validation cells' molecules split by binomial thinning with ``heldout`` held out,
     the same split every time (``seed``): drawn once and kept when the batches keep their
     loaded cells (``CellBatches.keep_loaded``, small validation sets), else drawn again batch
-    by batch on every pass."""
+    by batch on every pass; or, with ``fixed``, the split the cells trained with (the batches
+    then read their kept molecules)."""
 
-    def __init__(self, batches: CellBatches, heldout: float, seed: int):
-        self.batches, self.heldout, self.seed = batches, heldout, seed
+    def __init__(self, batches: CellBatches, heldout: float, seed: int,
+                 fixed: FixedSplit | None = None):
+        self.batches, self.heldout, self.seed, self.fixed = batches, heldout, seed, fixed
         self.kept_splits = list(self._draw()) if batches.keep_loaded else None
 
     def _draw(self):
+        if self.fixed is not None:  # the batches read the kept molecules already
+            for x, c, idx, _ in self.batches.batches():
+                if len(idx):
+                    yield x, self.fixed.held_rows(idx, x.device), c
+            return
         # One stream per process (each splits its own share of the validation cells).
         generator = torch.Generator(device=self.batches.device).manual_seed(
             split_seed(self.seed))

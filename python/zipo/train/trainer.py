@@ -24,7 +24,7 @@ from ..data.loader import CellBatches
 from ..nn.network import ZiPoNetwork
 from .distributed import all_reduce_sum, world
 from .evaluate import evaluate
-from .heldout import HeldoutMolecules, binomial_split, split_seed
+from .heldout import FixedSplit, HeldoutMolecules, binomial_split, split_seed
 from .loss import loss_terms
 from .schedule import (EarlyStopping, LearningRateSchedule, monitored_column, patience_scale,
                        round_ends)
@@ -56,7 +56,7 @@ class Trainer:
                  train_config: TrainConfig, forward: torch.nn.Module | None = None,
                  autocast: Callable[[], Any] | None = None,
                  mmd_groups: list[tuple[int, int]] | None = None, rounds_before: int = 0,
-                 first_layer: str = "dense"):
+                 first_layer: str = "dense", validation_split: FixedSplit | None = None):
         self.net, self.train_batches, self.val_batches = net, train_batches, val_batches
         # Rounds the model trained before this run: fine-tuning goes on down the warm-down
         # instead of starting it again at a rate that would undo the trained weights.
@@ -100,7 +100,8 @@ class Trainer:
         self.averaged = ([p.detach().clone() for p in net.parameters()]
                          if train_config.weight_average > 0 else None)
         self.heldout_molecules = (
-            HeldoutMolecules(val_batches, train_config.heldout_molecules, train_config.seed)
+            HeldoutMolecules(val_batches, train_config.heldout_molecules, train_config.seed,
+                             fixed=validation_split)
             if val_batches is not None and train_config.heldout_molecules > 0 else None)
 
     def state_dict(self) -> dict:
