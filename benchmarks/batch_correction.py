@@ -13,6 +13,9 @@ encoder sees the batch-affected counts and nothing pushes batch out of the laten
 ``alpha_mmd=1`` (zipo's latent batch-mixing penalty) the latents mix (0.999, kBET-like 0.97,
 batch ARI 0) with the same cell-type purity (0.80), and denoising at batch A removes the effect
 (|LFC| 0.04, r = 0.99 between the learned and the true fold changes), at +0.02 validation NLL.
+Again with the defaults of 2026-12-06 (validation on molecules of cells that train): mixing
+1.00, kBET-like 0.96, |LFC| at batch A 0.045, but cell-type purity 0.70 against 0.83 without
+the penalty (0.71 against 0.82 with the validation cells held out whole).
 
 The data: the most-detected genes of PBMC 4k (2,170 cells, cell-type labels). Cells are split at
 random into batches A and B (half each). In B a random 30% of genes get a gene-specific fold

@@ -55,6 +55,16 @@ def small_model(adata, **options):
     return zipo.ZiPo(adata, **kw)
 
 
+def validation_scores(model, network=None) -> tuple[float, float]:
+    """(loss, NLL) per entry of the counts a trained model validated on (its validation cells'
+    kept molecules under the default ``validation_holdout = "molecules"``, their counts under
+    ``"cells"``), as the history's ``validation_loss`` and ``validation_nll`` score them, with
+    ``network`` (default: the model's own)."""
+    from zipo.train.evaluate import evaluate
+
+    return evaluate(network or model.network, model.validation_batches(), model.config.model)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 

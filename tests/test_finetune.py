@@ -11,6 +11,8 @@ import zipo
 from zipo.data.loader import split_cells
 from zipo.train.schedule import kept_row
 
+from conftest import validation_scores
+
 OPTIONS = dict(encoder_dims=[256, 64], batch_size=128, seed=0, verbose=False)
 EPOCHS_A, EPOCHS_B = 6, 4
 
@@ -87,8 +89,8 @@ def test_finetuning_improves_validation_nll_on_b(halves, saved_a, finetuned):
     model, _, _ = finetuned
     val = _val_cells(model, b)
     np.testing.assert_array_equal(val, model.validation_indices)
-    before = zipo.ZiPo.load(path).evaluate(b[val])["nll"]
-    after = model.evaluate(b[val])["nll"]
+    before = validation_scores(model, zipo.ZiPo.load(path).network)[1]
+    after = validation_scores(model)[1]
     assert after < before - 0.005, (before, after)
     # the weights kept are those of the fine-tuning epoch best on the watched score
     rows = model.history.iloc[-EPOCHS_B:]
@@ -125,7 +127,8 @@ def test_genes_in_another_order_are_mapped(halves, saved_a):
     # Denoising the shuffled AnnData returns columns in its own order.
     out = loaded.denoise(shuffled, copy=True).layers["zipo_denoised"]
     ref = loaded.denoise(b, copy=True).layers["zipo_denoised"]
-    np.testing.assert_array_equal(out, ref[:, perm])
+    # (to float32 rounding: a reduction may round its last bit differently on a copy)
+    np.testing.assert_allclose(out, ref[:, perm], rtol=1e-6, atol=0)
     # ... also without an argument: the results land in the user's AnnData.
     assert loaded.denoise() is None
     np.testing.assert_array_equal(shuffled.layers["zipo_denoised"], out)

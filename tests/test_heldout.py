@@ -175,7 +175,8 @@ def test_training_watches_heldout_molecules(pbmc_small):
     assert np.isfinite(h["validation_heldout_nll"]).all()
     # The weights kept are those of the best held-out-molecule epoch.
     best = h["validation_heldout_nll"].min()
-    restored = HeldoutMolecules(model.validation_batches(), 0.1, seed=0).nll(model.network)
+    restored = HeldoutMolecules(model.validation_batches(), 0.1, seed=0,
+                                fixed=model.validation_split).nll(model.network)
     assert restored["validation_heldout_nll"] == pytest.approx(best, rel=1e-5)
     assert "validation_heldout_nll_posterior" not in h  # ZIP: the posterior is the rate
     zinb = zipo.ZiPo(pbmc_small, encoder_dims=[32, 8], max_epochs=2, batch_size=32, seed=0,

@@ -15,6 +15,8 @@ import torch
 import zipo
 from zipo.tools.programs import read_gmt
 
+from conftest import validation_scores
+
 ENCODER = [32, 16]
 REPORT_KEYS = {"pruned_fraction", "weights_pruned", "weights_total", "delta", "nll_before",
                "nll_after", "mse_before", "mse_after"}
@@ -98,12 +100,11 @@ def test_prune_reports_nll_and_mse(model, pbmc_small):
 
 
 def test_prune_reports_on_validation_cells_by_default(model):
-    val = model.adata[model.validation_indices].copy()
-    assert 0 < val.n_obs < model.adata.n_obs
-    expected = model.evaluate(val)["nll"]
+    assert 0 < len(model.validation_indices) < model.adata.n_obs
+    expected = validation_scores(model)[1]
     report = model.prune(delta=1e-4)
     assert report["nll_before"] == pytest.approx(expected, rel=1e-6)
-    assert report["nll_after"] == pytest.approx(model.evaluate(val)["nll"], rel=1e-6)
+    assert report["nll_after"] == pytest.approx(validation_scores(model)[1], rel=1e-6)
 
 
 def test_pruned_weights_stay_zero_when_training_further(model):

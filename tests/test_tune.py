@@ -177,6 +177,7 @@ def test_an_optuna_pruner_stops_trials_that_fall_behind(pbmc_small):
         ({"metric": "mse"}, "metric must be one of"),
         ({"metric": "validation_heldout_nll", "heldout_molecules": 0.0},
          "needs train.heldout_molecules > 0"),
+        ({"metric": "validation_nll"}, "which the trials train on"),
         ({"n_trials": 0}, "n_trials must be a positive integer"),
         ({"out": "best.json"}, "out must be a .toml file"),
     ],

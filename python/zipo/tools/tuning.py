@@ -182,6 +182,11 @@ def tune(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if metric == "validation_heldout_nll" and base.train.heldout_molecules <= 0:
         raise ValueError("metric='validation_heldout_nll' needs train.heldout_molecules > 0")
+    if (metric != "validation_heldout_nll" and base.train.heldout_molecules > 0
+            and base.train.validation_holdout == "molecules"):
+        raise ValueError(f"metric={metric!r} scores the validation cells' kept molecules, which "
+                         "the trials train on under validation_holdout='molecules': score "
+                         "'validation_heldout_nll', or set validation_holdout='cells'")
     out = _check_out(out, overwrite)
 
     verbosity = optuna.logging.get_verbosity()
