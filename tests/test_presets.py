@@ -10,7 +10,7 @@ import zipo
 from zipo.cli import main
 from zipo.config import ZiPoConfig, load_config
 from zipo.config import preset_config
-from zipo.presets import PRESETS
+from zipo.presets import PRESETS, SMALL_DATA, SMALL_DATA_CELLS, small_data_options
 
 DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 
@@ -82,6 +82,8 @@ def test_zipo_preset_is_the_default():
 def test_preset_builds_trains_and_denoises(pbmc_small, name):
     model = zipo.ZiPo(pbmc_small, preset=name, max_epochs=2, batch_size=32, seed=0, verbose=False)
     net, m = model.network, EXPECTED[name]
+    if m["encoder_dims"] == ZiPoConfig().model.encoder_dims:  # 80 cells: the narrower shape
+        m = {**m, **SMALL_DATA["model"]}
     # The network has the preset's shape.
     assert [block[0].out_features for block in net.encoder] == m["encoder_dims"]
     assert len(net.residuals) == (len(m["encoder_dims"]) - 1 if m["residuals"] else 0)
@@ -98,6 +100,36 @@ def test_preset_builds_trains_and_denoises(pbmc_small, name):
     den = out.layers["zipo_denoised"]
     assert den.shape == pbmc_small.shape and np.isfinite(den).all() and (den > 0).all()
     assert out.obsm["X_zipo"].shape == (pbmc_small.n_obs, m["encoder_dims"][-1])
+
+
+def test_small_data_options_replace_defaults_only():
+    def small(n_cells, **options):
+        cfg = ZiPoConfig()
+        cfg.set_options(options)
+        small_data_options(cfg, n_cells)
+        return cfg.model.encoder_dims, cfg.model.decoder_dims, cfg.train.max_epochs
+
+    default = ([512, 256, 32], [128], 300)
+    narrow = ([512, 256, 8], [32], 1000)
+    assert small(SMALL_DATA_CELLS - 1) == narrow
+    assert small(SMALL_DATA_CELLS) == default
+    assert small(80, small_data=False) == default
+    # a shape set explicitly is kept whole, even in part
+    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000)
+    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000)
+    assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]
+    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50)
+
+
+def test_small_data_options_are_recorded_and_reloaded(pbmc_small, tmp_path):
+    model = zipo.ZiPo(pbmc_small, batch_size=32, seed=0, verbose=False)
+    assert model.config.train.max_epochs == SMALL_DATA["train"]["max_epochs"]
+    model.train(max_epochs=2)
+    assert len(model.history) == 2
+    model.save(tmp_path / "m")
+    loaded = zipo.ZiPo.load(tmp_path / "m")
+    assert loaded.config.model.decoder_dims == SMALL_DATA["model"]["decoder_dims"]
+    assert loaded.get_latent(pbmc_small).shape == (pbmc_small.n_obs, 8)
 
 
 def test_explicit_options_override_the_preset(pbmc_small):

@@ -26,6 +26,7 @@ from .data.genes import check_gene_names, detected_genes, model_gene_counts
 from .data.loader import CellBatches, inference_batches, split_cells, training_batches
 from .io import SavedModel, read_model, write_model
 from .neighbours import NeighbourPooling, choose_for
+from .presets import small_data_options
 from .nn.network import ZiPoNetwork
 from .fits import FitsMixin
 from .inference import InferenceMixin
@@ -82,6 +83,7 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         cfg = resolve_config(config, preset, {"layer": layer, "covariates": covariates,
                                               "likelihood": likelihood, **options})
         adata = read_cells(adata)  # paths and lists of them; an AnnData as it is
+        small_data_options(cfg, adata.n_obs)
         check_gene_names(adata)
         summary = check_counts(CountMatrix(adata, cfg.data.layer), adata.obs_names,
                                cfg.data.allow_non_integer)
@@ -190,7 +192,8 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         Parameters
         ----------
         max_epochs
-            Most passes over the training cells (default 300); training usually stops sooner,
+            Most passes over the training cells (default 300; 1,000 under 500 cells, see
+            ``train.small_data``); training usually stops sooner,
             at the learning-rate plateau's second cut or by early stopping.
         batch_size
             Cells per mini-batch (default 256; at least 2, for batch norm).
