@@ -43,7 +43,10 @@ def _set_flags(options):
 
 def _one_process(adata, **changes):
     """The reference: one process training with OPTIONS (and ``changes``)."""
-    model = zipo.ZiPo(adata)
+    # small_data off: set after construction, the options below would meet the narrower
+    # decoder that a model of the defaults gets under 500 cells; the CLI's --set, which
+    # gives the shape before, keeps the default decoder
+    model = zipo.ZiPo(adata, small_data=False)
     for key, value in {**OPTIONS, **changes}.items():
         model.config.set_option(key, value)
     return model.train()
