@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from .presets import SMALL_DATA_CELLS
 from .train.checkpoint import has_checkpoint
 
 
@@ -17,7 +18,7 @@ class FitsMixin:
     # train.n_fits = 0: AUTO_FITS fits on data under AUTO_FITS_BELOW_CELLS cells. Averaging
     # four fits' posterior gained 1.3-4.0% held-out deviance on 80-559 cells and 0.2% on 2,170
     # (docs, history: "Averages of fits on small data"); under 500 cells a fit takes seconds.
-    AUTO_FITS, AUTO_FITS_BELOW_CELLS = 4, 500
+    AUTO_FITS, AUTO_FITS_BELOW_CELLS = 4, SMALL_DATA_CELLS
 
     def _fits_asked(self) -> int:
         """``train.n_fits``, 0 settled by the number of cells."""

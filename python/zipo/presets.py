@@ -63,7 +63,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-
 # Under SMALL_DATA_CELLS cells (where train.n_fits = 0 also trains four fits), the options
 # still at the defaults' values take these (train.small_data): on 80 and 100 cells the 32
 # latents and three 128 x genes heads fit the cells' noise, and the narrower network predicted
