@@ -10,7 +10,8 @@ import zipo
 from zipo.cli import main
 from zipo.config import ZiPoConfig, load_config
 from zipo.config import preset_config
-from zipo.presets import PRESETS, SMALL_DATA, SMALL_DATA_CELLS, small_data_options
+from zipo.presets import (PRESETS, SMALL_DATA, SMALL_DATA_CELLS, SMALL_DATA_SCHEDULE,
+                          small_data_options)
 
 DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 
@@ -107,18 +108,26 @@ def test_small_data_options_replace_defaults_only():
         cfg = ZiPoConfig()
         cfg.set_options(options)
         small_data_options(cfg, n_cells)
-        return cfg.model.encoder_dims, cfg.model.decoder_dims, cfg.train.max_epochs
+        t = cfg.train
+        return (cfg.model.encoder_dims, cfg.model.decoder_dims, t.max_epochs,
+                (t.learning_rate, t.lr_min, t.weight_average))
 
-    default = ([512, 256, 32], [128], 300)
-    narrow = ([512, 256, 8], [32], 1000)
+    flat, fast = (0.001, 0.001, 0.0), tuple(SMALL_DATA_SCHEDULE.values())
+    default = ([512, 256, 32], [128], 300, flat)
+    narrow = ([512, 256, 8], [32], 1000, fast)
+    assert fast == (0.002, 0.002, 0.97)
     assert small(SMALL_DATA_CELLS - 1) == narrow
     assert small(SMALL_DATA_CELLS) == default
     assert small(80, small_data=False) == default
-    # a shape set explicitly is kept whole, even in part
-    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000)
-    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000)
+    # a shape set explicitly is kept whole, even in part, and with it the schedule
+    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, flat)
+    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, flat)
     assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]
-    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50)
+    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, fast)
+    # a schedule set in part is kept whole: the preset's, or one option of it
+    assert small(80, **PRESETS["fast"]["train"])[3] == (0.003, 0.003, 0.97)
+    assert small(80, learning_rate=0.0005)[3] == (0.0005, 0.001, 0.0)
+    assert small(80, weight_average=0.9)[3] == (0.001, 0.001, 0.9)
 
 
 def test_small_data_options_are_recorded_and_reloaded(pbmc_small, tmp_path):
