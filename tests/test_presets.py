@@ -112,10 +112,10 @@ def test_small_data_options_replace_defaults_only():
         return (cfg.model.encoder_dims, cfg.model.decoder_dims, t.max_epochs,
                 (t.learning_rate, t.lr_min, t.weight_average))
 
-    flat, fast = (0.001, 0.001, 0.0), tuple(SMALL_DATA_SCHEDULE.values())
+    flat, doubled = (0.001, 0.001, 0.0), (*SMALL_DATA_SCHEDULE.values(), 0.0)
     default = ([512, 256, 32], [128], 300, flat)
-    narrow = ([512, 256, 8], [32], 1000, fast)
-    assert fast == (0.002, 0.002, 0.97)
+    narrow = ([512, 256, 8], [32], 1000, doubled)
+    assert doubled == (0.002, 0.002, 0.0)
     assert small(SMALL_DATA_CELLS - 1) == narrow
     assert small(SMALL_DATA_CELLS) == default
     assert small(80, small_data=False) == default
@@ -123,11 +123,12 @@ def test_small_data_options_replace_defaults_only():
     assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, flat)
     assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, flat)
     assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]
-    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, fast)
+    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, doubled)
     # a schedule set in part is kept whole: the preset's, or one option of it
     assert small(80, **PRESETS["fast"]["train"])[3] == (0.003, 0.003, 0.97)
     assert small(80, learning_rate=0.0005)[3] == (0.0005, 0.001, 0.0)
-    assert small(80, weight_average=0.9)[3] == (0.001, 0.001, 0.9)
+    assert small(80, lr_min=0.0001)[3] == (0.001, 0.0001, 0.0)
+    assert small(80, weight_average=0.9)[3] == (0.002, 0.002, 0.9)
 
 
 def test_small_data_options_are_recorded_and_reloaded(pbmc_small, tmp_path):
