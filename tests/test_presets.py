@@ -136,9 +136,12 @@ def test_small_data_options_are_recorded_and_reloaded(pbmc_small, tmp_path):
     assert model.config.train.max_epochs == SMALL_DATA["train"]["max_epochs"]
     model.train(max_epochs=2)
     assert len(model.history) == 2
+    # the optimiser ran at the small-data rate, not only the config
+    assert (model.history["learning_rate"] == SMALL_DATA_SCHEDULE["learning_rate"]).all()
     model.save(tmp_path / "m")
     loaded = zipo.ZiPo.load(tmp_path / "m")
     assert loaded.config.model.decoder_dims == SMALL_DATA["model"]["decoder_dims"]
+    assert loaded.config.train.learning_rate == SMALL_DATA_SCHEDULE["learning_rate"]
     assert loaded.get_latent(pbmc_small).shape == (pbmc_small.n_obs, 8)
 
 
