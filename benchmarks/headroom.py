@@ -24,9 +24,9 @@ gain, never a candidate (no default may be chosen on these molecules):
   taken as a structural zero, whose held-out molecules are 0 too (the rate given a zero
   weighted by the chance that it is not a dropout), where the default imputes the rate;
 - ``borrowing and dispersion, validation's choice``: not a bound but a candidate: the
-  borrowing (k, w) and a dispersion scale c of ``DISPERSION_CHOICES`` chosen together on the
-  validation cells' held-out molecules, as ``zipo.neighbours.choose_pooling`` chooses (k, w)
-  alone (same candidates, splits and seed; the model's own choice on a tie);
+  borrowing (k, w) and a dispersion scale c chosen together on the validation cells'
+  held-out molecules, what ``train.dispersion_choice = "auto"`` chooses
+  (``zipo.neighbours.choose_pooling``; the model's own choice on a tie);
 - ``+ CellMapper, best mix``: ``(1 - a) ZiPo + a CellMapper`` at the best a of ``MIX``, with
   CellMapper run as the harness runs it (its venv, ``python -m benchmarks.run --setup``):
   what combining with the kNN smoother's output could gain.
@@ -44,7 +44,8 @@ import numpy as np
 from .datasets import DATASETS, EXTRA_DATASETS
 from .mcv_variants import mcv_anndata, parse_variant
 
-DISPERSION_CHOICES = (1.0, 0.1, 0.25, 0.5, 2.0)  # the model's own (c = 1) first: kept on a tie
+# The scales validation chooses among (None: zipo's, ``CANDIDATE_DISPERSION_SCALES``).
+DISPERSION_CHOICES = None
 DISPERSION_SCALES = (0.05, 0.1, 0.25, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0, 8.0)
 MIX = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 ROWS = ("default", "own count hidden (zero)", "own count hidden (expected)",
@@ -52,48 +53,22 @@ ROWS = ("default", "own count hidden (zero)", "own count hidden (expected)",
         "borrowing and dispersion, validation's choice", "+ CellMapper, best mix")
 
 
-class _ScaledDispersion:
-    """A network whose outputs' dispersion theta is multiplied by ``scale``."""
-
-    def __init__(self, network, scale: float):
-        self.network, self.log_scale = network, float(np.log(scale))
-
-    def eval(self):
-        self.network.eval()
-
-    def __call__(self, x, c):
-        from dataclasses import replace
-
-        o = self.network(x, c)
-        return replace(o, log_theta=o.log_theta + self.log_scale)
-
-
-def validation_choice(fit) -> tuple:
-    """(borrowing, dispersion scale) of ``fit`` chosen together on its validation cells'
-    held-out molecules: ``choose_pooling``'s scores of every (k, w) at each scale of
-    ``DISPERSION_CHOICES``, the lowest kept (the model's own pooling on a tie)."""
+def validation_choice(fit):
+    """The borrowing (k, w) and dispersion scale c of ``fit`` chosen together on its validation
+    cells' held-out molecules by ``zipo.neighbours.choose_pooling`` over ``DISPERSION_CHOICES``
+    (``train.dispersion_choice = "auto"``; the model's own pooling where none was chosen)."""
     import torch
 
-    from zipo.neighbours import NeighbourPooling, choose_pooling
+    from zipo.neighbours import CANDIDATE_DISPERSION_SCALES, choose_pooling
 
+    if not fit.pooling.scores:  # no choice was made (borrowing off, or not applicable)
+        return fit.pooling
     counts, _ = fit._model_counts(fit.adata, check=False)
-    latents = torch.from_numpy(fit.get_latent())
     train = fit.config.train
-    own = fit.pooling  # chosen at c = 1 by the same function: its scores are c = 1's
-    if not own.scores:  # no choice was made (borrowing off, or not applicable)
-        return own, 1.0
-    plain = next(k for k in own.scores if k.endswith(",w=0.0"))
-    best = own.scores[f"k={own.neighbours},w={own.weight}" if own.active else plain]
-    choice = (own, 1.0)
-    for scale in DISPERSION_CHOICES[1:]:
-        scores = choose_pooling(_ScaledDispersion(fit.network, scale), counts,
-                                fit._summary.library_size, latents, fit.validation_batches(),
-                                train.heldout_molecules, train.seed).scores
-        key = min(scores, key=scores.get)
-        if scores[key] < best:
-            k, w = (float(v.split("=")[1]) for v in key.split(","))
-            best, choice = scores[key], (NeighbourPooling(neighbours=int(k), weight=w), scale)
-    return choice
+    return choose_pooling(fit.network, counts, fit._summary.library_size,
+                          torch.from_numpy(fit.get_latent()), fit.validation_batches(),
+                          train.heldout_molecules, train.seed, fixed=fit.validation_split,
+                          scales=DISPERSION_CHOICES or CANDIDATE_DISPERSION_SCALES)
 
 
 def dropouts_kept(x, o, pooled, rate):
@@ -129,7 +104,8 @@ def posterior_variants(model, adata, groups: np.ndarray) -> dict:
             net, pool = fit.network, pool_for(fit, adata)
             own_pooling = fit.pooling
             try:
-                fit.pooling, chosen_scale = validation_choice(fit)
+                fit.pooling = validation_choice(fit)
+                chosen_scale = fit.pooling.dispersion_scale
                 outputs["choices"].append(f"k={fit.pooling.neighbours},"
                                           f"w={fit.pooling.weight:g},c={chosen_scale:g}")
                 chosen_pool = pool_for(fit, adata)

@@ -130,3 +130,40 @@ def test_a_single_cell_gets_the_plain_posterior():
     got = model.denoise(one, copy=True).layers["zipo_denoised"]
     model.pooling = NeighbourPooling()
     np.testing.assert_array_equal(got, model.denoise(one, copy=True).layers["zipo_denoised"])
+
+
+def _score_key(pooling: NeighbourPooling, first_k: int = 5) -> str:
+    k = pooling.neighbours if pooling.weight > 0 else first_k
+    c = pooling.dispersion_scale
+    return f"k={k},w={pooling.weight}" + ("" if c == 1 else f",c={c:g}")
+
+
+def test_a_dispersion_scale_is_chosen_with_the_borrowing_and_scales_theta(tmp_path):
+    """``dispersion_choice = "auto"`` scores every (k, w) at each scale and keeps the lowest;
+    the scale multiplies theta in the posterior alone (a huge theta leaves the network's rate)
+    and is saved with the model. Off (the default), only c = 1 is scored."""
+    from zipo.neighbours import CANDIDATE_DISPERSION_SCALES
+
+    adata = clustered()
+    options = dict(max_epochs=15, batch_size=16, validation_fraction=0.3)
+    plain = small_model(adata, **options).train().pooling
+    assert plain.dispersion_scale == 1 and not any(",c=" in key for key in plain.scores)
+    model = small_model(adata, dispersion_choice="auto", **options).train()
+    chosen = model.pooling
+    scores = chosen.scores
+    assert len(scores) == len(plain.scores) * len(CANDIDATE_DISPERSION_SCALES)
+    for key, value in plain.scores.items():  # the same network and split: c = 1 alike
+        assert scores[key] == pytest.approx(value, rel=1e-12)
+    assert scores[_score_key(chosen)] == min(scores.values())
+
+    rate = model.denoise(expectation="rate", copy=True).layers["zipo_denoised"]
+    for scale, close in ((1.0, False), (1e7, True)):
+        model.pooling = NeighbourPooling(dispersion_scale=scale)
+        posterior = model.denoise(copy=True).layers["zipo_denoised"]
+        assert np.allclose(posterior, rate, rtol=1e-3, atol=1e-4) == close
+    model.pooling = NeighbourPooling(dispersion_scale=1e7)
+    np.testing.assert_array_equal(model.denoise(expectation="rate", copy=True)
+                                  .layers["zipo_denoised"], rate)
+    model.pooling = chosen
+    model.save(tmp_path / "m")
+    assert zipo.ZiPo.load(tmp_path / "m").pooling == chosen

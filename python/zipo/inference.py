@@ -116,7 +116,8 @@ class InferenceMixin:
         sink = output_sink(adata, keep, self.config.model.encoder_dims[-1], out, key_added,
                            denoised, zero_inflation, overwrite)
         pooling = denoised and expectation == "posterior" and reference is None
-        fits = [(fit.network, pool_for(fit, adata) if pooling else None)
+        fits = [(fit.network, pool_for(fit, adata) if pooling else None,
+                 fit.pooling.dispersion_scale if expectation == "posterior" else 1.0)
                 for fit in (self, *self.further_fits)]
         with sink:
             write_predictions(fits, batches, sink, cols, expectation, denoised,

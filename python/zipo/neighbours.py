@@ -15,6 +15,12 @@ thousands of cells it already holds what they know. So k and w are chosen after 
 the validation cells' held-out molecules (:func:`choose_pooling`), each cell's neighbours drawn
 from all other cells, and a model keeps w = 0 unless borrowing predicts them better.
 
+With ``train.dispersion_choice = "auto"`` the same choice also scales the dispersion theta
+that the posterior uses by a c of :data:`CANDIDATE_DISPERSION_SCALES`: c > 1 trusts the
+network's rate more against the cell's own count, c < 1 less. The network's theta describes
+the spread of the counts it trained on around its rate, which need not be the shrinkage that
+predicts new molecules best (docs, history: "A dispersion scale chosen on the fixed split").
+
 The neighbour search is exact (Euclidean, in chunks), so it is offered up to
 :data:`MAX_CELLS` cells; larger data keep the plain posterior, where the network's rate has
 the most cells behind it anyway.
@@ -40,6 +46,8 @@ from .train.heldout import FixedSplit, binomial_split
 
 CANDIDATE_NEIGHBOURS = (5, 15, 30, 50)
 CANDIDATE_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
+# The network's own theta (c = 1) first: kept on a tie.
+CANDIDATE_DISPERSION_SCALES = (1.0, 0.1, 0.25, 0.5, 2.0)
 # Molecule splits the choice averages over: on small data (100 cells hold out 10) one split
 # leaves few held-out molecules, and the choice would follow their noise.
 SPLITS = 3
@@ -48,12 +56,15 @@ MAX_CELLS = 100_000
 
 @dataclass
 class NeighbourPooling:
-    """The borrowing a trained model applies to ``denoise(expectation="posterior")``:
-    ``weight`` w of the pooled counts of each cell's ``neighbours`` nearest cells (w = 0: the
-    plain posterior), the validation score of every candidate, and why it is off where so."""
+    """What a trained model's ``denoise(expectation="posterior")`` applies, as chosen on the
+    validation cells' held-out molecules: ``weight`` w of the pooled counts of each cell's
+    ``neighbours`` nearest cells (w = 0: the plain posterior), the ``dispersion_scale`` c
+    that multiplies theta (1: the network's own), the validation score of every candidate,
+    and why it is off where so."""
 
     neighbours: int = 0
     weight: float = 0.0
+    dispersion_scale: float = 1.0
     scores: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -62,7 +73,8 @@ class NeighbourPooling:
         return self.weight > 0 and self.neighbours > 0
 
     def to_dict(self) -> dict:
-        return {"neighbours": self.neighbours, "weight": self.weight, "scores": self.scores,
+        return {"neighbours": self.neighbours, "weight": self.weight,
+                "dispersion_scale": self.dispersion_scale, "scores": self.scores,
                 "note": self.note}
 
     @classmethod
@@ -148,13 +160,15 @@ def self_pool(latents: torch.Tensor, counts: CountMatrix, library: np.ndarray,
 @torch.no_grad()
 def choose_pooling(network: torch.nn.Module, counts: CountMatrix, library: np.ndarray,
                    latents: torch.Tensor, validation: CellBatches, heldout: float,
-                   seed: int, fixed: FixedSplit | None = None) -> NeighbourPooling:
-    """The candidate (k, w) whose posterior best predicts the validation cells' held-out
+                   seed: int, fixed: FixedSplit | None = None,
+                   scales: tuple[float, ...] = (1.0,)) -> NeighbourPooling:
+    """The candidate (k, w, c) whose posterior best predicts the validation cells' held-out
     molecules (Poisson NLL per entry), the cells' other molecules as their counts and all
     other cells' counts as neighbours, over :data:`SPLITS` splits of the molecules drawn from
-    ``seed`` alone, so every process of a distributed run chooses alike; w = 0 on a tie. With
-    ``fixed``, the split the cells trained with instead (``validation`` reads their kept
-    molecules), and their neighbours are found from the latents of those."""
+    ``seed`` alone, so every process of a distributed run chooses alike; w = 0 and the first
+    of ``scales`` on a tie. With ``fixed``, the split the cells trained with instead
+    (``validation`` reads their kept molecules), and their neighbours are found from the
+    latents of those. Scores are keyed ``k=..,w=..``, with ``,c=..`` where c is not 1."""
     n = len(latents)
     val = validation.indices
     k_max = min(max(CANDIDATE_NEIGHBOURS), n - 1)
@@ -171,7 +185,9 @@ def choose_pooling(network: torch.nn.Module, counts: CountMatrix, library: np.nd
         query = torch.cat([network.encode(x).float().cpu() for x, _, _ in validation])
     pool = PooledCounts(counts, library, val, nearest(query, latents, k_max, val))
     ks = sorted({min(k, k_max) for k in CANDIDATE_NEIGHBOURS})
-    totals = {(k, w): 0.0 for k in ks for w in CANDIDATE_WEIGHTS}
+    # the plain posterior does not depend on k: scored once, at the first
+    totals = {(k, w, c): 0.0 for c in scales for k in ks for w in CANDIDATE_WEIGHTS
+              if w > 0 or k == ks[0]}
     entries = 0
     scale = math.log(heldout / (1 - heldout))
     for kept, target, c, idx in splits:
@@ -184,22 +200,27 @@ def choose_pooling(network: torch.nn.Module, counts: CountMatrix, library: np.nd
         for k in ks:
             summed, lib = pool.sums(idx, k, kept.device)
             for w in CANDIDATE_WEIGHTS:
-                if w == 0 and k != ks[0]:
-                    continue  # the plain posterior does not depend on k
+                if (k, w, scales[0]) not in totals:
+                    continue
                 pooled = weighted(summed, lib, own, w) if w > 0 else None
-                rate = posterior_rate(kept, log_mean, logit_z, log_theta, pooled)
-                totals[(k, w)] -= poisson_log_pmf(target, torch.log(rate) + scale).sum(
-                    dtype=torch.float64).item()
+                for factor in scales:  # (c is the batch's covariates here)
+                    theta = log_theta if factor == 1 else log_theta + math.log(factor)
+                    rate = posterior_rate(kept, log_mean, logit_z, theta, pooled)
+                    totals[(k, w, factor)] -= poisson_log_pmf(
+                        target, torch.log(rate) + scale).sum(dtype=torch.float64).item()
         entries += target.numel()
-    scores = {f"k={k},w={w}": v / entries for (k, w), v in totals.items()
-              if w > 0 or k == ks[0]}
-    plain = totals[(ks[0], 0.0)]
-    (k, w), best = min(((kw, v) for kw, v in totals.items() if kw[1] > 0),
-                       key=lambda item: item[1])
-    if best < plain:
-        return NeighbourPooling(neighbours=k, weight=w, scores=scores)
-    return NeighbourPooling(scores=scores, note="the plain posterior predicted the validation "
-                                                "cells' held-out molecules best")
+    scores = {f"k={k},w={w}" + ("" if c == 1 else f",c={c:g}"): v / entries
+              for (k, w, c), v in totals.items()}
+    plain_key = (ks[0], 0.0, scales[0])
+    # the first of equal scores: the candidates run in the order of the scales, then k and w
+    k, w, c = min((kwc for kwc in totals if kwc != plain_key), key=totals.get,
+                  default=plain_key)
+    if totals[(k, w, c)] < totals[plain_key]:
+        return NeighbourPooling(neighbours=k if w > 0 else 0, weight=w, dispersion_scale=c,
+                                scores=scores)
+    return NeighbourPooling(dispersion_scale=scales[0], scores=scores,
+                            note="the plain posterior predicted the validation cells' held-out "
+                                 "molecules best")
 
 
 def choose_for(model) -> NeighbourPooling:
@@ -220,13 +241,16 @@ def choose_for(model) -> NeighbourPooling:
         return NeighbourPooling(note=f"offered up to {MAX_CELLS:,} cells (exact search)")
     counts, _ = model._model_counts(model.adata, check=False)  # checked when given
     latents = torch.from_numpy(model.get_latent())
+    scales = CANDIDATE_DISPERSION_SCALES if cfg.train.dispersion_choice == "auto" else (1.0,)
     chosen = choose_pooling(model.network, counts, model._summary.library_size, latents,
                             validation, cfg.train.heldout_molecules, cfg.train.seed,
-                            fixed=model.validation_split)
+                            fixed=model.validation_split, scales=scales)
     if cfg.train.verbose:
         print("zipo: the posterior borrows from "
               + (f"{chosen.neighbours} neighbouring cells at weight {chosen.weight:g}"
                  if chosen.active else "no neighbouring cells")
+              + (f", with the dispersion x {chosen.dispersion_scale:g}"
+                 if chosen.dispersion_scale != 1 else "")
               + " (chosen on the validation cells' held-out molecules)", flush=True)
     return chosen
 

@@ -18,6 +18,7 @@ ACTIVATIONS = ("sigmoid", "relu", "gelu", "tanh", "elu", "softplus")
 INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
 FIRST_LAYER_MODES = ("auto", "sparse", "dense")
 NEIGHBOUR_POOLING = ("auto", "off")
+DISPERSION_CHOICE = ("auto", "off")
 VALIDATION_HOLDOUT = ("cells", "molecules")
 LIBRARY_MODES = ("predicted", "observed")
 DISPERSIONS = ("gene-cell", "gene")
@@ -26,6 +27,7 @@ CHOICES = {("model", "likelihood"): tuple(LIKELIHOODS), ("model", "activation"):
            ("model", "input_transform"): INPUT_TRANSFORMS, ("model", "library"): LIBRARY_MODES,
            ("model", "dispersion"): DISPERSIONS, ("train", "first_layer"): FIRST_LAYER_MODES,
            ("train", "neighbour_pooling"): NEIGHBOUR_POOLING,
+           ("train", "dispersion_choice"): DISPERSION_CHOICE,
            ("train", "validation_holdout"): VALIDATION_HOLDOUT}
 
 

@@ -50,7 +50,8 @@ Pool = Callable[[np.ndarray, torch.Tensor], tuple]
 
 
 @torch.no_grad()
-def write_predictions(fits: Sequence[tuple[ZiPoNetwork, Pool | None]], batches: CellBatches,
+def write_predictions(fits: Sequence[tuple[ZiPoNetwork, Pool | None, float]],
+                      batches: CellBatches,
                       sink, columns: np.ndarray | None, expectation: Expectation,
                       denoised: bool, zero_inflation: bool, depth: float = 1.0,
                       target_sum: float = 1e4, reference: np.ndarray | None = None) -> None:
@@ -60,17 +61,18 @@ def write_predictions(fits: Sequence[tuple[ZiPoNetwork, Pool | None]], batches: 
     :func:`expected_values`) and zero probabilities into ``sink``. ``reference`` (cells x
     encoded covariates) predicts the cells at these covariates instead of their own
     (``denoise(covariate_values=...)``). A fit's ``pool(cells, counts)`` gives a batch's
-    pooled neighbour terms of its posterior (:mod:`zipo.neighbours`)."""
+    pooled neighbour terms of its posterior, and its scale multiplies the dispersion there
+    (:mod:`zipo.neighbours`)."""
     device = next(fits[0][0].parameters()).device
     present = None if columns is None or np.all(columns >= 0) else columns >= 0
     if present is not None:
         columns = columns[present]
     columns = None if columns is None else torch.as_tensor(columns, device=device)
-    for network, _ in fits:
+    for network, _, _ in fits:
         network.eval()
     for x, c, idx in batches:
         latent = library = mean = zprob = None
-        for network, pool in fits:
+        for network, pool, dispersion_scale in fits:
             o = own = network(x, c)
             if reference is not None:
                 o = network.heads(own.latent, x,
@@ -87,7 +89,7 @@ def write_predictions(fits: Sequence[tuple[ZiPoNetwork, Pool | None]], batches: 
             if denoised:
                 pooled = pool(idx, x) if pool is not None else None
                 value = expected_values(o, log_m, z, columns, expectation, depth, target_sum,
-                                        x, own, pooled)
+                                        x, own, pooled, dispersion_scale)
                 mean = value if mean is None else mean.add_(value)
             if zero_inflation:
                 zero = z if z is not None else torch.zeros_like(log_m)
@@ -114,7 +116,8 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
                     columns: torch.Tensor | None, expectation: Expectation, depth: float,
                     target_sum: float, x: torch.Tensor | None = None,
                     own: NetworkOutput | None = None,
-                    pooled: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    dispersion_scale: float = 1.0) -> torch.Tensor:
     """One batch's ``expectation`` for a measurement at ``depth`` times each cell's predicted
     library size l: rate ``depth * m``, mixture ``(1 - z) * depth * m``, lognorm
     E[log1p(target_sum * X / (depth * l))] with X ~ the fitted distribution at rate ``depth * m``
@@ -123,8 +126,8 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
     other covariates than their own (``own``, the output at theirs, measured ``x``), the
     posterior is the cell's own E[rate | x] times the ratio of the two rates: the cell keeps
     its deviation from its expected rate, and the covariates' effect on the rate is swapped.
-    ``pooled`` (posterior only): the neighbours' weighted counts and exposure
-    (:func:`zipo.distributions.posterior_rate`)."""
+    ``pooled`` and ``dispersion_scale`` (posterior only): the neighbours' weighted counts and
+    exposure, and the factor on theta, that the model chose (:mod:`zipo.neighbours`)."""
     if expectation == "lognorm":
         logit_z, log_theta = _distribution_heads(o, columns)
         log_depth = math.log(depth)
@@ -135,6 +138,8 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
     if expectation == "posterior":
         own = o if own is None else own
         logit_z, log_theta = _distribution_heads(own, columns)
+        if log_theta is not None and dispersion_scale != 1:
+            log_theta = log_theta + math.log(dispersion_scale)
         own_log_m = own.log_mean if columns is None else own.log_mean[:, columns]
         x = as_dense(x).to(log_m.dtype)
         if pooled is not None and columns is not None:
