@@ -189,9 +189,10 @@ class TrainConfig:
     dispersion theta that the posterior output uses (c from 0.1, 0.25, 0.5, 1, 2; above 1 the
     network's rate counts more against the cell's own count), on the same held-out
     molecules. It predicted held-out molecules 0.03-0.7% better on four datasets of 559 to
-    2,972 cells (every seed of both MCV splits), and no better on 80 and 100 cells, whose
-    eight to ten validation cells a fit choose noisily (docs, history: "A dispersion scale
-    chosen on the fixed split"). ``"off"``: the network's own theta."""
+    2,972 cells (every seed of both MCV splits), and no better on 80 and 100 cells; where it
+    chose c < 1 it imputed masked counts 4-13% worse and, on simulated data, missed the true
+    rates by 10% more (docs, history: "A dispersion scale chosen on the fixed split").
+    ``"off"``: the network's own theta."""
     seed: int = 0
     n_fits: int = 0
     """Networks trained, fit k from ``seed + k - 1``; ``denoise`` averages their outputs (the
