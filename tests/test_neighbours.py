@@ -3,6 +3,8 @@ posterior with pooled counts, the choice on validation molecules, and the denois
 
 from __future__ import annotations
 
+import math
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -143,6 +145,11 @@ def test_a_dispersion_scale_is_chosen_with_the_borrowing_and_scales_theta(tmp_pa
     the scale multiplies theta in the posterior alone (a huge theta leaves the network's rate)
     and is saved with the model. Off (the default), only c = 1 is scored."""
     from zipo.neighbours import CANDIDATE_DISPERSION_SCALES
+
+    x, log_m = torch.tensor([[0.0, 3.0]]), torch.log(torch.tensor([[1.0, 0.5]]))
+    log_theta, logit_z = torch.log(torch.tensor([[2.0, 0.5]])), torch.tensor([[0.0, -1.0]])
+    torch.testing.assert_close(posterior_rate(x, log_m, logit_z, log_theta, dispersion_scale=4.0),
+                               posterior_rate(x, log_m, logit_z, log_theta + math.log(4.0)))
 
     adata = clustered()
     options = dict(max_epochs=15, batch_size=16, validation_fraction=0.3)

@@ -223,7 +223,8 @@ def expected_log1p(log_m: torch.Tensor, logit_z: torch.Tensor | None = None,
 @torch.no_grad()
 def posterior_rate(x: torch.Tensor, log_m: torch.Tensor, logit_z: torch.Tensor | None = None,
                    log_theta: torch.Tensor | None = None,
-                   pooled: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                   pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   dispersion_scale: float = 1.0) -> torch.Tensor:
     """E[rate | x]: the fitted rate m updated by the cell's own count x (empirical Bayes, as
     SAVER denoises).
 
@@ -237,10 +238,15 @@ def posterior_rate(x: torch.Tensor, log_m: torch.Tensor, logit_z: torch.Tensor |
     ``pooled`` = (w S_x, w S_l): weighted counts of neighbouring cells and their exposure in
     units of this cell's library (:mod:`zipo.neighbours`), further Poisson draws of the same
     rate, which move the mean to (theta + x + w S_x) / (theta / m + 1 + w S_l).
+
+    ``dispersion_scale`` c multiplies theta (:mod:`zipo.neighbours` may choose one on
+    validation): c > 1 shrinks the count further towards m.
     """
     m = torch.exp(log_m)
     if log_theta is None:
         return m
+    if dispersion_scale != 1:
+        log_theta = log_theta + math.log(dispersion_scale)
     theta = torch.exp(log_theta)
     pooled_x, exposure = (0.0, 0.0) if pooled is None else pooled
     shrunk = (x + theta + pooled_x) * m / (m + theta + exposure * m)

@@ -117,8 +117,7 @@ class InferenceMixin:
                            denoised, zero_inflation, overwrite)
         pooling = denoised and expectation == "posterior" and reference is None
         fits = [(fit.network, pool_for(fit, adata) if pooling else None,
-                 fit.pooling.dispersion_scale if expectation == "posterior" else 1.0)
-                for fit in (self, *self.further_fits)]
+                 fit.pooling.dispersion_scale) for fit in (self, *self.further_fits)]
         with sink:
             write_predictions(fits, batches, sink, cols, expectation, denoised,
                               zero_inflation, depth, target_sum, reference)

@@ -204,8 +204,7 @@ def choose_pooling(network: torch.nn.Module, counts: CountMatrix, library: np.nd
                     continue
                 pooled = weighted(summed, lib, own, w) if w > 0 else None
                 for factor in scales:  # (c is the batch's covariates here)
-                    theta = log_theta if factor == 1 else log_theta + math.log(factor)
-                    rate = posterior_rate(kept, log_mean, logit_z, theta, pooled)
+                    rate = posterior_rate(kept, log_mean, logit_z, log_theta, pooled, factor)
                     totals[(k, w, factor)] -= poisson_log_pmf(
                         target, torch.log(rate) + scale).sum(dtype=torch.float64).item()
         entries += target.numel()

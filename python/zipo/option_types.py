@@ -17,8 +17,7 @@ LIKELIHOODS = {"zip": (True, False), "zinb": (True, True), "poisson": (False, Fa
 ACTIVATIONS = ("sigmoid", "relu", "gelu", "tanh", "elu", "softplus")
 INPUT_TRANSFORMS = ("log1p", "normalize_log1p")
 FIRST_LAYER_MODES = ("auto", "sparse", "dense")
-NEIGHBOUR_POOLING = ("auto", "off")
-DISPERSION_CHOICE = ("auto", "off")
+AUTO_OR_OFF = ("auto", "off")
 VALIDATION_HOLDOUT = ("cells", "molecules")
 LIBRARY_MODES = ("predicted", "observed")
 DISPERSIONS = ("gene-cell", "gene")
@@ -26,8 +25,8 @@ DISPERSIONS = ("gene-cell", "gene")
 CHOICES = {("model", "likelihood"): tuple(LIKELIHOODS), ("model", "activation"): ACTIVATIONS,
            ("model", "input_transform"): INPUT_TRANSFORMS, ("model", "library"): LIBRARY_MODES,
            ("model", "dispersion"): DISPERSIONS, ("train", "first_layer"): FIRST_LAYER_MODES,
-           ("train", "neighbour_pooling"): NEIGHBOUR_POOLING,
-           ("train", "dispersion_choice"): DISPERSION_CHOICE,
+           ("train", "neighbour_pooling"): AUTO_OR_OFF,
+           ("train", "dispersion_choice"): AUTO_OR_OFF,
            ("train", "validation_holdout"): VALIDATION_HOLDOUT}
 
 

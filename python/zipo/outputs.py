@@ -138,14 +138,12 @@ def expected_values(o: NetworkOutput, log_m: torch.Tensor, z: torch.Tensor | Non
     if expectation == "posterior":
         own = o if own is None else own
         logit_z, log_theta = _distribution_heads(own, columns)
-        if log_theta is not None and dispersion_scale != 1:
-            log_theta = log_theta + math.log(dispersion_scale)
         own_log_m = own.log_mean if columns is None else own.log_mean[:, columns]
         x = as_dense(x).to(log_m.dtype)
         if pooled is not None and columns is not None:
             pooled = (pooled[0][:, columns], pooled[1])
         m = posterior_rate(x if columns is None else x[:, columns], own_log_m, logit_z,
-                           log_theta, pooled)
+                           log_theta, pooled, dispersion_scale)
         if own is not o:
             m = m * torch.exp(log_m - own_log_m)
         return m * depth if depth != 1 else m
