@@ -228,6 +228,24 @@ def test_plateau_and_early_stopping_count_rounds(pbmc_small):
     assert h["epoch"].iloc[-1] == pytest.approx(5 / 3)
 
 
+def test_the_decoder_trains_at_its_own_learning_rate(pbmc_small):
+    # At a factor of 1e-9 the decoder's Adam steps are ~1e-12: its weights stay where they
+    # started while the encoder's move, so one epoch and two give the same decoder.
+    def weights(factor, epochs):
+        net = _small_model(pbmc_small, decoder_lr_factor=factor, max_epochs=epochs, n_fits=1,
+                           early_stopping_patience=100).train().network
+        return net.encoder[0][0].weight.detach(), net.mu_head.bias.detach()
+
+    (enc1, dec1), (enc2, dec2) = weights(1e-9, 1), weights(1e-9, 2)
+    assert (enc1 - enc2).abs().max() > 1e-5
+    assert (dec1 - dec2).abs().max() < 1e-8
+    # at the default factor of 1 the decoder moves like the encoder
+    (_, dec1), (_, dec2) = weights(1.0, 1), weights(1.0, 2)
+    assert (dec1 - dec2).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="decoder_lr_factor"):
+        _small_model(pbmc_small, decoder_lr_factor=0)
+
+
 def test_validation_cells_are_capped(pbmc_small):
     rng = np.random.default_rng(0)
     train, val = split_cells(1000, 0.1, rng, max_validation=40)

@@ -116,7 +116,7 @@ def check_ranges(m, t) -> None:
     if t.prefetch < 0 or t.shuffle_chunk < 0:
         raise ValueError("prefetch and shuffle_chunk must be >= 0 "
                          f"(got {t.prefetch} and {t.shuffle_chunk})")
-    for name in ("learning_rate", "lr_min"):
+    for name in ("learning_rate", "lr_min", "decoder_lr_factor"):
         if getattr(t, name) <= 0:
             raise ValueError(f"{name} must be > 0, got {getattr(t, name)}")
     if not 0 <= t.early_stopping_threshold < 1:

@@ -163,6 +163,16 @@ class ZiPoNetwork(nn.Module):
             self.gene_log_theta.zero_()
         self.target_library.fill_(1.0)
 
+    ENCODER_MODULES = ("encoder", "residuals", "latent_log_var")
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(the encoder's parameters: counts -> latents; the rest: decoder, heads, gene
+        dispersions and library network), for ``train.decoder_lr_factor``."""
+        encoder, rest = [], []
+        for name, p in self.named_parameters():
+            (encoder if name.split(".")[0] in self.ENCODER_MODULES else rest).append(p)
+        return encoder, rest
+
     @property
     def first_layer(self) -> nn.Linear:
         """The genes -> first-encoder-layer map whose weights are regularised and pruned."""
