@@ -137,8 +137,9 @@ class TrainConfig:
     out the optimiser's step-to-step noise, as a lower learning rate would, without slowing
     the descent (``preset="fast"``)."""
     decoder_lr_factor: float = 1.0
-    """The learning rate of the decoder, its heads, the gene dispersions and the library
-    network, as a multiple of the encoder's (``learning_rate`` and its schedule)."""
+    """The learning rate of the decoder, its mean and zero-inflation heads and the library
+    network, as a multiple of the encoder's and the dispersion's (``learning_rate`` and its
+    schedule)."""
     lr_decay: float = 0.9
     """Multiplied into the learning rate every round until it reaches ``lr_min``."""
     lr_min: float = 0.001

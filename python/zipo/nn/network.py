@@ -163,15 +163,20 @@ class ZiPoNetwork(nn.Module):
             self.gene_log_theta.zero_()
         self.target_library.fill_(1.0)
 
-    ENCODER_MODULES = ("encoder", "residuals", "latent_log_var")
+    # What train.decoder_lr_factor leaves at the base learning rate: the encoder, and the
+    # dispersion, which at the decoder's faster rate moved the posterior output towards each
+    # cell's own counts and away from the simulation's true rates (docs, history: "A faster
+    # decoder").
+    BASE_RATE_MODULES = ("encoder", "residuals", "latent_log_var", "theta_head", "gene_log_theta")
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(the encoder's parameters: counts -> latents; the rest: decoder, heads, gene
-        dispersions and library network), for ``train.decoder_lr_factor``."""
-        encoder, rest = [], []
+        """(the parameters trained at the base learning rate: the encoder, counts -> latents,
+        and the dispersion; the rest: decoder layers, mean and zero-inflation heads, library
+        network), for ``train.decoder_lr_factor``."""
+        base, rest = [], []
         for name, p in self.named_parameters():
-            (encoder if name.split(".")[0] in self.ENCODER_MODULES else rest).append(p)
-        return encoder, rest
+            (base if name.split(".")[0] in self.BASE_RATE_MODULES else rest).append(p)
+        return base, rest
 
     @property
     def first_layer(self) -> nn.Linear:
