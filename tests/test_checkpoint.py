@@ -15,6 +15,7 @@ import torch
 
 import zipo
 from zipo.datasets import pbmc4k_demo
+from zipo.nn.network import ZiPoNetwork
 from zipo.train.checkpoint import CHECKPOINT_FILE
 
 # Slow enough per epoch (~0.3 s) that the kill lands mid-run; early stopping off so the run
@@ -154,6 +155,39 @@ def test_a_checkpoint_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, a
     assert list(straight.history["step"]) == [3, 6, 9, 12, 15, 18, 21, 24, 27]
     np.testing.assert_array_equal(resumed.history["validation_heldout_nll"],
                                   straight.history["validation_heldout_nll"])
+    a, b = final_state(resumed), final_state(straight)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_checkpoint_from_before_the_decoders_own_rate_resumes(tmp_path):
+    """Checkpoints written before ``train.decoder_lr_factor`` hold one optimiser group, the
+    network's parameters in their order: resumed, they end where the uninterrupted run ends."""
+    options = {**OPTIONS, "max_epochs": 3}
+    adata = demo_subset()[:540].copy()
+    straight = zipo.ZiPo(adata, **options).train()
+
+    def stop_after_epoch_1(trainer):
+        if len(trainer.history) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zipo.ZiPo(adata, **options).train(checkpoint_dir=tmp_path, callback=stop_after_epoch_1)
+    path = tmp_path / CHECKPOINT_FILE
+    saved = torch.load(path, weights_only=True)
+    optimiser = saved["trainer"]["optimiser"]
+    # today's numbering runs group after group (the encoder and dispersion, then the rest);
+    # the old one follows the network's parameters, the dispersion head among the decoder's
+    base, rest = (iter(g["params"]) for g in optimiser["param_groups"])
+    order = [next(base if name.split(".")[0] in ZiPoNetwork.BASE_RATE_MODULES else rest)
+             for name, _ in straight.network.named_parameters()]
+    assert sorted(order) != order  # the two numberings differ
+    group = {k: v for k, v in optimiser["param_groups"][0].items() if k != "lr_factor"}
+    one_group = {"state": {old: optimiser["state"][new] for old, new in enumerate(order)},
+                 "param_groups": [{**group, "params": list(range(len(order)))}]}
+    torch.save({**saved, "trainer": {**saved["trainer"], "optimiser": one_group}}, path)
+
+    resumed = zipo.ZiPo(adata, **options).train(checkpoint_dir=tmp_path, resume=True)
     a, b = final_state(resumed), final_state(straight)
     for key in a:
         assert torch.equal(a[key], b[key]), key

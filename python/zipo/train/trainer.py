@@ -136,7 +136,7 @@ class Trainer:
         self.epoch_step = state.get("epoch_step", 0)
         self.steps = state.get("steps", 0)
         self.net.load_state_dict(state["network"])
-        self.optimiser.load_state_dict(state["optimiser"])
+        self.optimiser.load_state_dict(self._regrouped(state["optimiser"]))
         self.schedule.load_state_dict(state["schedule"])
         s = state["stopper"]
         self.stopper.best, self.stopper.best_epoch = s["best"], s["best_epoch"]
@@ -277,6 +277,21 @@ class Trainer:
         self.epoch += 1
         self.epoch_step = 0
         self._finish_round(sums, lr, checkpoint, checkpoint_every, callback, bar)
+
+    def _regrouped(self, saved: dict) -> dict:
+        """An optimiser state saved before the two parameter groups (checkpoints with one
+        group, the network's parameters in their order) in today's groups; others as saved."""
+        if len(saved["param_groups"]) == len(self.optimiser.param_groups):
+            return saved
+        (old_group,) = saved["param_groups"]
+        position = {id(p): i for i, p in enumerate(self.net.parameters())}
+        # the state dict numbers parameters group after group
+        old_index = [position[id(p)] for g in self.optimiser.param_groups for p in g["params"]]
+        groups = [{**old_group, "params": g["params"], "lr_factor": g["lr_factor"]}
+                  for g in self.optimiser.state_dict()["param_groups"]]
+        return {"state": {new: saved["state"][old] for new, old in enumerate(old_index)
+                          if old in saved["state"]},
+                "param_groups": groups}
 
     def _start_round(self) -> tuple[float, _RoundSums]:
         """Set the round's learning rate (the plateau may have cut it mid-epoch) and the
