@@ -143,7 +143,8 @@ def _score_key(pooling: NeighbourPooling, first_k: int = 5) -> str:
 def test_a_dispersion_scale_is_chosen_with_the_borrowing_and_scales_theta(tmp_path):
     """``dispersion_choice = "auto"`` scores every (k, w) at each scale and keeps the lowest;
     the scale multiplies theta in the posterior alone (a huge theta leaves the network's rate)
-    and is saved with the model. Off (the default), only c = 1 is scored."""
+    and is saved with the model. Off (the default under 500 cells, as these), only c = 1 is
+    scored."""
     from zipo.neighbours import CANDIDATE_DISPERSION_SCALES
 
     x, log_m = torch.tensor([[0.0, 3.0]]), torch.log(torch.tensor([[1.0, 0.5]]))
@@ -155,7 +156,8 @@ def test_a_dispersion_scale_is_chosen_with_the_borrowing_and_scales_theta(tmp_pa
     options = dict(max_epochs=15, batch_size=16, validation_fraction=0.3)
     plain = small_model(adata, **options).train().pooling
     assert plain.dispersion_scale == 1 and not any(",c=" in key for key in plain.scores)
-    model = small_model(adata, dispersion_choice="auto", **options).train()
+    model = small_model(adata, small_data=False, **options).train()  # "auto", the default
+    assert model.config.train.dispersion_choice == "auto"
     chosen = model.pooling
     scores = chosen.scores
     assert len(scores) == len(plain.scores) * len(CANDIDATE_DISPERSION_SCALES)

@@ -110,20 +110,20 @@ def test_small_data_options_replace_defaults_only():
         small_data_options(cfg, n_cells)
         t = cfg.train
         return (cfg.model.encoder_dims, cfg.model.decoder_dims, t.max_epochs,
-                (t.learning_rate, t.lr_min, t.weight_average))
+                (t.learning_rate, t.lr_min, t.weight_average), t.dispersion_choice)
 
     flat, doubled = (0.001, 0.001, 0.0), (*SMALL_DATA_SCHEDULE.values(), 0.0)
-    default = ([512, 256, 32], [128], 300, flat)
-    narrow = ([512, 256, 8], [32], 1000, doubled)
+    default = ([512, 256, 32], [128], 300, flat, "auto")
+    narrow = ([512, 256, 8], [32], 1000, doubled, "off")
     assert doubled == (0.002, 0.002, 0.0)
     assert small(SMALL_DATA_CELLS - 1) == narrow
     assert small(SMALL_DATA_CELLS) == default
     assert small(80, small_data=False) == default
     # a shape set explicitly is kept whole, even in part, and with it the schedule
-    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, flat)
-    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, flat)
+    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, flat, "off")
+    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, flat, "off")
     assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]
-    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, doubled)
+    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, doubled, "off")
     # a schedule set in part is kept whole: the preset's, or one option of it
     assert small(80, **PRESETS["fast"]["train"])[3] == (0.003, 0.003, 0.97)
     assert small(80, learning_rate=0.0005)[3] == (0.0005, 0.001, 0.0)
