@@ -208,11 +208,11 @@ class TrainConfig:
     """On data of fewer than 500 cells, the options still at the defaults' values take
     small-data ones: 8 latents (``encoder_dims = [512, 256, 8]``), a decoder layer of 32,
     trained at a flat 0.002 for at most 1,000 epochs (an epoch there is one or two optimiser
-    steps), without the dispersion choice. The wider network fits the few cells' noise; the narrower one predicted held-out
-    molecules 1-3% better on 80 and 100 cells, and twice the learning rate gets there in
-    40% less time on 100 cells (docs, history: "A narrower network on small data", "The
-    narrower network's learning rate"). The config then records what the model used.
-    False: the defaults on any data."""
+    steps), without the dispersion choice. The wider network fits the few cells' noise; the
+    narrower one predicted held-out molecules 1-3% better on 80 and 100 cells, and twice the
+    learning rate gets there in 40% less time on 100 cells (docs, history: "A narrower network
+    on small data", "The narrower network's learning rate"). The config then records what
+    the model used. False: the defaults on any data."""
     checkpoint_every: int = 10
     """Rounds (epochs on smaller data, see ``validation_interval``) between checkpoints when
     training with a checkpoint directory; a checkpoint may fall mid-epoch."""

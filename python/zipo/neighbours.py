@@ -18,9 +18,9 @@ from all other cells, and a model keeps w = 0 unless borrowing predicts them bet
 With ``train.dispersion_choice = "auto"`` (the default from 500 cells) the same choice also
 scales the dispersion theta that the posterior uses by a c of
 :data:`CANDIDATE_DISPERSION_SCALES`: c > 1 trusts the network's rate more against the cell's
-own count. The network's theta describes
-the spread of the counts it trained on around its rate, which need not be the shrinkage that
-predicts new molecules best (docs, history: "A dispersion scale chosen on the fixed split").
+own count. The network's theta describes the spread of the counts it trained on around its
+rate, which need not be the shrinkage that predicts new molecules best (docs, history: "A
+dispersion scale chosen on the fixed split").
 
 The neighbour search is exact (Euclidean, in chunks), so it is offered up to
 :data:`MAX_CELLS` cells; larger data keep the plain posterior, where the network's rate has
