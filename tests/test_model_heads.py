@@ -123,7 +123,9 @@ def test_observed_library_is_the_kept_molecules_total_under_noise2self(pbmc_smal
 # --------------------------------------------------------------------------- dispersion
 @pytest.mark.parametrize("likelihood", ["zinb", "nb"])
 def test_gene_dispersion_is_one_theta_per_gene(pbmc_small, tmp_path, likelihood):
-    model = small_model(pbmc_small, likelihood=likelihood, dispersion="gene", seed=0).train()
+    # the raw weights: an average of the weights over six steps is still mostly their start
+    model = small_model(pbmc_small, likelihood=likelihood, dispersion="gene", seed=0,
+                        weight_average=0.0).train()
     net = model.network
     assert net.theta_head is None and net.gene_log_theta.shape == (pbmc_small.n_vars,)
     # it learned: theta moved away from its start at 1 for most genes

@@ -49,10 +49,10 @@ RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_stop
                "neighbour_pooling": "off",  # the published output: no borrowing
                # the paper's patiences, from a flat 0.001, no weight average
                "learning_rate": 0.001, "lr_min": 0.001, "weight_average": 0.0,
-               "plateau_patience": 15, "early_stopping_patience": 30}
-# "fast": the defaults' model at a flat 0.003 with a weight average and shorter patiences
-FAST = {"learning_rate": 0.003, "lr_min": 0.003, "weight_average": 0.97, "plateau_patience": 8,
-        "early_stopping_patience": 16}
+               "decoder_lr_factor": 1.0, "plateau_patience": 15, "early_stopping_patience": 30}
+# "fast": the defaults' model at a flat 0.003 for all of it, with a weight average
+FAST = {"learning_rate": 0.003, "lr_min": 0.003, "weight_average": 0.97, "decoder_lr_factor": 1.0,
+        "plateau_patience": 8, "early_stopping_patience": 16}
 EXPECTED_TRAIN = {"zipo": {}, "fast": FAST, "paper": RECONSTRUCT, "dca": RECONSTRUCT, "zipdca": RECONSTRUCT,
                   "tuneddca": RECONSTRUCT}
 
@@ -110,25 +110,28 @@ def test_small_data_options_replace_defaults_only():
         small_data_options(cfg, n_cells)
         t = cfg.train
         return (cfg.model.encoder_dims, cfg.model.decoder_dims, t.max_epochs,
-                (t.learning_rate, t.lr_min, t.weight_average), t.dispersion_choice)
+                (t.learning_rate, t.lr_min, t.decoder_lr_factor, t.weight_average),
+                t.dispersion_choice)
 
-    flat, doubled = (0.001, 0.001, 0.0), (*SMALL_DATA_SCHEDULE.values(), 0.0)
-    default = ([512, 256, 32], [128], 300, flat, "auto")
+    # the defaults: a flat 0.001, the decoder at three times it, the weights' average
+    default_schedule, doubled = (0.001, 0.001, 3.0, 0.97), tuple(SMALL_DATA_SCHEDULE.values())
+    default = ([512, 256, 32], [128], 300, default_schedule, "auto")
     narrow = ([512, 256, 8], [32], 1000, doubled, "off")
-    assert doubled == (0.002, 0.002, 0.0)
+    assert doubled == (0.002, 0.002, 1.0, 0.0)
     assert small(SMALL_DATA_CELLS - 1) == narrow
     assert small(SMALL_DATA_CELLS) == default
     assert small(80, small_data=False) == default
     # a shape set explicitly is kept whole, even in part, and with it the schedule
-    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, flat, "off")
-    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, flat, "off")
+    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, default_schedule, "off")
+    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, default_schedule, "off")
     assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]
     assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, doubled, "off")
     # a schedule set in part is kept whole: the preset's, or one option of it
-    assert small(80, **PRESETS["fast"]["train"])[3] == (0.003, 0.003, 0.97)
-    assert small(80, learning_rate=0.0005)[3] == (0.0005, 0.001, 0.0)
-    assert small(80, lr_min=0.0001)[3] == (0.001, 0.0001, 0.0)
-    assert small(80, weight_average=0.9)[3] == (0.002, 0.002, 0.9)
+    assert small(80, **PRESETS["fast"]["train"])[3] == (0.003, 0.003, 1.0, 0.97)
+    assert small(80, learning_rate=0.0005)[3] == (0.0005, 0.001, 3.0, 0.97)
+    assert small(80, lr_min=0.0001)[3] == (0.001, 0.0001, 3.0, 0.97)
+    assert small(80, weight_average=0.9)[3] == (0.001, 0.001, 3.0, 0.9)
+    assert small(80, decoder_lr_factor=2)[3] == (0.001, 0.001, 2.0, 0.97)
 
 
 def test_small_data_options_are_recorded_and_reloaded(pbmc_small, tmp_path):

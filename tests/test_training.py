@@ -233,8 +233,9 @@ def test_the_decoder_trains_at_its_own_learning_rate(pbmc_small):
     # started while the encoder's and the dispersion's move, so one epoch and two give the
     # same decoder.
     def weights(factor, epochs):
+        # the raw weights (no average), which move every step
         net = _small_model(pbmc_small, decoder_lr_factor=factor, max_epochs=epochs, n_fits=1,
-                           early_stopping_patience=100).train().network
+                           early_stopping_patience=100, weight_average=0.0).train().network
         return [t.detach() for t in (net.encoder[0][0].weight, net.theta_head.bias,
                                      net.mu_head.bias, net.z_head.bias)]
 
@@ -242,7 +243,7 @@ def test_the_decoder_trains_at_its_own_learning_rate(pbmc_small):
         return [bool((x - y).abs().max() > 1e-5) for x, y in zip(a, b)]
 
     assert moved(weights(1e-9, 1), weights(1e-9, 2)) == [True, True, False, False]
-    # at the default factor of 1 the decoder moves like the encoder
+    # at a factor of 1 the decoder moves like the encoder
     assert moved(weights(1.0, 1), weights(1.0, 2)) == [True, True, True, True]
     with pytest.raises(ValueError, match="decoder_lr_factor"):
         _small_model(pbmc_small, decoder_lr_factor=0)
@@ -308,9 +309,10 @@ def test_patience_spans_at_least_min_steps(pbmc_small):
     from zipo.config import TrainConfig
     from zipo.train.schedule import patience_scale
 
-    # 15 rounds of patience: 8 steps a round already make 120 >= 60; one step needs x4
+    # 8 rounds of patience: 8 steps a round already make 64 >= 60; one step needs x8
     assert patience_scale(TrainConfig(), 8) == 1
-    assert patience_scale(TrainConfig(), 1) == 4
+    assert patience_scale(TrainConfig(), 1) == 8
+    assert patience_scale(TrainConfig(plateau_patience=15), 1) == 4
     assert patience_scale(TrainConfig(patience_min_steps=0), 1) == 1
     # 72 training cells in batches of 32 are 3 steps an epoch: patience 1 must span 6 steps, so
     # the plateau waits 2 epochs and cuts after epochs 4 and 7 (1-based), not 3 and 5
