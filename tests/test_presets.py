@@ -111,28 +111,31 @@ def test_small_data_options_replace_defaults_only():
         t = cfg.train
         return (cfg.model.encoder_dims, cfg.model.decoder_dims, t.max_epochs,
                 (t.learning_rate, t.lr_min, t.decoder_lr_factor, t.weight_average),
-                t.dispersion_choice)
+                t.dispersion_choice, t.plateau_stop)
 
     # the defaults: a flat 0.001, the decoder at three times it, the weights' average
     default_schedule, doubled = (0.001, 0.001, 3.0, 0.97), tuple(SMALL_DATA_SCHEDULE.values())
-    default = ([512, 256, 32], [128], 300, default_schedule, "auto")
-    narrow = ([512, 256, 8], [32], 1000, doubled, "off")
+    # from 500 cells training ends at the plateau's first cut, under 500 cells its second
+    default = ([512, 256, 32], [128], 300, default_schedule, "auto", 1)
+    narrow = ([512, 256, 8], [32], 1000, doubled, "off", 2)
     assert doubled == (0.002, 0.002, 1.0, 0.0)
     assert small(SMALL_DATA_CELLS - 1) == narrow
     assert small(SMALL_DATA_CELLS) == default
     assert small(80, small_data=False) == default
     # a shape set explicitly is kept whole, even in part, and with it the schedule
-    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, default_schedule, "off")
-    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, default_schedule, "off")
+    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, default_schedule, "off",
+                                                 2)
+    assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, default_schedule, "off",
+                                            2)
     assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]
-    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, doubled, "off")
+    assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, doubled, "off", 2)
+    assert small(80, plateau_stop=3)[5] == 3 and small(80, **PRESETS["paper"]["train"])[5] == 0
     # a schedule set in part is kept whole: the preset's, or one option of it
     assert small(80, **PRESETS["fast"]["train"])[3] == (0.003, 0.003, 1.0, 0.97)
     assert small(80, learning_rate=0.0005)[3] == (0.0005, 0.001, 3.0, 0.97)
     assert small(80, lr_min=0.0001)[3] == (0.001, 0.0001, 3.0, 0.97)
     assert small(80, weight_average=0.9)[3] == (0.001, 0.001, 3.0, 0.9)
     assert small(80, decoder_lr_factor=2)[3] == (0.001, 0.001, 2.0, 0.97)
-
 
 def test_small_data_options_are_recorded_and_reloaded(pbmc_small, tmp_path):
     model = zipo.ZiPo(pbmc_small, batch_size=32, seed=0, verbose=False)

@@ -194,7 +194,8 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         max_epochs
             Most passes over the training cells (default 300; 1,000 under 500 cells, see
             ``train.small_data``); training usually stops sooner,
-            at the learning-rate plateau's second cut or by early stopping.
+            at the learning-rate plateau's first cut (second under 500 cells) or by
+            early stopping.
         batch_size
             Cells per mini-batch (default 256; at least 2, for batch norm).
         device

@@ -78,7 +78,7 @@ SMALL_DATA_CELLS = 500
 # The dispersion choice is off there: a fit validates on ten cells, and its choices scattered
 # ("A dispersion scale chosen on the fixed split").
 SMALL_DATA = {"model": {"encoder_dims": [512, 256, 8], "decoder_dims": [32]},
-              "train": {"max_epochs": 1000, "dispersion_choice": "off"}}
+              "train": {"max_epochs": 1000, "dispersion_choice": "off", "plateau_stop": 2}}
 SMALL_DATA_SCHEDULE = {"learning_rate": 0.002, "lr_min": 0.002, "decoder_lr_factor": 1.0,
                        "weight_average": 0.0}
 
