@@ -115,8 +115,8 @@ def test_small_data_options_replace_defaults_only():
 
     # the defaults: a flat 0.001, the decoder at three times it, the weights' average
     default_schedule, doubled = (0.001, 0.001, 3.0, 0.97), tuple(SMALL_DATA_SCHEDULE.values())
-    # from 500 cells training ends at the plateau's first cut, under 500 cells its second
-    default = ([512, 256, 32], [128], 300, default_schedule, "auto", 1)
+    # from 500 cells training ends at the plateau's first cut (None), under 500 cells its second
+    default = ([512, 256, 32], [128], 300, default_schedule, "auto", None)
     narrow = ([512, 256, 8], [32], 1000, doubled, "off", 2)
     assert doubled == (0.002, 0.002, 1.0, 0.0)
     assert small(SMALL_DATA_CELLS - 1) == narrow
@@ -130,6 +130,7 @@ def test_small_data_options_replace_defaults_only():
     assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]
     assert small(80, max_epochs=50) == ([512, 256, 8], [32], 50, doubled, "off", 2)
     assert small(80, plateau_stop=3)[5] == 3 and small(80, **PRESETS["paper"]["train"])[5] == 0
+    assert small(80, plateau_stop=1)[5] == 1  # set explicitly: kept, though it is the rule's
     # a schedule set in part is kept whole: the preset's, or one option of it
     assert small(80, **PRESETS["fast"]["train"])[3] == (0.003, 0.003, 1.0, 0.97)
     assert small(80, learning_rate=0.0005)[3] == (0.0005, 0.001, 3.0, 0.97)

@@ -301,6 +301,10 @@ def test_training_ends_at_the_plateaus_last_cut(pbmc_small):
     best = int(h[monitored_column(h)].idxmin())
     assert validation_scores(model)[0] == pytest.approx(h["validation_loss"].iloc[best], rel=1e-5)
     assert len(_small_model(pbmc_small, plateau_stop=0, **options).train().history) == 8
+    # the default ends at the first cut, under 500 cells at the second, unless set explicitly
+    assert _small_model(pbmc_small, **options).config.train.plateau_stop == 2
+    assert len(_small_model(pbmc_small, plateau_stop=1, **options).train().history) == 3
+    assert len(_small_model(pbmc_small, small_data=False, **options).train().history) == 3
     with pytest.raises(ValueError, match="plateau_stop"):
         _small_model(pbmc_small, plateau_stop=-1)
 

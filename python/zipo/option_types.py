@@ -79,7 +79,7 @@ def checked_value(section: str, target, key: str, value: Any, source: str) -> An
 
 # Train options with a least value: (name, least, what the least means).
 TRAIN_MINIMA = (("n_fits", 0, " (0: chosen by the number of cells)"), ("checkpoint_every", 1, ""),
-                ("max_epochs", 1, ""), ("plateau_stop", 0, " (0: never)"),
+                ("max_epochs", 1, ""), ("plateau_stop", 0, " (0: never; empty: the first cut)"),
                 ("patience_min_steps", 0, " (0: patience in epochs)"))
 
 
@@ -111,7 +111,7 @@ def check_ranges(m, t) -> None:
         raise ValueError("validation_interval must be >= 1 and validation_max_cells >= 0 "
                          f"(got {t.validation_interval} and {t.validation_max_cells})")
     for name, least, meaning in TRAIN_MINIMA:
-        if getattr(t, name) < least:
+        if getattr(t, name) is not None and getattr(t, name) < least:
             raise ValueError(f"{name} must be >= {least}{meaning}, got {getattr(t, name)}")
     if t.prefetch < 0 or t.shuffle_chunk < 0:
         raise ValueError("prefetch and shuffle_chunk must be >= 0 "

@@ -28,6 +28,12 @@ def kept_row(history) -> int:
     return int(history[monitored_column(history)].to_numpy().argmin())
 
 
+def plateau_stop(config: TrainConfig) -> int:
+    """The plateau cut that ends training: ``config.plateau_stop``, the first where it is None
+    (the small-data options set 2 under 500 cells)."""
+    return 1 if config.plateau_stop is None else config.plateau_stop
+
+
 def patience_scale(config: TrainConfig, steps_per_round: int) -> int:
     """The factor both patiences (in rounds) are multiplied by so that the plateau's spans at
     least ``config.patience_min_steps`` optimiser steps (1 where it already does)."""
@@ -76,7 +82,7 @@ class LearningRateSchedule:
     @property
     def finished(self) -> bool:
         """Whether the plateau has cut the rate ``plateau_stop`` times (never when it is 0)."""
-        return 0 < self.c.plateau_stop <= self.cuts
+        return 0 < plateau_stop(self.c) <= self.cuts
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k)
