@@ -77,7 +77,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # latents worse ("A faster decoder with an average and shorter patiences").
 SMALL_DATA_CELLS = 500
 # The dispersion choice is off there: a fit validates on ten cells, and its choices scattered
-# ("A dispersion scale chosen on the fixed split").
+# ("A dispersion scale chosen on the fixed split"). Training ends at the plateau's second cut:
+# the first was measured from 500 cells only ("Stopping at the plateau's first cut").
 SMALL_DATA = {"model": {"encoder_dims": [512, 256, 8], "decoder_dims": [32]},
               "train": {"max_epochs": 1000, "dispersion_choice": "off", "plateau_stop": 2}}
 SMALL_DATA_SCHEDULE = {"learning_rate": 0.002, "lr_min": 0.002, "decoder_lr_factor": 1.0,
@@ -90,7 +91,7 @@ def small_data_options(config: "ZiPoConfig", n_cells: int) -> None:
     both ``encoder_dims`` and ``decoder_dims`` are the defaults' (a shape set by a preset, a
     file or an option is kept), with it the :data:`SMALL_DATA_SCHEDULE` where its
     options are all the defaults', and each other train option of it (``max_epochs``,
-    ``dispersion_choice``) where it is the default's."""
+    ``dispersion_choice``, ``plateau_stop``) where it is the default's."""
     from .config import ZiPoConfig
 
     if not config.train.small_data or n_cells >= SMALL_DATA_CELLS:
