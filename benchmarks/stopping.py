@@ -94,15 +94,14 @@ def recording_trainers(trajectories: list[Trajectory]):
     """Patch the Trainer so each run appends its :class:`Trajectory` (in the order fits train);
     returns a function that undoes the patch."""
     from zipo.train import trainer as T
-    from zipo.train.schedule import monitored_column, plateau_stop
+    from zipo.train.schedule import monitored_column
 
     original_init, original_end = T.Trainer.__init__, T.Trainer._end_round
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        tc = self.train_config
         self.trajectory = Trajectory(self.stopper.patience, self.stopper.threshold,
-                                     plateau_stop(tc), self.schedule.patience)
+                                     self.schedule.stop_cut, self.schedule.patience)
         trajectories.append(self.trajectory)
 
     def end_round(self, sums, lr):

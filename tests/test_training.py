@@ -309,6 +309,26 @@ def test_training_ends_at_the_plateaus_last_cut(pbmc_small):
         _small_model(pbmc_small, plateau_stop=-1)
 
 
+def test_training_ends_at_the_second_cut_where_an_epoch_spans_several_rounds(pbmc_small):
+    from zipo.config import TrainConfig
+    from zipo.train.schedule import plateau_stop
+
+    assert [plateau_stop(TrainConfig(), rounds) for rounds in (1, 2, 39)] == [1, 2, 2]
+    assert plateau_stop(TrainConfig(plateau_stop=1), 39) == 1
+    assert plateau_stop(TrainConfig(plateau_stop=0), 39) == 0
+    # 72 training cells in batches of 32, validated every step: three rounds an epoch. Every
+    # round after the first misses a 50% improvement, so the plateau cuts after rounds 3 and 5.
+    options = dict(max_epochs=8, plateau_patience=1, plateau_threshold=0.5, small_data=False,
+                   early_stopping_patience=100, patience_min_steps=0, learning_rate=1e-3,
+                   validation_interval=1)
+    history = _small_model(pbmc_small, **options).train().history
+    np.testing.assert_allclose(history["learning_rate"], [1e-3] * 3 + [1e-4] * 2)
+    assert len(_small_model(pbmc_small, plateau_stop=1, **options).train().history) == 3
+    # one round an epoch: the first cut, as before
+    options["validation_interval"] = 100
+    assert len(_small_model(pbmc_small, **options).train().history) == 3
+
+
 def test_patience_spans_at_least_min_steps(pbmc_small):
     from zipo.config import TrainConfig
     from zipo.train.schedule import patience_scale

@@ -124,7 +124,7 @@ class TrainConfig:
     *rounds* of at most this many steps, and the plateau, early stopping, their patiences,
     ``checkpoint_every`` and the history count rounds: a large dataset is watched several
     times a pass and stops within a few passes once it has converged. Where an epoch is at
-    most this long (up to ~28,000 cells at batch 256) a round is an epoch."""
+    most this long (up to 25,600 cells at batch 256, all training) a round is an epoch."""
     learning_rate: float = 0.001
     """Starting learning rate; above ``lr_min`` it is warmed down by ``lr_decay`` each round
     (the default is flat). 0.0212 is the paper's schedule, which on PBMC 4k let zero inflation
@@ -156,8 +156,8 @@ class TrainConfig:
     plateau_factor: float = 0.1
     plateau_stop: int | None = None
     """Training also ends at the plateau's n-th learning-rate cut (0: never), best weights kept.
-    None: the first (16-26% fewer epochs at the same held-out deviance; docs, history:
-    "Stopping at the plateau's first cut"), the second under 500 cells (``small_data``)."""
+    None: the first where an epoch is one round (up to ``validation_interval`` steps), the
+    second on larger data and under 500 cells (``small_data``; ``train.schedule.plateau_stop``)."""
     early_stopping_patience: int = 16
     """Rounds without progress before training stops."""
     early_stopping_threshold: float = 0.0

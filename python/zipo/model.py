@@ -182,7 +182,7 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         held-out molecules); again, it continues from the current weights.
 
         Training is watched every *round* of at most ``validation_interval`` optimiser steps
-        (100; a whole epoch on data of up to ~28,000 cells): validation, the learning-rate
+        (100; a whole epoch on data of up to 25,600 cells): validation, the learning-rate
         plateau, early stopping and checkpoints count rounds, so a large dataset stops within
         a few passes once it has converged.
 
@@ -194,8 +194,8 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         max_epochs
             Most passes over the training cells (default 300; 1,000 under 500 cells, see
             ``train.small_data``); training usually stops sooner,
-            at the learning-rate plateau's first cut (second under 500 cells) or by
-            early stopping.
+            at the learning-rate plateau's first cut (the second under 500 cells and
+            where an epoch spans several rounds of validation) or by early stopping.
         batch_size
             Cells per mini-batch (default 256; at least 2, for batch norm).
         device

@@ -79,7 +79,8 @@ def checked_value(section: str, target, key: str, value: Any, source: str) -> An
 
 # Train options with a least value: (name, least, what the least means).
 TRAIN_MINIMA = (("n_fits", 0, " (0: chosen by the number of cells)"), ("checkpoint_every", 1, ""),
-                ("max_epochs", 1, ""), ("plateau_stop", 0, " (0: never; empty: the first cut)"),
+                ("max_epochs", 1, ""),
+                ("plateau_stop", 0, " (0: never; empty: chosen by the data's size)"),
                 ("patience_min_steps", 0, " (0: patience in epochs)"))
 
 

@@ -32,7 +32,7 @@ _PAPER_SHAPE = {"encoder_dims": [2048, 1024, 512, 256, 128], "decoder_dims": []}
 
 # ZiPo's network with all of it at a flat 0.003 (the defaults: the decoder at 0.003, the encoder
 # at 0.001), the same average of the weights, patiences and stopping rule: the defaults'
-# epochs on PBMC 4k, 0.7x their steps on 100,000 simulated cells at about their held-out
+# epochs on PBMC 4k, 0.8x their steps on 100,000 simulated cells at about their held-out
 # deviance, latents that cluster cell types less well (docs, history: "A faster schedule:
 # the fast preset"; RESULTS, "`preset="fast"` at atlas scale").
 _FAST = {"learning_rate": 0.003, "lr_min": 0.003, "weight_average": 0.97,

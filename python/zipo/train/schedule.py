@@ -28,10 +28,16 @@ def kept_row(history) -> int:
     return int(history[monitored_column(history)].to_numpy().argmin())
 
 
-def plateau_stop(config: TrainConfig) -> int:
-    """The plateau cut that ends training: ``config.plateau_stop``, the first where it is None
-    (the small-data options set 2 under 500 cells)."""
-    return 1 if config.plateau_stop is None else config.plateau_stop
+def plateau_stop(config: TrainConfig, rounds_per_epoch: int = 1) -> int:
+    """The plateau cut that ends training: ``config.plateau_stop``; where it is None, the first
+    on data whose epoch is one round and the second on data validated several times a pass
+    (an epoch over ``validation_interval`` steps; the small-data options also set 2, under 500
+    cells). At 100,000 and 1,000,000 simulated cells the second cut took 1.2-1.7x the time and
+    lowered the error against the true rates by 0.9-3.0% (docs, history: "Stopping at the
+    plateau's second cut on data of several rounds an epoch")."""
+    if config.plateau_stop is not None:
+        return config.plateau_stop
+    return 2 if rounds_per_epoch > 1 else 1
 
 
 def patience_scale(config: TrainConfig, steps_per_round: int) -> int:
@@ -49,12 +55,15 @@ class LearningRateSchedule:
     of up to ``validation_interval`` steps an epoch, and under the presets).
     ``rounds`` (rounds completed) is set by the trainer. On top of it a reduce-on-plateau multiplies ``plateau_scale`` by ``factor``
     after ``patience`` rounds without a relative improvement of ``threshold`` in the monitored
-    loss; ``cuts`` counts those reductions (``plateau_stop`` of them end training).
+    loss; ``cuts`` counts those reductions (``stop_cut`` of them end training: :func:`plateau_stop`
+    for data of ``rounds_per_epoch`` rounds an epoch).
     """
 
-    def __init__(self, config: TrainConfig, patience: int | None = None):
+    def __init__(self, config: TrainConfig, patience: int | None = None,
+                 rounds_per_epoch: int = 1):
         self.c = config
         self.patience = config.plateau_patience if patience is None else patience
+        self.stop_cut = plateau_stop(config, rounds_per_epoch)
         self.rounds = 0
         self.plateau_scale = 1.0
         self.best = math.inf
@@ -81,8 +90,8 @@ class LearningRateSchedule:
 
     @property
     def finished(self) -> bool:
-        """Whether the plateau has cut the rate ``plateau_stop`` times (never when it is 0)."""
-        return 0 < plateau_stop(self.c) <= self.cuts
+        """Whether the plateau has cut the rate ``stop_cut`` times (never when it is 0)."""
+        return 0 < self.stop_cut <= self.cuts
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k)

@@ -79,7 +79,8 @@ class Trainer:
         self.round_ends = round_ends(len(train_batches), train_config.validation_interval)
         steps_per_round = math.ceil(len(train_batches) / len(self.round_ends))
         scale = patience_scale(train_config, steps_per_round)
-        self.schedule = LearningRateSchedule(train_config, train_config.plateau_patience * scale)
+        self.schedule = LearningRateSchedule(train_config, train_config.plateau_patience * scale,
+                                             len(self.round_ends))
         self.stopper = EarlyStopping(train_config.early_stopping_patience * scale,
                                      train_config.early_stopping_threshold)
         self.history: list[dict] = []
