@@ -4,6 +4,7 @@
     python -m benchmarks.atlas --sizes 100000 --methods zipo    # one row
     python -m benchmarks.atlas --sizes 1000000 --methods scvi --scvi-epochs 1   # timed, projected
     python -m benchmarks.atlas --quick                          # 3,000 cells, a smoke test
+    python -m benchmarks.atlas --sizes 1000000 --all-genes --mouse --no-real-mouse --device cuda
 
 Cells are simulated around real ones, so their rates are known. Each real cell of the source
 (PBMC 4k from the shared data, or scanpy's 10,000 mouse cells) gets a smooth profile: the mean
@@ -22,7 +23,9 @@ from the backed file (``zipo.ZiPo(backed).train()``), scVI from the file read in
 CSR (``scvi.model.SCVI(adata).train()``, epochs ``min(400, 400 * 20,000 / cells)``). Both then predict the scored cells, which are scored on X'' (Poisson deviance, as
 ``benchmarks.run``) and against the true rates (square-root error at the full depth). Where
 scVI's rule is out of reach, ``--scvi-epochs N`` times N epochs and projects its rule's time
-(its accuracy is then that of N epochs, marked). Run it alone: other jobs inflate every time.
+(its accuracy is then that of N epochs, marked). ``--device cuda`` trains both on the GPU
+(scVI with ``accelerator="gpu"``, both clocks started after CUDA is), recorded as each row's
+``device``. Run it alone: other jobs inflate every time.
 """
 
 from __future__ import annotations
@@ -182,6 +185,8 @@ sys.path.insert(0, sys.argv[6])
 from wio import peak_rss_mb
 torch.set_num_threads(threads)
 import anndata as ad, zipo
+if options.get("device") == "cuda":  # start CUDA before the clock, as scVI's child does
+    torch.zeros(1, device="cuda")
 data = ad.read_h5ad(path, backed="r")
 started = time.perf_counter()
 model = zipo.ZiPo(data, verbose=False, **options).train()
@@ -202,7 +207,10 @@ import numpy as np, torch
 path, threads, scored, out, epochs = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
                                       sys.argv[4], int(sys.argv[5]))
 sys.path.insert(0, sys.argv[6])
+device = sys.argv[7]
 torch.set_num_threads(threads)
+if device == "cuda":  # start CUDA before the clock, as ZiPo's child does
+    torch.zeros(1, device=device)
 import anndata as ad, scvi
 from scvi.model._utils import get_max_epochs_heuristic
 from scvi_worker import _params
@@ -213,8 +221,9 @@ started = time.perf_counter()
 scvi.model.SCVI.setup_anndata(adata)
 model = scvi.model.SCVI(adata)
 rule = get_max_epochs_heuristic(adata.n_obs)
-model.train(max_epochs=epochs or rule, accelerator="cpu", devices=1, enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False)
+accelerator = "gpu" if device == "cuda" else "cpu"
+model.train(max_epochs=epochs or rule, accelerator=accelerator, devices=1,
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 seconds = time.perf_counter() - started
 ran = len(model.history["elbo_train"])
 np.save(out, _params(model, adata[:scored].copy())[0].astype(np.float32))
@@ -225,22 +234,23 @@ print(json.dumps({"seconds": seconds, "epochs": ran, "steps": ran * steps_per_ep
 
 
 def fit(method: str, path: Path, threads: int, scored: int, scvi_epochs: int = 0,
-        zipo_options: dict | None = None) -> dict:
-    """Train ``method`` on ``path`` in a fresh process; its record with the scored cells'
-    prediction scored."""
+        zipo_options: dict | None = None, device: str = "cpu") -> dict:
+    """Train ``method`` on ``path`` on ``device`` in a fresh process; its record with the
+    scored cells' prediction scored."""
     from .venvs import python
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pred.npy"
         if method == "zipo":
             cmd = [sys.executable, "-c", ZIPO_CHILD, str(path), str(threads), str(scored),
-                   str(out), json.dumps(zipo_options or {}), str(HERE / "workers")]
+                   str(out), json.dumps({"device": device, **(zipo_options or {})}),
+                   str(HERE / "workers")]
         else:
             exe = python("scvi")
             if not exe.exists():
                 raise SystemExit(f"{exe} not found: `python -m benchmarks.run --setup-only`")
             cmd = [str(exe), "-c", SCVI_CHILD, str(path), str(threads), str(scored), str(out),
-                   str(scvi_epochs), str(HERE / "workers")]
+                   str(scvi_epochs), str(HERE / "workers"), device]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{method} failed on {path.name}:\n{done.stderr[-3000:]}")
@@ -282,7 +292,8 @@ def markdown(records: list[dict]) -> str:
         time_ = f"{r['seconds']:.0f}"
         if "projected_seconds" in r:
             time_ = f"{r['projected_seconds']:.0f} (projected: {r['epochs']} of {r['rule']} epochs timed)"
-        lines.append(f"| {r['source']} | {r['cells']:,} | {r['genes']} | {r['method']} | {time_} | "
+        method = r["method"] + ("" if r.get("device", "cpu") == "cpu" else f" ({r['device']})")
+        lines.append(f"| {r['source']} | {r['cells']:,} | {r['genes']} | {method} | {time_} | "
                      f"{r['epochs']:.3g} | {r['steps']:,} | {cells_per_second(r):,.0f} | "
                      f"{r['peak_rss_gib']:.2f} | "
                      f"{r['mcv_deviance']:.4f} | {r['truth_sqrt_mse']:.4f} |"
@@ -293,6 +304,13 @@ def markdown(records: list[dict]) -> str:
             lines.append(f"\nlog-log slope of {method}'s time against cells (PBMC, 2,000 genes): "
                          f"{slope:.2f}")
     return "\n".join(lines)
+
+
+def finished(records: list[dict], key: dict) -> list[dict]:
+    """The records of the row ``key`` names (records from before ``device`` was recorded ran
+    on the CPU)."""
+    return [r for r in records
+            if all(r.get(k, "cpu" if k == "device" else None) == v for k, v in key.items())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time this many scVI epochs and project its rule (0: train to it)")
     ap.add_argument("--zipo-options", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where both methods train (ZiPo's zipo option device follows it)")
     ap.add_argument("--scored", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=DATA_DIR / "atlas_records.jsonl",
                     help="records (JSON lines); finished rows are not run again")
@@ -318,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     from .mcv_variants import parse_variant
 
     zipo_options = parse_variant(["zipo", *args.zipo_options])[1]
+    if "device" in zipo_options:
+        raise SystemExit("name the device with --device (both methods train there), "
+                         "not --zipo-options device=...")
     plan = [("pbmc4k", n, False) for n in args.sizes]
     plan += [("pbmc4k", n, True) for n in args.all_genes]
     plan += [("mouse10k", n, False) for n in args.mouse]
@@ -334,14 +357,14 @@ def main(argv: list[str] | None = None) -> int:
         n_cells = n_cells or _cells(path)
         for method in args.methods:
             genes = "all" if all_genes else SOURCE_GENES[source]
-            key = dict(source=source, cells=n_cells, genes=genes,
+            key = dict(source=source, cells=n_cells, genes=genes, device=args.device,
                        method=method, options=zipo_options if method == "zipo" else {})
-            old = [r for r in done if all(r.get(k) == v for k, v in key.items())]
+            old = finished(done, key)
             if old:
                 records.append(old[-1])
                 continue
             rec = {**key, **fit(method, path, args.threads, args.scored, args.scvi_epochs,
-                                zipo_options)}
+                                zipo_options, args.device)}
             print(json.dumps(rec), flush=True)
             records.append(rec)
             if not args.quick:

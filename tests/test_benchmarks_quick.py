@@ -243,8 +243,16 @@ def test_atlas_simulates_around_real_cells_and_scores_a_fit(tmp_path, monkeypatc
     assert rec["seconds"] > 0 and 0 < rec["peak_rss_gib"] < ballast.nbytes / 2**30
     del ballast
     assert 0 < rec["mcv_deviance"] < 10 and 0 < rec["truth_sqrt_mse"] < 10
-    assert "1 of 1" not in atlas.markdown([{**rec, "source": "pbmc4k", "cells": 600,
-                                           "genes": "2000", "method": "zipo"}])
+    row = {**rec, "source": "pbmc4k", "cells": 600, "genes": "2000", "method": "zipo"}
+    assert "1 of 1" not in atlas.markdown([row])
+    assert "| zipo |" in atlas.markdown([row])
+    assert "| zipo (cuda) |" in atlas.markdown([{**row, "device": "cuda"}])
+    # a record from before devices were recorded is a CPU row, never a GPU one
+    key = {"source": "pbmc4k", "cells": 600, "method": "zipo"}
+    assert atlas.finished([row], {**key, "device": "cpu"}) == [row]
+    assert atlas.finished([row], {**key, "device": "cuda"}) == []
+    with pytest.raises(SystemExit, match="--device"):
+        atlas.main(["--sizes", "600", "--zipo-options", "device=cuda"])
 
 
 def test_mcv_variants_scores_the_average_of_fits_on_one_split(capsys):
