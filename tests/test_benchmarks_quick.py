@@ -253,6 +253,11 @@ def test_atlas_simulates_around_real_cells_and_scores_a_fit(tmp_path, monkeypatc
     assert atlas.finished([row], {**key, "device": "cuda"}) == []
     with pytest.raises(SystemExit, match="--device"):
         atlas.main(["--sizes", "600", "--zipo-options", "device=cuda"])
+    import torch
+
+    if not torch.cuda.is_available():  # the device reaches the fit's process: no CUDA there
+        with pytest.raises(RuntimeError, match="zipo failed"):
+            atlas.fit("zipo", path, 1, 100, zipo_options={"max_epochs": 1}, device="cuda")
 
 
 def test_mcv_variants_scores_the_average_of_fits_on_one_split(capsys):
