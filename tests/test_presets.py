@@ -19,16 +19,16 @@ DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-12
 # with Poisson, zero-inflated), "tuneddca" (DCA's shape with ZiPo-like settings), all with the
 # paper's LibNet library; "paper" is the paper's best model: 2048-1024-512-256-128, residuals,
 # sigmoid + batch norm, linear decoder, ZIP, predicted library, alpha_z = alpha_w = 0.1, trained
-# as published; "zipo" (the defaults) is its kind of network, 512-256-32 wide with one decoder
-# layer of 128, with ZINB heads and the observed library.
+# as published; "zipo" (the defaults) is its kind of network, 512-256-32 wide with two decoder
+# layers of 128, with ZINB heads and the observed library.
 PAPER_NETWORK = {"encoder_dims": [2048, 1024, 512, 256, 128], "decoder_dims": [],
                  "residuals": True, "activation": "sigmoid", "batch_norm": True,
                  "input_transform": "log1p", "alpha_z": 0.1, "alpha_w": 0.1}
 PREDICTED = {"library": "predicted"}
 EXPECTED = {
-    "zipo": {**PAPER_NETWORK, "encoder_dims": [512, 256, 32], "decoder_dims": [128],
+    "zipo": {**PAPER_NETWORK, "encoder_dims": [512, 256, 32], "decoder_dims": [128, 128],
              "likelihood": "zinb", "library": "observed"},
-    "fast": {**PAPER_NETWORK, "encoder_dims": [512, 256, 32], "decoder_dims": [128],
+    "fast": {**PAPER_NETWORK, "encoder_dims": [512, 256, 32], "decoder_dims": [128, 128],
              "likelihood": "zinb", "library": "observed"},
     "paper": {**PAPER_NETWORK, **PREDICTED, "likelihood": "zip"},
     "dca": {"likelihood": "nb", **DCA_LIKE, **PREDICTED, "residuals": False,
@@ -116,15 +116,15 @@ def test_small_data_options_replace_defaults_only():
     # the defaults: a flat 0.001, the decoder at three times it, the weights' average
     default_schedule, doubled = (0.001, 0.001, 3.0, 0.97), tuple(SMALL_DATA_SCHEDULE.values())
     # from 500 cells training ends at the plateau's first cut (None), under 500 cells its second
-    default = ([512, 256, 32], [128], 300, default_schedule, "auto", None)
+    default = ([512, 256, 32], [128, 128], 300, default_schedule, "auto", None)
     narrow = ([512, 256, 8], [32], 1000, doubled, "off", 2)
     assert doubled == (0.002, 0.002, 1.0, 0.0)
     assert small(SMALL_DATA_CELLS - 1) == narrow
     assert small(SMALL_DATA_CELLS) == default
     assert small(80, small_data=False) == default
     # a shape set explicitly is kept whole, even in part, and with it the schedule
-    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128], 1000, default_schedule, "off",
-                                                 2)
+    assert small(80, encoder_dims=[256, 16]) == ([256, 16], [128, 128], 1000, default_schedule,
+                                                 "off", 2)
     assert small(80, decoder_dims=[64]) == ([512, 256, 32], [64], 1000, default_schedule, "off",
                                             2)
     assert small(80, **PRESETS["paper"]["model"])[0] == [2048, 1024, 512, 256, 128]

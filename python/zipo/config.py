@@ -57,9 +57,9 @@ class ModelConfig:
     """Residual maps from every earlier encoder layer into the latent layer."""
     activation: str = "sigmoid"
     batch_norm: bool = True
-    decoder_dims: list[int] = field(default_factory=lambda: [128])
-    """Hidden decoder layers before the heads; empty is the paper's linear decoder (docs,
-    method)."""
+    decoder_dims: list[int] = field(default_factory=lambda: [128, 128])
+    """Hidden decoder layers before the heads; empty is the paper's linear decoder (two of 128:
+    docs, method, "Two hidden decoder layers")."""
     library: str = "observed"
     """Where each cell's library size l (the scale of its rates) comes from: ``predicted``, the
     paper's LibNet, a small network from the latents (``library_dims``), or ``observed``, the

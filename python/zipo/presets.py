@@ -27,7 +27,7 @@ _RECONSTRUCT = {"heldout_molecules": 0.0, "objective_heldout": 0.0, "plateau_sto
 # The paper's heads: ZIP with LibNet's predicted library (the defaults are ZINB with the
 # observed library). The DCA-like presets keep LibNet, as in the paper.
 _PAPER_HEADS = {"likelihood": "zip", "library": "predicted"}
-# The paper's best network's shape (the defaults: a narrower encoder and a decoder layer).
+# The paper's best network's shape (the defaults: a narrower encoder and two decoder layers).
 _PAPER_SHAPE = {"encoder_dims": [2048, 1024, 512, 256, 128], "decoder_dims": []}
 
 # ZiPo's network with all of it at a flat 0.003 (the defaults: the decoder at 0.003, the encoder
@@ -39,7 +39,7 @@ _FAST = {"learning_rate": 0.003, "lr_min": 0.003, "weight_average": 0.97,
          "decoder_lr_factor": 1.0, "plateau_patience": 8, "early_stopping_patience": 16}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # ZiPo's defaults: the paper's kind of network, 512-256-32 wide with a 128 decoder layer,
+    # ZiPo's defaults: the paper's kind of network, 512-256-32 wide with two decoder layers of 128,
     # with ZINB heads and the observed library, trained and stopped on held-out molecules.
     "zipo": {},
     # The defaults' model, trained faster.
