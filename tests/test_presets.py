@@ -10,8 +10,8 @@ import zipo
 from zipo.cli import main
 from zipo.config import ZiPoConfig, load_config
 from zipo.config import preset_config
-from zipo.presets import (PRESETS, SMALL_DATA, SMALL_DATA_CELLS, SMALL_DATA_SCHEDULE,
-                          small_data_options)
+from zipo.presets import (COVARIATES_DECODER_DIMS, PRESETS, SMALL_DATA, SMALL_DATA_CELLS,
+                          SMALL_DATA_SCHEDULE, covariate_options, small_data_options)
 
 DCA_LIKE = {"encoder_dims": [128, 64], "decoder_dims": [128]}  # DCA's 128-64-128
 
@@ -101,6 +101,20 @@ def test_preset_builds_trains_and_denoises(pbmc_small, name):
     den = out.layers["zipo_denoised"]
     assert den.shape == pbmc_small.shape and np.isfinite(den).all() and (den > 0).all()
     assert out.obsm["X_zipo"].shape == (pbmc_small.n_obs, m["encoder_dims"][-1])
+
+
+def test_covariates_keep_one_decoder_layer_unless_a_shape_is_set():
+    def decoder(n_cells, **options):
+        cfg = ZiPoConfig()
+        cfg.set_options(options)
+        small_data_options(cfg, n_cells)
+        covariate_options(cfg)
+        return cfg.model.decoder_dims
+
+    assert decoder(1000) == [128, 128] and decoder(1000, covariates=[]) == [128, 128]
+    assert decoder(1000, covariates=["batch"]) == COVARIATES_DECODER_DIMS == [128]
+    assert decoder(1000, covariates=["batch"], decoder_dims=[64, 64]) == [64, 64]
+    assert decoder(80, covariates=["batch"]) == SMALL_DATA["model"]["decoder_dims"]
 
 
 def test_small_data_options_replace_defaults_only():

@@ -39,7 +39,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Network shape and loss. The kind of network is the paper's best model (sigmoid, batch
-    norm, residuals from every encoder layer into the latents); the widths, decoder layer,
+    norm, residuals from every encoder layer into the latents); the widths, decoder layers,
     likelihood and library are ours (docs, method: "where we differ from the paper");
     ``preset="paper"`` restores the paper's 2048-1024-512-256-128 encoder, linear decoder and
     ZIP with a predicted library."""

@@ -26,7 +26,7 @@ from .data.genes import check_gene_names, detected_genes, model_gene_counts
 from .data.loader import CellBatches, inference_batches, split_cells, training_batches
 from .io import SavedModel, read_model, write_model
 from .neighbours import NeighbourPooling, choose_for
-from .presets import small_data_options
+from .presets import covariate_options, small_data_options
 from .nn.network import ZiPoNetwork
 from .fits import FitsMixin
 from .inference import InferenceMixin
@@ -84,6 +84,7 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
                                               "likelihood": likelihood, **options})
         adata = read_cells(adata)  # paths and lists of them; an AnnData as it is
         small_data_options(cfg, adata.n_obs)
+        covariate_options(cfg)
         check_gene_names(adata)
         summary = check_counts(CountMatrix(adata, cfg.data.layer), adata.obs_names,
                                cfg.data.allow_non_integer)

@@ -110,3 +110,22 @@ def small_data_options(config: "ZiPoConfig", n_cells: int) -> None:
     small["train"].update({key: value for key, value in SMALL_DATA["train"].items()
                            if at_defaults("train", (key,))})
     config.update(small, source="train.small_data")
+
+
+# With covariates the decoder keeps the one hidden layer of 128 that the defaults had before
+# their second: predicting cells at other covariates (``denoise(covariate_values=...)``)
+# transfers a cell's state to another batch through the decoder, and with two layers a
+# simulated batch effect predicted away was left 4-7x as large on two of three seeds (and
+# 3.6x smaller on the third): docs, history, "Two hidden decoder layers become the default".
+COVARIATES_DECODER_DIMS = [128]
+
+
+def covariate_options(config: "ZiPoConfig") -> None:
+    """Give ``config`` :data:`COVARIATES_DECODER_DIMS` where it has covariates and its
+    ``decoder_dims`` is the defaults' (after :func:`small_data_options`, whose narrower network
+    is kept; a shape set by a preset, a file or an option is kept)."""
+    from .config import ZiPoConfig
+
+    if config.data.covariates and config.model.decoder_dims == ZiPoConfig().model.decoder_dims:
+        config.update({"model": {"decoder_dims": COVARIATES_DECODER_DIMS}},
+                      source="data.covariates")

@@ -10,8 +10,8 @@ test_that("train, print, summary, history, save, load and predict", {
   expect_identical(s$epochs, 3L)
   expect_identical(s$fits, 4L)  # 90 cells: four fits averaged by default
   expect_output(print(s), "fits averaged: +4")
-  expect_identical(s$decoder, 128L)  # the default hidden decoder layer
-  expect_output(print(s), "decoder: +128")
+  expect_identical(s$decoder, c(128L, 128L))  # the default hidden decoder layers
+  expect_output(print(s), "decoder: +128-128")
   h <- training_history(model)
   # the kept epoch is the best of what training followed (held-out molecules
   # by default)
