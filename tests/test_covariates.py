@@ -72,6 +72,8 @@ def test_model_gets_covariates_beside_the_latents(pbmc_small):
     assert model.network.n_covariates == 3
     # the decoder reads [U (8 latents), covariates (3)]; the heads its last layer and them
     assert model.network.decoder[0][0].in_features == 8 + 3
+    # with covariates the decoder keeps one hidden layer of 128 (presets.covariate_options)
+    assert model.config.model.decoder_dims == [128] and len(model.network.decoder) == 1
     for head in (model.network.mu_head, model.network.z_head, model.network.theta_head):
         assert head.in_features == model.config.model.decoder_dims[-1] + 3
     linear = zipo.ZiPo(pbmc_small, covariates=["groups", "nCount_RNA"], decoder_dims=[], **TINY)
