@@ -48,8 +48,9 @@ def _most_detected(x: sp.csr_matrix, n: int) -> np.ndarray:
     return np.sort(np.argsort(-detected, kind="stable")[:n])
 
 
-def _subsample(ds: Dataset, n_cells: int | None, n_genes: int | None, seed: int) -> Dataset:
-    """Random cells, then the most-detected genes among them (quick mode)."""
+def subsample(ds: Dataset, n_cells: int | None, n_genes: int | None, seed: int) -> Dataset:
+    """Random cells, then the most-detected genes among them (quick mode), or with
+    ``n_genes=None`` the genes detected among them."""
     x, labels, truth = ds.counts, ds.labels, dict(ds.truth)
     if n_cells is not None and n_cells < x.shape[0]:
         cells = np.sort(np.random.default_rng(seed).choice(x.shape[0], n_cells, replace=False))
@@ -68,7 +69,7 @@ def _subsample(ds: Dataset, n_cells: int | None, n_genes: int | None, seed: int)
         x = x[keep]
         labels = labels[keep] if labels is not None else None
         truth = {k: (v[keep] if v.ndim == 2 else v) for k, v in truth.items()}
-    note = ds.note + f" Quick-mode subsample: {x.shape[0]} cells x {x.shape[1]} genes."
+    note = ds.note + f" Subsample: {x.shape[0]} cells x {x.shape[1]} genes."
     return Dataset(ds.name, x.tocsr(), ds.genes[genes], labels, ds.label_key, note, truth)
 
 
@@ -281,5 +282,5 @@ def load(name: str, quick: bool = False) -> Dataset:
     if quick:
         n_cells, n_genes = QUICK_SIZES[name]
         if n_cells or n_genes:
-            ds = _subsample(ds, n_cells, n_genes, seed=0)
+            ds = subsample(ds, n_cells, n_genes, seed=0)
     return ds

@@ -45,23 +45,26 @@ def parse_variant(words: list[str]) -> tuple[str, dict]:
     return name, options
 
 
-def mcv_split(dataset: str, n_genes: int, p: float, seed: int):
-    """(dataset, X', X'') of the split ``benchmarks.run`` makes for ``mcv{p}`` and ``seed``."""
+def mcv_split(dataset: str, n_genes: int, p: float, seed: int, cells: int | None = None):
+    """(dataset, X', X'') of the split ``benchmarks.run`` makes for ``mcv{p}`` and ``seed``;
+    with ``cells``, of that many random cells of the dataset (the same cells for every seed)."""
     from . import datasets as D
     from . import protocols as P
     from .splits import PROTOCOLS
 
     ds = D.pbmc4k(n_genes or None) if dataset == "pbmc4k" else D.load(dataset)
+    if cells:
+        ds = D.subsample(ds, cells, None, seed=0)
     rng = np.random.default_rng([seed, PROTOCOLS.index(f"mcv{p}"), 7])  # as splits.make_split
     return ds, *P.mcv_split(ds.counts, p, rng)
 
 
-def mcv_anndata(dataset: str, n_genes: int, p: float, seed: int):
+def mcv_anndata(dataset: str, n_genes: int, p: float, seed: int, cells: int | None = None):
     """(dataset, X' as AnnData at the genes it expresses, X', X'', those genes) of the split
     :func:`mcv_split` makes: what each fit of ZiPo trains on."""
     from . import protocols as P
 
-    ds, x1, x2 = mcv_split(dataset, n_genes, p, seed)
+    ds, x1, x2 = mcv_split(dataset, n_genes, p, seed, cells)
     expressed = P.expressed_genes(x1)
     return ds, counts_anndata(x1[:, expressed]), x1, x2, expressed
 
@@ -78,7 +81,8 @@ def counts_anndata(x):
 
 def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int,
                   max_epochs: int, split_seed: int | None = None,
-                  predictions: list | None = None, pooling_grid: bool = False) -> dict:
+                  predictions: list | None = None, pooling_grid: bool = False,
+                  cells: int | None = None) -> dict:
     """The record of one fit on the split of ``split_seed`` (default ``seed``); under NB/ZINB
     its posterior output (all genes, at the depth of X') is appended to ``predictions``."""
     import zipo
@@ -88,7 +92,7 @@ def fit_and_score(options: dict, seed: int, p: float, dataset: str, n_genes: int
     from . import protocols as P
 
     ds, adata, x1, x2, expressed = mcv_anndata(dataset, n_genes, p,
-                                               seed if split_seed is None else split_seed)
+                                               seed if split_seed is None else split_seed, cells)
     started = time.perf_counter()
     options = {"device": "cpu", **options}  # a variant may name device=cuda
     model = zipo.ZiPo(adata, seed=seed, verbose=False, max_epochs=max_epochs, **options).train()
@@ -180,6 +184,8 @@ def main(argv=None) -> tuple[dict, dict]:
     ap.add_argument("--p", type=float, default=0.9, choices=[0.9, 0.5])
     ap.add_argument("--dataset", default="pbmc4k", choices=[*DATASETS, *EXTRA_DATASETS])
     ap.add_argument("--genes", type=int, default=2000, help="pbmc4k: most-detected genes kept (0: every detected gene)")
+    ap.add_argument("--cells", type=int, default=None,
+                    help="that many random cells of the dataset (the same for every seed)")
     ap.add_argument("--max-epochs", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--split-seed", type=int, default=None,
@@ -205,19 +211,21 @@ def main(argv=None) -> tuple[dict, dict]:
 
     rows, ensembles = {}, {}
     # the held-out molecules the averages are scored on (one split for every fit)
-    held = mcv_split(args.dataset, args.genes, args.p, args.split_seed)[2] if args.ensemble else None
+    held = (mcv_split(args.dataset, args.genes, args.p, args.split_seed, args.cells)[2]
+            if args.ensemble else None)
     for words in args.variant:
         name, options = parse_variant(words)
         predictions = [] if args.ensemble else None
         for seed in args.seeds:
             rec = fit_and_score(options, seed, args.p, args.dataset, args.genes, args.max_epochs,
-                                args.split_seed, predictions, args.pooling_grid)
+                                args.split_seed, predictions, args.pooling_grid, args.cells)
             print(json.dumps({"variant": name, "seed": seed, **rec}), flush=True)
             rows.setdefault(name, []).append(rec)
             if predictions:  # the average of the fits so far
                 ensembles.setdefault(name, []).append(
                     P.score_mcv(np.mean(predictions, axis=0), held, args.p))
     where = f"pbmc4k, {args.genes} genes" if args.dataset == "pbmc4k" else args.dataset
+    where += f", {args.cells} random cells" if args.cells else ""
     print(f"\n{where}, MCV p = {args.p}, seeds {args.seeds} (mean ± sd)")
     print("| variant | " + " | ".join(metrics) + " |")
     print("| --- " * (len(metrics) + 1) + "|")

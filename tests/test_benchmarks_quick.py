@@ -284,6 +284,18 @@ def test_mcv_variants_scores_the_average_of_fits_on_one_split(capsys):
     assert "averaged over the first n fits" in capsys.readouterr().out
 
 
+def test_mcv_variants_splits_the_same_random_cells_for_every_seed(shipped_data):
+    """``--cells N`` splits N random cells of the dataset, the same cells for every seed: the
+    two halves of each seed's split add up to the same counts, split differently."""
+    from benchmarks import mcv_variants
+
+    _, x1, x2 = mcv_variants.mcv_split("pbmc_small", 0, 0.9, 0, cells=50)
+    _, y1, y2 = mcv_variants.mcv_split("pbmc_small", 0, 0.9, 1, cells=50)
+    _, whole, _ = mcv_variants.mcv_split("pbmc_small", 0, 0.9, 0)
+    assert x1.shape[0] == 50 and whole.shape[0] == 80
+    assert ((x1 + x2) != (y1 + y2)).nnz == 0 and (x1 != y1).nnz > 0
+
+
 def test_mcv_variants_scores_a_grid_of_borrowing_beside_the_choice(shipped_data):
     """``--pooling-grid`` scores the posterior with every fit given each (k, w). With
     borrowing off the fits choose none, so the grid's "none" is the record's own posterior
