@@ -5,9 +5,12 @@ memory (2.9 GB dense). One subprocess writes them as three .h5ad files and one .
 a fresh one (so ru_maxrss only sees this work) opens the three files as one dataset with
 ``zipo.ZiPo`` (which checks every count), then takes a shuffled pass of training batches
 from them and one from the .zarr store, as ``train()`` reads them. Its peak RSS may grow by
+what opening the files and the check keep (about 125 MiB, 50 of it opening the files) and
 the buffers of the batches in flight, well under the matrix itself. (A zarr store is read in
 its own chunks, which anndata sizes at about 1/128 of each array: 1.9 MB here, decompressed
-whole for each run of cells; 226 MB of growth was measured, against 458 MB for the CSR.)
+whole for each run of cells.) The growth measured 326-331 MiB alone and 347 MiB beside other
+work on the cores, against 458 MiB for the CSR; a reader holding the matrix, or a third of it
+beside the passes, would pass the limit of 7/8 of it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pytest
 
 N_CELLS, N_GENES, PER_ROW = 240_000, 3_000, 250
 CSR_BYTES = N_CELLS * PER_ROW * 8  # float32 values and int32 column indices
-ALLOWED_GROWTH = CSR_BYTES * 3 // 4
+ALLOWED_GROWTH = CSR_BYTES * 7 // 8
 
 WRITE = textwrap.dedent(
     """
