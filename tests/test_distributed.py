@@ -104,18 +104,20 @@ import torch.distributed as dist
 from zipo import cli
 from zipo.data.counts import CountMatrix
 
-log, reads = sys.argv[1], []
+log, reads, rank = sys.argv[1], [], []
 
 def logged(read):
     def wrapper(self, idx):
         if dist.is_initialized():
             reads.append(np.asarray(idx).tolist())
+            rank[:] = [dist.get_rank()]
         return read(self, idx)
     return wrapper
 
 CountMatrix.rows, CountMatrix.rows_csr = logged(CountMatrix.rows), logged(CountMatrix.rows_csr)
 code = cli.main(sys.argv[2:])
-with open(f"{log}/reads-rank{dist.get_rank()}.json", "w") as fh:
+# `zipo train` has closed the process group by now
+with open(f"{log}/reads-rank{rank[0]}.json", "w") as fh:
     json.dump(reads, fh)
 sys.exit(code)
 """
@@ -147,15 +149,25 @@ def test_two_torchrun_nodes_with_c10d_rendezvous_match_one_process(pbmc_small, t
     nodes = [subprocess.Popen(launch + train, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
              for _ in range(2)]
+    outputs, stalled = [], []
     try:
-        outputs = [node.communicate(timeout=150) for node in nodes]
+        for node in nodes:
+            try:
+                outputs.append(node.communicate(timeout=150))
+            except subprocess.TimeoutExpired:  # left waiting for its peer: what each printed
+                os.killpg(node.pid, signal.SIGKILL)
+                outputs.append(node.communicate())
+                stalled.append(len(outputs) - 1)
     finally:
-        for node in nodes:  # a node left waiting for its peer: end it and its worker
+        for node in nodes:
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
-    for node, (_, err) in zip(nodes, outputs):
-        assert node.returncode == 0, err[-3000:]
+    printed = "\n".join(f"node {i} stdout:\n{out[-2000:]}\nnode {i} stderr:\n{err[-3000:]}"
+                         for i, (out, err) in enumerate(outputs))
+    assert not stalled, f"nodes {stalled} did not finish in 150 s\n{printed}"
+    for node in nodes:
+        assert node.returncode == 0, printed
     # rank 0 (on whichever node the rendezvous made it) wrote the model, and only it
     assert sum("with 2 processes" in stdout for stdout, _ in outputs) == 1
     _assert_same_training(zipo.ZiPo.load(out), _one_process(pbmc_small))

@@ -51,7 +51,10 @@ def cmd_train(args) -> None:
     _read_cells(args.data, backed=args.backed)  # a clear error now, not in N processes
     job = (args.data, cfg.to_dict(), str(out), args.resume, args.overwrite, args.backed)
     if args.nproc == 1:
-        _train_and_save(*job)
+        from .train.distributed import closing_process_group
+
+        with closing_process_group():  # the group training joins when torchrun started this
+            _train_and_save(*job)
     else:
         from .train.distributed import spawn
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -68,18 +69,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def closing_process_group() -> Iterator[None]:
+    """Close the process group (if one was formed) when the block ends: first a barrier, so
+    every process is done before any closes its connections (a gloo peer whose connection
+    closes mid-teardown can abort or stall the whole job, and torchrun waits for every node's
+    workers to exit), then the group destroyed instead of left to interpreter shutdown."""
+    try:
+        yield
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _worker(rank: int, nproc: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
-    try:
+    with closing_process_group():
         fn(*args)
-        if dist.is_initialized():
-            # Every process is done before any closes its connections: a gloo peer whose
-            # connection closes mid-teardown can abort the whole process.
-            dist.barrier()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def spawn(nproc: int, fn: Callable[..., Any], args: tuple = ()) -> None:
