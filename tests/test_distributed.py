@@ -116,9 +116,8 @@ def logged(read):
 
 CountMatrix.rows, CountMatrix.rows_csr = logged(CountMatrix.rows), logged(CountMatrix.rows_csr)
 code = cli.main(sys.argv[2:])
-# `zipo train` has closed the process group by now
 with open(f"{log}/reads-rank{rank[0]}.json", "w") as fh:
-    json.dump(reads, fh)
+    json.dump({"reads": reads, "group_open_after": dist.is_initialized()}, fh)
 sys.exit(code)
 """
 
@@ -172,7 +171,10 @@ def test_two_torchrun_nodes_with_c10d_rendezvous_match_one_process(pbmc_small, t
     assert sum("with 2 processes" in stdout for stdout, _ in outputs) == 1
     _assert_same_training(zipo.ZiPo.load(out), _one_process(pbmc_small))
 
-    reads = [json.loads((tmp_path / f"reads-rank{r}.json").read_text()) for r in (0, 1)]
+    logs = [json.loads((tmp_path / f"reads-rank{r}.json").read_text()) for r in (0, 1)]
+    # `zipo train` closed the process group before returning, in every process
+    assert not any(log["group_open_after"] for log in logs)
+    reads = [log["reads"] for log in logs]
     assert len(reads[0]) == len(reads[1]) > 0  # the same steps
     for mine, theirs in zip(*reads):  # each step's batch split in two shares
         assert not set(mine) & set(theirs) and abs(len(mine) - len(theirs)) <= 1
