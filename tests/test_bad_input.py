@@ -337,6 +337,16 @@ def test_bad_expectation(trained_model, pbmc_small, option, match):
         trained_model.denoise(pbmc_small, copy=True, **option)
 
 
+def test_bad_expectation_refused_before_training(pbmc_small, monkeypatch):
+    # zipo.denoise() trains first: a typo in the output it asks for must not cost a training
+    def train(self, **_):
+        raise AssertionError("trained before checking the expectation")
+    monkeypatch.setattr(zipo.ZiPo, "train", train)
+    with pytest.raises(ValueError, match=r"expectation must be .* got 'mean'"):
+        zipo.denoise(pbmc_small, expectation="mean")
+    assert "zipo_denoised" not in pbmc_small.layers
+
+
 # --------------------------------------------------------------------------- untrained model
 @pytest.mark.parametrize("method", ["denoise", "get_latent", "evaluate"])
 def test_use_before_train(pbmc_small, method):

@@ -12,7 +12,7 @@ assert cfg.model.likelihood == "nb"
 try:
     cfg.set_option("activation", "swish")
 except ValueError as e:
-    assert "activation must be one of ('sigmoid'" in str(e), e
+    assert "activation must be one of 'sigmoid', 'relu'" in str(e), e
 else:
     raise AssertionError("an unknown activation was accepted")
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))

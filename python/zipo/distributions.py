@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .option_types import LIKELIHOODS
+from .option_types import LIKELIHOODS, one_of
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,7 @@ def nb_log_pmf(x: torch.Tensor, log_m: torch.Tensor, log_theta: torch.Tensor) ->
 def likelihood_flags(likelihood: str) -> tuple[bool, bool]:
     """(zero_inflated, negative_binomial) for a likelihood name."""
     if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {likelihood!r}")
+        raise ValueError(f"likelihood must be one of {one_of(LIKELIHOODS)}, got {likelihood!r}")
     return LIKELIHOODS[likelihood]
 
 

@@ -30,6 +30,12 @@ CHOICES = {("model", "likelihood"): tuple(LIKELIHOODS), ("model", "activation"):
            ("train", "validation_holdout"): VALIDATION_HOLDOUT}
 
 
+def one_of(choices) -> str:
+    """``'a', 'b' or 'c'``: the choices as a message names them, in R's words as Python's."""
+    names = [repr(c) for c in choices]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def field_names(klass) -> list[str]:
     return [f.name for f in dataclasses.fields(klass)]
 
@@ -91,7 +97,7 @@ def check_ranges(m, t) -> None:
     for (section, name), choices in CHOICES.items():
         value = getattr(sections[section], name)
         if value not in choices:
-            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+            raise ValueError(f"{name} must be one of {one_of(choices)}, got {value!r}")
     for name in ("encoder_dims", "decoder_dims", "library_dims"):
         dims = getattr(m, name)
         if any(d < 1 for d in dims):

@@ -165,9 +165,10 @@ def _positive(value, name: str, meaning: str) -> None:
         raise ValueError(f"{name} must be a positive number ({meaning}), got {value!r}")
 
 
-def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bool,
-                          depth: float = 1.0, target_sum: float = 1e4) -> None:
-    """Refuse a combination of :meth:`zipo.ZiPo.denoise` arguments that cannot be served."""
+def check_output_options(expectation: str, depth: float = 1.0,
+                         target_sum: float = 1e4) -> None:
+    """Refuse an output that :meth:`zipo.ZiPo.denoise` cannot give, before any training is
+    spent on it (``zipo.denoise`` and the R package's ``denoise()`` check first)."""
     if expectation not in EXPECTATIONS:
         raise InputError(
             f"expectation must be 'rate', 'mixture', 'lognorm' or 'posterior', got "
@@ -179,6 +180,12 @@ def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bo
     _positive(depth, "depth", "1 = each cell's own predicted library size, 2 = twice as deep")
     _positive(target_sum, "target_sum", "the counts per cell that 'lognorm' normalises to, "
                                         "e.g. 1e4")
+
+
+def check_denoise_request(adata, expectation: str, copy: bool, out, denoised: bool,
+                          depth: float = 1.0, target_sum: float = 1e4) -> None:
+    """Refuse a combination of :meth:`zipo.ZiPo.denoise` arguments that cannot be served."""
+    check_output_options(expectation, depth, target_sum)
     if adata is None:
         raise ValueError("pass the AnnData to denoise")
     if adata.isbacked and not copy and out is None:

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .outputs import check_output_options  # noqa: F401  (R checks denoise()'s output first)
+
 # reticulate 1.28 converts pandas indexes with Index.format(), which pandas 2 deprecates; the
 # warning would reach every R user's console and is not theirs to act on.
 warnings.filterwarnings("ignore", message="Index.format is deprecated", category=FutureWarning)

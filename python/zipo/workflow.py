@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .model import ZiPo
-from .outputs import Expectation
+from .outputs import Expectation, check_output_options
 
 
 def denoise(adata, layer: str | None = None, covariates: list[str] | None = None,
@@ -46,6 +46,7 @@ def denoise(adata, layer: str | None = None, covariates: list[str] | None = None
     AnnData, ZiPo, tuple or None
         The AnnData when ``copy=True``, the model when ``return_model=True`` (both: a tuple
         ``(adata, model)``), else None (``adata`` is modified)."""
+    check_output_options(expectation)  # before the training, not after it
     model = ZiPo(adata, layer=layer, covariates=covariates, likelihood=likelihood, **options)
     model.train()
     result = model.denoise(adata, expectation=expectation, zero_inflation=zero_inflation, copy=copy,

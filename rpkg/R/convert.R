@@ -122,7 +122,7 @@
   if (length(missing)) {
     stop("covariate ", paste0("'", missing, "'", collapse = ", "),
          " is not a column of ", where, " (columns: ",
-         .examples(colnames(cd)), ")", call. = FALSE)
+         if (ncol(cd)) .examples(colnames(cd)) else "none", ")", call. = FALSE)
   }
   df <- as.data.frame(cd)[, columns, drop = FALSE]
   for (col in columns) {

@@ -162,6 +162,9 @@ train <- function(x, assay.type = NULL, covariates = NULL, likelihood = NULL,
     covariates <- .model_covariates(model)
   }
   if (!is.null(out)) out <- .check_out(out, overwrite)
+  # Before converting and training: a bad output choice fails in seconds
+  .py_call(.bridge()$check_output_options, expectation,
+           target_sum = as.numeric(target_sum))
   adata <- .as_anndata(x, assay, covariates, allow_non_integer)
   if (is.null(model)) {
     model <- do.call(.train_anndata, c(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ZiPoConfig, find_option, resolve_config
 from ..files import check_target, write_text_atomic
+from ..option_types import one_of
 from .search_space import (
     ENCODER_SHAPES, PAPER_SEARCH_SPACE, normalise_space, option_value, suggest,
 )
@@ -179,7 +180,7 @@ def tune(
     metric = metric or ("validation_heldout_nll" if base.train.heldout_molecules > 0
                         else "validation_nll")
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise ValueError(f"metric must be one of {one_of(METRICS)}, got {metric!r}")
     if metric == "validation_heldout_nll" and base.train.heldout_molecules <= 0:
         raise ValueError("metric='validation_heldout_nll' needs train.heldout_molecules > 0")
     if (metric != "validation_heldout_nll" and base.train.heldout_molecules > 0

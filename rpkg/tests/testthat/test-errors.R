@@ -29,6 +29,24 @@ test_that("bad input gets an error naming the problem", {
     "cells count matrix \\(matrix, dgCMatrix or DelayedMatrix\\), not a list"))
   expect_error(train(sce, epochs = 1, batch_size = 1),
                "batch_size must be >= 2")
+  bare <- SingleCellExperiment::SingleCellExperiment(
+    list(counts = assay_of(sce, "counts")))
+  expect_error(denoise(bare, covariates = "batch"),
+               "is not a column of colData\\(sce\\) \\(columns: none\\)")
+  expect_error(denoise(sce, likelihood = "gauss"), paste0(
+    "likelihood must be one of 'zip', 'zinb', 'poisson' or 'nb', ",
+    "got 'gauss'"))
+})
+
+test_that("a bad output choice is refused before any training", {
+  skip_without_core()
+  sce <- simulated_sce()
+  # batch_size = 1 fails as training starts: the expectation's error must come
+  # first, with R's words for the fix
+  expect_error(denoise(sce, expectation = "mean", batch_size = 1),
+               "expectation must be .*got 'mean'.*Seurat's NormalizeData")
+  expect_error(denoise(sce, target_sum = 0, batch_size = 1),
+               "target_sum must be a positive number")
 })
 
 test_that("allow_non_integer lets non-integer counts through", {
