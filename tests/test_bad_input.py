@@ -196,6 +196,27 @@ def test_errors_carry_their_fix_in_r(pbmc_small, trained_model, monkeypatch):
     assert "x[rownames(model), ]" in python_error.value.message("r")
 
 
+def test_messages_too_long_for_reticulate_reach_r_shortened():
+    # reticulate 1.28 turns a Python error message of ~1,000 characters into a C++ substr error
+    from zipo.rbridge import R_MESSAGE_LIMIT, call
+
+    def fail(message, kind=ValueError):
+        raise kind(message)
+
+    problem, fix = "option 'x' is unknown" + "; a" * 600, "; pass 'y'"
+    with pytest.raises(ValueError) as error:
+        call(fail, problem + fix)
+    shortened = str(error.value)
+    assert len(shortened) <= R_MESSAGE_LIMIT
+    assert shortened.startswith("option 'x' is unknown") and shortened.endswith("; pass 'y'")
+    assert " ... " in shortened
+    with pytest.raises(ValueError, match=r"^short$"):
+        call(fail, "short")
+    with pytest.raises(KeyError):  # not bad input: passed on as it is
+        call(fail, "k" * 2000, KeyError)
+    assert call(lambda a, b=1: a + b, 2, b=3) == 5
+
+
 def test_genes_renamed_by_seurat_get_their_fix_named(pbmc_small):
     # Seurat writes '_' in feature names as '-': the error says so rather than listing
     # "missing" and "extra" genes that are the same genes
@@ -310,7 +331,8 @@ def test_good_config_file_is_used(tmp_path, pbmc_small):
 
 
 def test_unknown_option_to_constructor(pbmc_small):
-    with pytest.raises(ValueError, match=r"unknown option 'encoder_dim'"):
+    with pytest.raises(ValueError, match=r"unknown option 'encoder_dim' \(did you mean "
+                                         r"'encoder_dims' or 'decoder_dims'\?\)"):
         zipo.ZiPo(pbmc_small, encoder_dim=[64, 16])
 
 
@@ -321,7 +343,7 @@ def test_wrong_option_type_to_constructor(pbmc_small):
 
 def test_unknown_option_to_train(pbmc_small):
     model = _model(pbmc_small)
-    with pytest.raises(ValueError, match=r"unknown option 'epochs'"):
+    with pytest.raises(ValueError, match=r"unknown option 'epochs' \(did you mean 'max_epochs'\?\)"):
         model.train(epochs=3)
 
 
@@ -483,7 +505,7 @@ CLI_CASES = {
     "not an h5ad": (["train", "{f}/unknown-key.toml", "--out", "{t}/m"], r"could not be read as an \.h5ad"),
     "transposed input": (["train", "{f}/transposed.h5ad", "--out", "{t}/m"], r"looks transposed"),
     "unknown config key": (["train", "{f}/data.h5ad", "--config", "{f}/unknown-key.toml", "--out", "{t}/m"],
-                           r"unknown key 'max_epoch' in \[train\]"),
+                           r"unknown key 'max_epoch' in \[train\] \(did you mean 'max_epochs'\?\)"),
     "wrong config type": (["train", "{f}/data.h5ad", "--config", "{f}/wrong-type.toml", "--out", "{t}/m"],
                           r"encoder_dims must be a list of integers"),
     "existing model dir": (["train", "{f}/data.h5ad", "--out", "{f}/model"], r"already exists.*--overwrite"),

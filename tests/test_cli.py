@@ -98,7 +98,7 @@ def test_config_then_train_then_denoise(tiny_h5ad, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "model.alpha_q=1"], "unknown option 'model.alpha_q'"),
+        (["--set", "model.alpha_q=1"], "unknown option 'model.alpha_q' (did you mean 'model.alpha_z' or"),
         (["--set", "train.max_epochs=abc"], "max_epochs must be an integer"),
         (["--likelihood", "zip", "--set", "nonsense"], "--set expects section.key=value"),
         (["--layer", "counts"], "layer 'counts' is not in adata.layers"),

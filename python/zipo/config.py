@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .option_types import check_ranges, checked_value, field_names
+from .option_types import check_ranges, checked_value, field_names, unknown_name
 from .presets import PRESETS
 
 
@@ -335,7 +335,7 @@ def find_option(key: str, source: str = "argument") -> tuple[str, str]:
             if key in field_names(klass):
                 return section, key
     known = sorted(f"{s}.{n}" for s, k in SECTIONS.items() for n in field_names(k))
-    raise ValueError(f"{source}: unknown option {key!r}; known options: {', '.join(known)}")
+    raise ValueError(f"{source}: {unknown_name('option', key, known)}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ needs no torch."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, get_type_hints
 
 #: Every likelihood by name: (zero_inflated, negative_binomial).
@@ -36,6 +37,20 @@ def one_of(choices) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def unknown_name(what: str, name: str, known: list[str], where: str = "") -> str:
+    """``unknown option 'epochs' (did you mean 'max_epochs'?); known options are ...``: the
+    closest known names by spelling, then them all; dotted names (``train.max_epochs``) are
+    written dotted only when ``name`` is."""
+    bare = {k.rsplit(".", 1)[-1]: k for k in known}
+    close = difflib.get_close_matches(name.rsplit(".", 1)[-1], list(bare), n=2, cutoff=0.6)
+    if "." in name:
+        close = [bare[c] for c in close]
+    else:
+        known = list(bare)
+    hint = f" (did you mean {one_of(close)}?)" if close else ""
+    return f"unknown {what} {name!r}{where}{hint}; known {what}s are {', '.join(known)}"
+
+
 def field_names(klass) -> list[str]:
     return [f.name for f in dataclasses.fields(klass)]
 
@@ -44,10 +59,8 @@ def checked_value(section: str, target, key: str, value: Any, source: str) -> An
     """Return ``value`` coerced to the declared type of ``section.key`` or raise ValueError."""
     hints = get_type_hints(type(target))
     if key not in hints:
-        raise ValueError(
-            f"{source}: unknown key {key!r} in [{section}]; valid keys are "
-            f"{', '.join(field_names(type(target)))}"
-        )
+        raise ValueError(f"{source}: "
+                         + unknown_name("key", key, field_names(type(target)), f" in [{section}]"))
     hint = str(hints[key])
     where = f"{source}: [{section}] {key}"
     if value is None:

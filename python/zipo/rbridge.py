@@ -22,6 +22,25 @@ from .outputs import check_output_options  # noqa: F401  (R checks denoise()'s o
 warnings.filterwarnings("ignore", message="Index.format is deprecated", category=FutureWarning)
 
 
+# reticulate 1.28 turns a Python error message of about 1,000 characters or more into a C++
+# "basic_string::substr" error that says nothing of the problem.
+R_MESSAGE_LIMIT = 900
+
+
+def call(function, /, *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` for R (the R package's ``.py_call()``): a ValueError
+    (bad input) whose message is too long for reticulate is raised again with the message
+    shortened in the middle, keeping the problem (its start) and the fix (its end)."""
+    try:
+        return function(*args, **kwargs)
+    except ValueError as e:
+        message = str(e)
+        if len(message) <= R_MESSAGE_LIMIT:
+            raise
+        keep = (R_MESSAGE_LIMIT - 5) // 2
+        raise ValueError(f"{message[:keep]} ... {message[-keep:]}") from None
+
+
 def anndata_from_csc_parts(
     x: Any, i: Any, p: Any, n_genes: int, n_cells: int,
     gene_names: Any, cell_names: Any, obs: pd.DataFrame | None = None,

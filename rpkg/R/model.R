@@ -372,12 +372,12 @@ predict.zipo_model <- function(object, newdata, ...) {
 #' }
 #' @export
 save_model <- function(model, path, overwrite = FALSE) {
-  model$py$save(path.expand(path), overwrite = overwrite)
+  .py_call(model$py$save, path.expand(path), overwrite = overwrite)
   invisible(path)
 }
 
 #' @rdname save_model
 #' @export
 load_model <- function(path) {
-  .new_model(.zipo_py()$ZiPo$load(path.expand(path)))
+  .new_model(.py_call(.zipo_py()$ZiPo$load, path.expand(path)))
 }

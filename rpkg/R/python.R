@@ -148,12 +148,13 @@ zipo_available <- function() {
 
 # Calls the Python function `f`. The core writes its messages in R's terms
 # (zipo.errors): a Python ValueError (bad input) becomes an R error with that
-# message alone, without Python's exception name and traceback, and the
-# notices the call left are shown as R messages.
+# message alone, without Python's exception name and traceback (shortened by
+# zipo.rbridge.call where reticulate could not pass it on), and the notices the
+# call left are shown as R messages.
 .py_call <- function(f, ...) {
   on.exit(for (n in .r(.zipo_state$errors$take_notices())) message(n),
           add = TRUE)
-  tryCatch(f(...), error = function(e) {
+  tryCatch(.bridge()$call(f, ...), error = function(e) {
     msg <- conditionMessage(e)
     bad_input <- "^(zipo\\.errors\\.InputError|ValueError): "
     if (!grepl(bad_input, msg)) stop(e)

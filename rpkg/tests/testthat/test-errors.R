@@ -33,9 +33,25 @@ test_that("bad input gets an error naming the problem", {
     list(counts = assay_of(sce, "counts")))
   expect_error(denoise(bare, covariates = "batch"),
                "is not a column of colData\\(sce\\) \\(columns: none\\)")
+  expect_error(denoise(sce, learning_rat = 0.01), paste0(
+    "unknown option 'learning_rat' \\(did you mean 'learning_rate'\\?\\); ",
+    "known options are"))
+  # Listing every dotted option passes reticulate's message limit: shortened,
+  # not a C++ substr error
+  expect_error(denoise(sce, model.alpha_q = 1), paste0(
+    "unknown option 'model.alpha_q' \\(did you mean 'model.alpha_z' or ",
+    "'model.alpha_w'\\?\\); known options are data.allow_non_integer.*",
+    " \\.\\.\\. .*train.weight_average$"))
   expect_error(denoise(sce, likelihood = "gauss"), paste0(
     "likelihood must be one of 'zip', 'zinb', 'poisson' or 'nb', ",
     "got 'gauss'"))
+})
+
+test_that("load_model() of a path without a model says so in one line", {
+  skip_without_core()
+  missing <- file.path(tempdir(), "no-such-model")
+  expect_error(load_model(missing), paste0(
+    "^no ZiPo model at '.*no-such-model': it is not a directory$"))
 })
 
 test_that("a bad output choice is refused before any training", {
