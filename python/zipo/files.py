@@ -10,15 +10,25 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Mapping
+
+from .errors import InputError
 
 
-def check_target(path: str | Path, overwrite: bool = False, hint: str = "overwrite=True") -> Path:
+# How to ask for an existing file to be replaced, by the language of the call (zipo.errors).
+OVERWRITE = {"python": "overwrite=True", "r": "overwrite = TRUE"}
+
+
+def check_target(path: str | Path, overwrite: bool = False,
+                 hint: str | Mapping[str, str] = OVERWRITE) -> Path:
     """``path`` as a Path, after refusing an existing one (unless ``overwrite``; ``hint`` names
-    how to ask for it) and a folder that does not exist or cannot be written."""
+    how to ask for it, one text or one per language) and a folder that does not exist or cannot
+    be written."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ValueError(f"{str(path)!r} already exists; choose another path or pass {hint}")
+        fix = {lang: f"choose another path or pass {text}" for lang, text in
+               (hint.items() if isinstance(hint, Mapping) else [("python", hint)])}
+        raise InputError(f"{str(path)!r} already exists", fix)
     parent = path.parent
     if not parent.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")
@@ -29,7 +39,7 @@ def check_target(path: str | Path, overwrite: bool = False, hint: str = "overwri
 
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = True, directory: bool = False,
-                hint: str = "overwrite=True") -> Iterator[Path]:
+                hint: str | Mapping[str, str] = OVERWRITE) -> Iterator[Path]:
     """A temporary sibling of ``path`` (a file, or with ``directory`` a folder) to write into;
     renamed onto ``path`` when the block completes, removed when it raises."""
     path = check_target(path, overwrite, hint)
@@ -70,7 +80,7 @@ def write_synced(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = True,
-                      hint: str = "overwrite=True") -> Path:
+                      hint: str | Mapping[str, str] = OVERWRITE) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically. Returns the path."""
     with atomic_path(path, overwrite=overwrite, hint=hint) as tmp:
         write_synced(tmp, lambda fh: fh.write(text.encode("utf-8")))

@@ -233,7 +233,7 @@ def output_problem(out: str, overwrite: bool = False) -> str | None:
     if not str(out).endswith(".h5ad"):
         return f"out = {str(out)!r}: the output file name must end in .h5ad"
     try:
-        check_target(out, bool(overwrite), hint="overwrite = TRUE")
+        check_target(out, bool(overwrite))
     except ValueError as e:
         return str(e)
     return None

@@ -27,7 +27,8 @@ test_that("train, print, summary, history, save, load and predict", {
   dir.create(dirname(path))
   save_model(model, path)
   expect_true(file.exists(file.path(path, "weights.pt")))
-  expect_error(save_model(model, path), "already exists")
+  expect_error(save_model(model, path), paste0(
+    "^'.*' already exists; choose another path or pass overwrite = TRUE$"))
   loaded <- load_model(path)
   a <- predict(model, sce)
   b <- predict(loaded, sce)
