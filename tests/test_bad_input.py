@@ -187,6 +187,10 @@ def test_errors_carry_their_fix_in_r(pbmc_small, trained_model, monkeypatch):
          r"assay.type = \"counts\"\), or set allow_non_integer = TRUE"),
         (lambda: trained_model.denoise(pbmc_small, expectation="mean", copy=True),
          r"Seurat's NormalizeData"),
+        (lambda: _model(pbmc_small, verbose="yes"), r'^verbose must be TRUE or FALSE, got "yes"$'),
+        (lambda: _model(pbmc_small, max_epochs=0), r"^epochs must be >= 1, got 0$"),
+        (lambda: _model(pbmc_small, encoder_dims=["64"]),
+         r'^encoder_dims must be a vector of whole numbers, e\.g\. c\(512, 128\), got c\("64"\)$'),
     ]
     for call, message in cases:
         with pytest.raises(zipo.errors.InputError, match=message) as error:
@@ -337,8 +341,11 @@ def test_unknown_option_to_constructor(pbmc_small):
 
 
 def test_wrong_option_type_to_constructor(pbmc_small):
-    with pytest.raises(ValueError, match=r"max_epochs must be an integer"):
+    # a keyword argument is named as the caller wrote it, not as a config section's key
+    with pytest.raises(ValueError, match=r"^max_epochs must be an integer, got 'many'$"):
         zipo.ZiPo(pbmc_small, max_epochs="many")
+    with pytest.raises(ValueError, match=r"^verbose must be True or False, got 'yes'$"):
+        zipo.ZiPo(pbmc_small, verbose="yes")
 
 
 def test_unknown_option_to_train(pbmc_small):
@@ -558,7 +565,8 @@ R_CASES = {
                    r"matrix .*not a data.frame; .*pass as.matrix\(x\)"),
     "empty cell": ('{ m <- as.matrix(counts(sce)); m[, 3] <- 0; counts(sce) <- m; denoise(sce) }',
                    r"1 cells have zero counts"),
-    "bad option type": ('denoise(sce, epochs = 1, batch_size = "big")', r"batch_size must be an integer"),
+    "bad option type": ('denoise(sce, epochs = 1, batch_size = "big")',
+                        r'^batch_size must be a whole number, got "big" *$'),
 }
 
 

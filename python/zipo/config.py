@@ -335,7 +335,8 @@ def find_option(key: str, source: str = "argument") -> tuple[str, str]:
             if key in field_names(klass):
                 return section, key
     known = sorted(f"{s}.{n}" for s, k in SECTIONS.items() for n in field_names(k))
-    raise ValueError(f"{source}: {unknown_name('option', key, known)}")
+    raise ValueError(("" if source == "argument" else f"{source}: ")
+                     + unknown_name("option", key, known))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 from typing import Any, get_type_hints
 
+from .errors import InputError
+
 #: Every likelihood by name: (zero_inflated, negative_binomial).
 LIKELIHOODS = {"zip": (True, False), "zinb": (True, True), "poisson": (False, False),
                "nb": (False, True)}
@@ -56,13 +58,19 @@ def field_names(klass) -> list[str]:
 
 
 def checked_value(section: str, target, key: str, value: Any, source: str) -> Any:
-    """Return ``value`` coerced to the declared type of ``section.key`` or raise ValueError."""
+    """Return ``value`` coerced to the declared type of ``section.key`` or raise ValueError
+    (a keyword argument's by its name, a config's as ``source: [section] key``)."""
     hints = get_type_hints(type(target))
     if key not in hints:
         raise ValueError(f"{source}: "
                          + unknown_name("key", key, field_names(type(target)), f" in [{section}]"))
     hint = str(hints[key])
-    where = f"{source}: [{section}] {key}"
+    where = key if source == "argument" else f"{source}: [{section}] {key}"
+
+    def refuse(python: str, r: str | None = None):
+        return InputError({"python": f"{where} must be {python}, got {value!r}",
+                           "r": f"{where} must be {r or python}, got {_r_value(value)}"}, "", "")
+
     if value is None:
         if "None" in hint:
             return None
@@ -70,30 +78,40 @@ def checked_value(section: str, target, key: str, value: Any, source: str) -> An
     if "list[int]" in hint:
         if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
             return [int(v) for v in value]
-        raise ValueError(f"{where} must be a list of integers, got {value!r}")
+        raise refuse("a list of integers", "a vector of whole numbers, e.g. c(512, 128)")
     if "list[str]" in hint:
         if isinstance(value, str):
             value = [value]
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
-        raise ValueError(f"{where} must be a list of strings, got {value!r}")
+        raise refuse("a list of strings", "a character vector")
     if hint.startswith("<class 'bool'>") or hint == "bool":
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where} must be true or false, got {value!r}")
+        raise refuse("True or False" if source == "argument" else "true or false",
+                     "TRUE or FALSE")
     if "int" in hint:
         if _is_int(value):
             return int(value)
-        raise ValueError(f"{where} must be an integer, got {value!r}")
+        raise refuse("an integer", "a whole number")
     if "float" in hint:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ValueError(f"{where} must be a number, got {value!r}")
+        raise refuse("a number")
     if "str" in hint:
         if isinstance(value, str):
             return value
-        raise ValueError(f"{where} must be a string, got {value!r}")
+        raise refuse("a string", "a character string")
     raise AssertionError(f"unhandled option type {hint} for {key}")  # pragma: no cover
+
+
+def _r_value(value: Any) -> str:
+    """``value`` as R would write what reticulate sent: ``c("64")`` for a list, ``"yes"``."""
+    if isinstance(value, (list, tuple)):
+        return f"c({', '.join(_r_value(v) for v in value)})"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 # Train options with a least value: (name, least, what the least means).
@@ -101,6 +119,10 @@ TRAIN_MINIMA = (("n_fits", 0, " (0: chosen by the number of cells)"), ("checkpoi
                 ("max_epochs", 1, ""),
                 ("plateau_stop", 0, " (0: never; empty: chosen by the data's size)"),
                 ("patience_min_steps", 0, " (0: patience in epochs)"))
+
+
+# Options the R package's functions name otherwise (train(epochs = ...)).
+ARGUMENT_NAMES = {"python": {}, "r": {"max_epochs": "epochs"}}
 
 
 def check_ranges(m, t) -> None:
@@ -132,7 +154,9 @@ def check_ranges(m, t) -> None:
                          f"(got {t.validation_interval} and {t.validation_max_cells})")
     for name, least, meaning in TRAIN_MINIMA:
         if getattr(t, name) is not None and getattr(t, name) < least:
-            raise ValueError(f"{name} must be >= {least}{meaning}, got {getattr(t, name)}")
+            raise InputError({lang: f"{names.get(name, name)} must be >= {least}{meaning}, got "
+                                    f"{getattr(t, name)}" for lang, names in ARGUMENT_NAMES.items()},
+                             "", "")
     if t.prefetch < 0 or t.shuffle_chunk < 0:
         raise ValueError("prefetch and shuffle_chunk must be >= 0 "
                          f"(got {t.prefetch} and {t.shuffle_chunk})")

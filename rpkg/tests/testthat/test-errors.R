@@ -29,6 +29,13 @@ test_that("bad input gets an error naming the problem", {
     "cells count matrix \\(matrix, dgCMatrix or DelayedMatrix\\), not a list"))
   expect_error(train(sce, epochs = 1, batch_size = 1),
                "batch_size must be >= 2")
+  # R's names and values, not Python's
+  expect_error(train(sce, epochs = 0), "^epochs must be >= 1, got 0$")
+  expect_error(train(sce, epochs = 1, verbose = "yes"),
+               "^verbose must be TRUE or FALSE, got \"yes\"$")
+  expect_error(train(sce, epochs = 1, encoder_dims = "64"), paste0(
+    "^encoder_dims must be a vector of whole numbers, e.g. c\\(512, 128\\), ",
+    "got c\\(\"64\"\\)$"))
   bare <- SingleCellExperiment::SingleCellExperiment(
     list(counts = assay_of(sce, "counts")))
   expect_error(denoise(bare, covariates = "batch"),
