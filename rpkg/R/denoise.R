@@ -221,13 +221,14 @@ setMethod("denoise", "ANY", function(
   if (!is.null(rows)) features <- names(rows)
   den <- .result_matrix(adata, "denoised", list(features, colnames(x)))
   denoised <- SeuratObject::CreateAssayObject(data = den)
+  SeuratObject::Key(denoised) <- .seurat_key(name)
   # The same matrix in counts (shared, not copied): as.Seurat() needs counts
   # in every altExp, so the assay survives Seurat -> SingleCellExperiment ->
   # Seurat.
   methods::slot(denoised, "counts") <- den
   x[[name]] <- denoised
   cells <- .result_cells(adata)
-  key <- .dimred_key(dimred)
+  key <- .seurat_key(dimred)
   x[[dimred]] <- SeuratObject::CreateDimReducObject(
     embeddings = .latent(cells$latent, colnames(x), dimred), key = key,
     assay = assay)
@@ -281,12 +282,14 @@ setMethod("denoise", "ANY", function(
 # ...), which as.Seurat() turns back into the same key.
 .latent <- function(latent, cells, dimred) {
   dimnames(latent) <- list(
-    cells, paste0(.dimred_key(dimred), seq_len(ncol(latent))))
+    cells, paste0(.seurat_key(dimred), seq_len(ncol(latent))))
   latent
 }
 
-.dimred_key <- function(dimred) {
-  key <- gsub("[^[:alnum:]]", "", dimred)
+# A Seurat key for an assay or reduction name: letters and digits, then "_"
+# (Seurat would warn and make the same from "zipo_lognorm").
+.seurat_key <- function(name) {
+  key <- gsub("[^[:alnum:]]", "", name)
   if (!nzchar(key) || !grepl("^[[:alpha:]]", key)) key <- paste0("ZIPO", key)
   paste0(key, "_")
 }

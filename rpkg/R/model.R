@@ -30,7 +30,13 @@
   .check_input(x, fun)
   if (inherits(x, "Seurat")) {
     .need_seurat()
-    return(assay %||% assay.type %||% SeuratObject::DefaultAssay(x))
+    assay <- assay %||% assay.type %||% SeuratObject::DefaultAssay(x)
+    if (!assay %in% SeuratObject::Assays(x)) {
+      stop("assay '", assay, "' is not in the Seurat object (assays: ",
+           .examples(SeuratObject::Assays(x)), "); name the assay holding raw ",
+           "counts with assay = ...", call. = FALSE)
+    }
+    return(assay)
   }
   if (.is_count_matrix(x)) {
     if (!is.null(assay.type) || !is.null(assay)) {

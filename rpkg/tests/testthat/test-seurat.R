@@ -29,6 +29,15 @@ test_that("denoise(seurat) adds the assay, the reduction and library sizes", {
   sub <- denoise(so, model = model, subset.row = c("gene3", "gene1"))
   expect_identical(rownames(SeuratObject::GetAssayData(
     sub, slot = "data", assay = "denoised")), c("gene3", "gene1"))
+  # An assay name Seurat cannot use as a key gets a valid key, without
+  # Seurat's warning; an assay the object lacks is named with the fix.
+  named <- expect_no_warning(denoise(so, model = model, name = "zipo_lognorm",
+                                     expectation = "lognorm"))
+  expect_identical(SeuratObject::Key(named[["zipo_lognorm"]]),
+                   "zipolognorm_")
+  expect_error(denoise(so, model = model, assay = "SCT"), paste0(
+    "^assay 'SCT' is not in the Seurat object \\(assays: RNA\\); name the ",
+    "assay holding raw counts with assay = \\.\\.\\.$"))
 })
 
 # The default names survive conversions with as.Seurat() /
