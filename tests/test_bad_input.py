@@ -82,6 +82,25 @@ def test_bad_counts_in_a_layer_are_named(pbmc_small):
         _model(a, layer="counts")
 
 
+def test_log_normalised_x_names_where_the_counts_are(pbmc_small):
+    # the scanpy habit: raw counts in a layer or in .raw, log-normalised values in X
+    a = pbmc_small.copy()
+    a.layers["counts"] = a.X.copy()
+    a.raw = a.copy()
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()))
+    with pytest.raises(ValueError, match=r"pass raw UMI counts \(here: layer='counts' or "
+                                         r"adata\.raw\.to_adata\(\)\)"):
+        _model(a)
+    b = pbmc_small.copy()
+    b.layers["lognorm"] = sp.csr_matrix(np.log1p(b.X.toarray()))
+    with pytest.raises(ValueError, match=r"pass raw UMI counts \(here: layer=None, adata\.X\)"):
+        _model(b, layer="lognorm")
+    del b.layers["lognorm"]  # nothing that looks like counts elsewhere: the general fix
+    b.X = sp.csr_matrix(np.log1p(b.X.toarray()))
+    with pytest.raises(ValueError, match=r"pass raw UMI counts \(layer=\.\.\.\)"):
+        _model(b)
+
+
 def test_allow_non_integer_accepts_fractions(pbmc_small):
     a = _with_x(pbmc_small, pbmc_small.X.toarray() * 0.7, "csr")
     model = _model(a, allow_non_integer=True).train()

@@ -52,6 +52,7 @@ class CountMatrix:
                               "r": "name the assay that holds raw counts with assay.type = ..."})
         # In R the AnnData is the package's copy of an assay, which the user never sees.
         self.what = "the counts" if language() == "r" else what
+        self._adata, self._layer = adata, layer  # for the fix of a non-integer error
         self.columns: np.ndarray | None = None  # the genes read (select_genes); None: all
         if sp.issparse(source) and source.format == "csc":
             # Row slicing of CSC scans the whole matrix per batch; CSR costs one copy of the
@@ -248,8 +249,9 @@ def check_counts(
                 raise InputError(
                     f"{counts.what} contains non-integer values, which usually means normalised "
                     "or log-transformed data",
-                    {"python": "pass raw UMI counts (layer=...), or set allow_non_integer=True if "
-                               "the values are counts on purpose (e.g. ambient-corrected)",
+                    {"python": f"pass raw UMI counts ({_count_places(counts)}), or set "
+                               "allow_non_integer=True if the values are counts on purpose (e.g. "
+                               "ambient-corrected)",
                      "r": "use the raw counts assay (assay.type = \"counts\"), or set "
                           "allow_non_integer = TRUE if the values are counts on purpose (e.g. "
                           "ambient-corrected)"})
@@ -265,6 +267,30 @@ def check_counts(
              "r": "remove them first, e.g. sce <- scuttle::addPerCellQC(sce); "
                   "sce[, sce$sum > 0]"})
     return CountSummary(library_size=lib, gene_total=genes, nnz=nnz)
+
+
+def _count_places(counts: CountMatrix) -> str:
+    """Where else the AnnData holds what looks like raw counts (its first values non-negative
+    integers), as the fix of a non-integer error names it: ``here: layer='counts'``, ``layer=None``
+    for ``X``, ``adata.raw.to_adata()``; else ``layer=...``."""
+    adata, layer = counts._adata, counts._layer
+    places = [f"layer={name!r}" for name in adata.layers.keys()
+              if name != layer and _looks_like_counts(adata.layers[name])]
+    if layer is not None and _looks_like_counts(adata.X):
+        places.append("layer=None, adata.X")
+    if adata.raw is not None and adata.raw.n_vars == adata.n_vars \
+            and _looks_like_counts(adata.raw.X):
+        places.append("adata.raw.to_adata()")
+    return f"here: {' or '.join(places)}" if places else "layer=..."
+
+
+def _looks_like_counts(matrix, values: int = 10_000) -> bool:
+    try:
+        head = matrix.data[:values] if sp.issparse(matrix) else np.asarray(matrix[:100]).ravel()
+        head = np.asarray(head, dtype=np.float64)
+    except Exception:  # a backed or unusual matrix: no suggestion rather than a second error
+        return False
+    return head.size > 0 and bool(np.all(head >= 0) and np.all(head == np.round(head)))
 
 
 def gene_totals(counts: CountMatrix, idx: np.ndarray) -> np.ndarray:
