@@ -30,8 +30,8 @@ _TRAIN_FLAGS = {
 
 
 def _read_cells(paths: list[str], backed: bool = False):
-    """The cells of one or several .h5ad files or .zarr stores (the same genes) as one AnnData;
-    ``backed`` keeps the counts on disk."""
+    """The cells of one or several .h5ad files, .zarr stores or Cell Ranger matrices (the same
+    genes) as one AnnData; ``backed`` keeps the counts of .h5ad and .zarr on disk."""
     from .data.atlas import read_cells
 
     return read_cells(paths if len(paths) > 1 else paths[0], backed=backed)
@@ -177,10 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"zipo {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model on an .h5ad or .zarr of raw counts")
+    t = sub.add_parser("train", help="train a model on raw counts (.h5ad, .zarr, Cell Ranger)")
     t.add_argument("data", nargs="+",
-                   help="input .h5ad file or .zarr store (cells x genes, raw counts); several "
-                        "with the same genes are read as one dataset")
+                   help="input .h5ad file, .zarr store (cells x genes, raw counts), or Cell "
+                        "Ranger matrix folder or .h5 file; several with the same genes are read "
+                        "as one dataset")
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--config", help="TOML config ([data], [model], [train] tables)")
     t.add_argument("--preset", choices=list(PRESETS),
@@ -212,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("denoise", help="denoise an .h5ad with a trained model")
     d.add_argument("model", help="model directory written by 'zipo train'")
     d.add_argument("data", nargs="+",
-                   help="input .h5ad or .zarr with the model's genes; several are read as one "
-                        "dataset")
+                   help="input .h5ad, .zarr or Cell Ranger matrix (folder or .h5) with the "
+                        "model's genes; several are read as one dataset")
     d.add_argument("--out", required=True, help="output .h5ad")
     d.add_argument("--expectation", choices=EXPECTATIONS, default="posterior",
                    help="posterior: the rate given each count (default; the rate under ZIP); "
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     u = sub.add_parser("tune", help="search encoder shape, alpha_z and alpha_w with Optuna")
-    u.add_argument("data", help="input .h5ad or .zarr (cells x genes, raw counts)")
+    u.add_argument("data", help="input .h5ad, .zarr or Cell Ranger matrix (raw counts)")
     u.add_argument("--trials", type=int, required=True,
                    help="finished trials the study should hold in total")
     u.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///tune.db (resumable)")

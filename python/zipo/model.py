@@ -50,8 +50,9 @@ class ZiPo(InferenceMixin, ProgramsMixin, FitsMixin):
         a warning says how many. :meth:`denoise` still covers every gene of ``adata``: the
         undetected genes' denoised values (and zero-inflation probabilities) are 0.
         ``adata`` may also be the path of an ``.h5ad`` file or ``.zarr`` store, read batch by
-        batch from disk, or a list of paths (and AnnData objects) with the same genes, read as
-        one dataset (:func:`zipo.data.atlas.read_cells`).
+        batch from disk, of a Cell Ranger matrix folder or ``.h5`` file, or a list of paths
+        (and AnnData objects) with the same genes, read as one dataset
+        (:func:`zipo.data.atlas.read_cells`).
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
     covariates

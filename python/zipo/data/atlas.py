@@ -1,5 +1,6 @@
 """Atlases as they come: ``.h5ad`` files opened backed, ``.zarr`` stores opened with their count
-matrices on disk, and several files with the same genes read as one dataset.
+matrices on disk, Cell Ranger's matrix folders and ``.h5`` files (:mod:`zipo.data.tenx`), and
+several files with the same genes read as one dataset.
 
 Everything goes through anndata's own readers (``read_h5ad(backed="r")``, ``read_dispatched``
 with ``sparse_dataset``). A collection is an ordinary AnnData whose ``X`` (and common layers)
@@ -21,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .counts import examples
+from .tenx import is_10x, read_10x
 
 # anndata encodings whose elements stay on disk when a .zarr store is opened backed
 _SPARSE_ENCODINGS = ("csr_matrix", "csc_matrix")
@@ -52,6 +54,8 @@ def read_cells(data: Any, backed: bool = True, label: str | None = None) -> Any:
 def _read_file(path: Path, backed: bool):
     if not path.exists():
         raise ValueError(f"input file {str(path)!r} does not exist")
+    if is_10x(path):  # into memory: MatrixMarket cannot be read a slice at a time
+        return read_10x(path)
     is_zarr = path.is_dir()
     kind = ".zarr store" if is_zarr else ".h5ad file"
     try:
@@ -60,7 +64,8 @@ def _read_file(path: Path, backed: bool):
         return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as e:  # h5py, zarr and anndata raise many kinds on other files
         raise ValueError(f"{str(path)!r} could not be read as an {kind} of AnnData: {e}; "
-                         "ZiPo reads .h5ad files and .zarr directories written by anndata") from None
+                         "ZiPo reads .h5ad files and .zarr directories written by anndata, and "
+                         "Cell Ranger's matrix folders and .h5 files") from None
 
 
 def open_zarr(path: str | Path) -> ad.AnnData:
