@@ -119,7 +119,7 @@ def cmd_denoise(args) -> None:
     else:
         counts = f"{'obsm' if args.genes else 'layers'}['{args.key_added}_denoised']"
     zero = f"{'obsm' if args.genes and not args.stream else 'layers'}['{args.key_added}_zero_prob']"
-    print(f"Denoised {adata.n_obs} cells x {len(args.genes or model.var_names)} genes into "
+    print(f"Denoised {adata.n_obs} cells x {len(args.genes) if args.genes else adata.n_vars} genes into "
           f"{args.out}: {counts}, obsm['X_{args.key_added}'], "
           f"obs['{args.key_added}_library_size']"
           + (f", {zero}" if args.zero_inflation else "") + ".")
