@@ -24,11 +24,11 @@ class InputError(ValueError):
 
     ``problem`` says what is wrong and ``fix`` what to do, each one string when it reads the
     same in every language, else per language (``{"python": ..., "r": ...}``). The message
-    (``str(error)``) is ``problem + sep + fix`` in the language in use; :meth:`message` renders
-    it in another.
+    (``str(error)``) is ``problem + sep + fix`` in the language in use (the problem alone where
+    it names its own fix: ``fix=""``); :meth:`message` renders it in another.
     """
 
-    def __init__(self, problem: str | Mapping[str, str], fix: str | Mapping[str, str],
+    def __init__(self, problem: str | Mapping[str, str], fix: str | Mapping[str, str] = "",
                  sep: str = "; "):
         self.problem, self.fix = _per_language(problem), _per_language(fix)
         self.sep = sep
@@ -37,7 +37,8 @@ class InputError(ValueError):
     def message(self, language: str = "python") -> str:
         """The message in ``language`` (Python's words where none are given for it)."""
         problem = self.problem.get(language, self.problem["python"])
-        return f"{problem}{self.sep}{self.fix.get(language, self.fix['python'])}"
+        fix = self.fix.get(language, self.fix["python"])
+        return f"{problem}{self.sep}{fix}" if fix else problem
 
 
 def _per_language(text: str | Mapping[str, str]) -> dict[str, str]:

@@ -26,9 +26,9 @@ def check_target(path: str | Path, overwrite: bool = False,
     be written."""
     path = Path(path)
     if path.exists() and not overwrite:
-        fix = {lang: f"choose another path or pass {text}" for lang, text in
-               (hint.items() if isinstance(hint, Mapping) else [("python", hint)])}
-        raise InputError(f"{str(path)!r} already exists", fix)
+        hints = hint if isinstance(hint, Mapping) else {"python": hint}
+        raise InputError(f"{str(path)!r} already exists",
+                         {lang: f"choose another path or pass {text}" for lang, text in hints.items()})
     parent = path.parent
     if not parent.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: the folder {str(parent)!r} does not exist")

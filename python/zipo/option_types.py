@@ -69,7 +69,7 @@ def checked_value(section: str, target, key: str, value: Any, source: str) -> An
 
     def refuse(python: str, r: str | None = None):
         return InputError({"python": f"{where} must be {python}, got {value!r}",
-                           "r": f"{where} must be {r or python}, got {_r_value(value)}"}, "", "")
+                           "r": f"{where} must be {r or python}, got {_r_value(value)}"})
 
     if value is None:
         if "None" in hint:
@@ -155,8 +155,7 @@ def check_ranges(m, t) -> None:
     for name, least, meaning in TRAIN_MINIMA:
         if getattr(t, name) is not None and getattr(t, name) < least:
             raise InputError({lang: f"{names.get(name, name)} must be >= {least}{meaning}, got "
-                                    f"{getattr(t, name)}" for lang, names in ARGUMENT_NAMES.items()},
-                             "", "")
+                                    f"{getattr(t, name)}" for lang, names in ARGUMENT_NAMES.items()})
     if t.prefetch < 0 or t.shuffle_chunk < 0:
         raise ValueError("prefetch and shuffle_chunk must be >= 0 "
                          f"(got {t.prefetch} and {t.shuffle_chunk})")
